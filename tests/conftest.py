@@ -1,0 +1,125 @@
+"""Shared test set-up: one real SparkContext per session, generated datasets, live HTTP servers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fixtures import write_dataset  # noqa: E402
+
+from model import TrainParams  # noqa: E402
+
+# Small and quick, but enough to recover the fixtures' planted taste groups.
+FAST = TrainParams(rank=4, iterations=10, reg=0.05, seed=7)
+REAL_DATASET = ROOT / "datasets" / "ml-latest-small"
+
+
+@pytest.fixture(scope="session")
+def sc(tmp_path_factory):
+    from sparkctx import create_context
+
+    os.environ.setdefault("SPARK_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))
+    context = create_context("local[2]", app_name="recommender-tests",
+                             conf={"spark.default.parallelism": "2", "spark.sql.shuffle.partitions": "2"})
+    yield context
+    context.stop()
+
+
+@pytest.fixture(scope="session")
+def csv_fixture(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("csv") / "ml-fixture", "csv")
+
+
+@pytest.fixture
+def make_engine(sc, tmp_path):
+    """Build engines on a dataset with a fresh model folder; all are closed at the end."""
+    from engine import RecommendationEngine
+
+    engines = []
+
+    def build(dataset, model_dir=None, params=FAST, retrain="off"):
+        engine = RecommendationEngine(sc, str(dataset), model_dir or tmp_path / "model", params=params,
+                                      retrain=retrain)
+        engines.append(engine)
+        return engine
+
+    yield build
+    for engine in engines:
+        engine.close()
+
+
+class LiveServer:
+    """The project's WSGI pipeline (Flask app in Paste's TransLogger) on CherryPy's server, on loopback."""
+
+    def __init__(self, engine, api_token=None):
+        from cheroot.wsgi import Server
+
+        from server import build_wsgi
+
+        self.engine = engine
+        self.server = Server(("127.0.0.1", 0), build_wsgi(engine, api_token), numthreads=8)
+        self.server.prepare()
+        self.port = self.server.bind_addr[1]
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.thread.start()
+
+    def call(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None):
+        """Send one request; return (status, parsed JSON body or None, raw body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            if isinstance(body, str):
+                body = body.encode()
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            raw = response.read()
+            try:
+                data = json.loads(raw) if raw else None
+            except ValueError:
+                data = None
+            return response.status, data, raw
+        finally:
+            conn.close()
+
+    def get(self, path: str):
+        return self.call("GET", path)
+
+    def post_json(self, path: str, payload, headers: dict | None = None):
+        return self.call("POST", path, json.dumps(payload), {"Content-Type": "application/json", **(headers or {})})
+
+    def stop(self):
+        self.server.stop()
+
+
+@pytest.fixture
+def live(make_engine, csv_fixture):
+    """A live server over an engine on the CSV fixture (retrain off unless a test makes its own)."""
+    servers = []
+
+    def start(engine=None, api_token=None):
+        server = LiveServer(engine or make_engine(csv_fixture.path), api_token)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_dataset():
+    """ml-latest-small, fetched through MOVIELENS_MIRROR or GroupLens (make test fetches it first)."""
+    if not (REAL_DATASET / "ratings.csv").exists():
+        from datasets.fetch import fetch
+
+        fetch("ml-latest-small")
+    return REAL_DATASET
