@@ -223,6 +223,7 @@ class RecommendationEngine:
 
     def _initial_snapshot(self) -> Snapshot:
         model = self._load_saved()
+        self.model_source = "loaded" if model is not None else "trained"
         if model is None:
             seq = self.log.last_seq
             model = self._train(dict(self._overlay), seq)
