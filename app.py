@@ -53,55 +53,58 @@ def bounded(text: str, name: str, low: int, high: int) -> int:
     return int(text)
 
 
-def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InputError(f"{where}: rating must be a number")
+def _number(text: str, where: str) -> float:
     try:
-        number = float(value)
+        number = float(text)
     except ValueError:
-        raise InputError(f"{where}: rating {str(value)[:40]!r} is not a number") from None
+        raise InputError(f"{where}: rating {text[:40]!r} is not a number") from None
+    return _finite(number, where)
+
+
+def _finite(number: float, where: str) -> float:
     if not math.isfinite(number):
         raise InputError(f"{where}: rating must be a finite number")
     return number
 
 
-def _movie_id(value, where: str) -> int:
-    if isinstance(value, bool):
-        raise InputError(f"{where}: movie id must be a whole number")
-    if isinstance(value, int):
-        value = str(value)
-    if not isinstance(value, str):
-        raise InputError(f"{where}: movie id must be a whole number")
-    return parse_id(value.strip(), f"{where}: movie id")
+Parsed = tuple[list[tuple[int, float]], list[str]]  # (movie, rating) pairs and where each came from
 
 
-def parse_text_ratings(text: str) -> list[tuple[int, float]]:
+def parse_text_ratings(text: str) -> Parsed:
     """The tutorial's format: one ``movie_id,rating`` per line; blank lines are ignored."""
-    pairs = []
+    pairs, labels = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"line {number}"
         fields = line.split(",")
         if len(fields) != 2:
-            raise InputError(f"line {number}: expected 'movie_id,rating', got {line[:60]!r}")
-        pairs.append((_movie_id(fields[0], f"line {number}"), _number(fields[1].strip(), f"line {number}")))
-    return pairs
+            raise InputError(f"{where}: expected 'movie_id,rating', got {line[:60]!r}")
+        pairs.append((parse_id(fields[0].strip(), f"{where}: movie id"), _number(fields[1].strip(), where)))
+        labels.append(where)
+    return pairs, labels
 
 
-def parse_json_ratings(data) -> list[tuple[int, float]]:
+def parse_json_ratings(data) -> Parsed:
     """A JSON list of ``{"movieId": 1, "rating": 4.5}`` objects."""
     if not isinstance(data, list):
         raise InputError('body must be a JSON list of {"movieId": ..., "rating": ...} objects')
-    pairs = []
+    pairs, labels = [], []
     for number, item in enumerate(data, start=1):
         where = f"item {number}"
         if not isinstance(item, dict) or set(item) != {"movieId", "rating"}:
             raise InputError(f'{where}: expected an object with exactly "movieId" and "rating"')
-        pairs.append((_movie_id(item["movieId"], where), _number(item["rating"], where)))
-    return pairs
+        movie, rating = item["movieId"], item["rating"]
+        if not isinstance(movie, int) or isinstance(movie, bool) or not 0 <= movie <= MAX_ID:
+            raise InputError(f"{where}: movie id must be a whole number from 0 to {MAX_ID}")
+        if not isinstance(rating, (int, float)) or isinstance(rating, bool):
+            raise InputError(f"{where}: rating must be a number")
+        pairs.append((movie, _finite(float(rating), where)))
+        labels.append(where)
+    return pairs, labels
 
 
-def read_ratings_body() -> list[tuple[int, float]]:
+def read_ratings_body() -> Parsed:
     """Parse a POST body as JSON or as the tutorial's text lines, by content type."""
     mimetype = request.mimetype
     if mimetype not in ("application/json", "text/plain", "application/x-www-form-urlencoded", ""):
@@ -157,8 +160,8 @@ def user_ratings(user_id: str):
 def add_ratings(user_id: str):
     require_token()
     user = parse_id(user_id, "user id")
-    pairs = read_ratings_body()
-    return jsonify(_engine().add_ratings(user, pairs)), 201
+    pairs, labels = read_ratings_body()
+    return jsonify(_engine().add_ratings(user, pairs, labels)), 201
 
 
 @movies_bp.get("/recommend")

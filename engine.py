@@ -476,28 +476,32 @@ class RecommendationEngine:
 
     # --- writes --------------------------------------------------------------------------
 
-    def check_ratings(self, pairs: list[tuple[int, float]]) -> None:
-        """Reject a batch that names an unknown movie, an off-scale rating, or one movie twice."""
+    def check_ratings(self, pairs: list[tuple[int, float]], labels: list[str] | None = None) -> None:
+        """Reject a batch that names an unknown movie, an off-scale rating, or one movie twice.
+
+        ``labels`` name each pair in messages (such as "line 3"); by default "rating N".
+        """
         if not pairs:
             raise InputError("no ratings given")
+        labels = labels or [f"rating {i}" for i in range(1, len(pairs) + 1)]
         seen: set[int] = set()
-        for i, (movie, rating) in enumerate(pairs, start=1):
+        for label, (movie, rating) in zip(labels, pairs):
             if movie not in self._row:
-                raise InputError(f"rating {i}: unknown movie id {movie}")
+                raise InputError(f"{label}: unknown movie id {movie}")
             if not self.scale.allows(rating):
-                raise InputError(f"rating {i}: {rating:g} is not on the scale {self.scale.describe()}")
+                raise InputError(f"{label}: {rating:g} is not on the scale {self.scale.describe()}")
             if movie in seen:
-                raise InputError(f"rating {i}: movie {movie} is rated twice in one request")
+                raise InputError(f"{label}: movie {movie} is rated twice in one request")
             seen.add(movie)
 
-    def add_ratings(self, user: int, pairs: list[tuple[int, float]]) -> dict:
+    def add_ratings(self, user: int, pairs: list[tuple[int, float]], labels: list[str] | None = None) -> dict:
         """Durably store a user's ratings, fold them in at once, and schedule a retrain.
 
         Returns only after the ratings are fsync'd to the log; all or nothing.
         """
         if not 0 <= user <= MAX_ID:
             raise InputError(f"user id {user} is outside 0..{MAX_ID}")
-        self.check_ratings(pairs)
+        self.check_ratings(pairs, labels)
         with self._write_lock:
             entry = self.log.append(user, pairs)
             ratings = self._apply(entry)

@@ -1,0 +1,187 @@
+"""The HTTP API on a live CherryPy server on 127.0.0.1, as clients call it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import FAST, LiveServer
+
+from engine import RecommendationEngine
+
+TUTORIAL_FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl --data-binary sends
+
+
+@pytest.fixture(scope="module")
+def shared(sc, csv_fixture, tmp_path_factory):
+    """One server for the tests that do not need a fresh engine (they post under distinct user ids)."""
+    engine = RecommendationEngine(sc, str(csv_fixture.path), tmp_path_factory.mktemp("model"), params=FAST,
+                                  retrain="off")
+    server = LiveServer(engine)
+    yield server
+    server.stop()
+    engine.close()
+
+
+def _tutorial_body(fx) -> str:
+    """Ten ratings in the tutorial's user_ratings.file format: comedies loved, dramas hated."""
+    lines = [f"{m},5" for m in fx.comedies[:5]] + [f"{m},1" for m in fx.dramas[:5]]
+    return "\n".join(lines) + "\n"
+
+
+def test_new_user_posts_tutorial_file_and_gets_personal_top_n(shared, csv_fixture):
+    server = shared
+    status, body, _ = server.call("POST", "/4242/ratings", _tutorial_body(csv_fixture), TUTORIAL_FORM)
+    assert status == 201 and body == {"user": 4242, "accepted": 10, "model_version": 1}
+    status, top, _ = server.get("/4242/ratings/top/5?min_count=0")
+    assert status == 200 and "fallback" not in top
+    ids = [m["movieId"] for m in top["movies"]]
+    assert len(ids) == 5 and not set(ids) & (set(csv_fixture.comedies[:5]) | set(csv_fixture.dramas[:5]))
+    assert set(ids) <= set(csv_fixture.comedies)
+    assert set(top["movies"][0]) >= {"movieId", "title", "genres", "predicted_rating", "ratings_count"}
+    status, rated, _ = server.get("/4242/ratings")
+    assert status == 200 and len(rated["ratings"]) == 10
+
+
+def test_json_post_and_single_prediction(shared, csv_fixture):
+    server = shared
+    status, body, _ = server.post_json("/77/ratings", [{"movieId": 1, "rating": 4.5}, {"movieId": 31, "rating": 1}])
+    assert status == 201 and body["accepted"] == 2
+    status, one, _ = server.get("/77/ratings/1")
+    assert status == 200
+    assert one["movieId"] == 1 and one["title"] == "American President, The (1995)" and one["user_rating"] == 4.5
+    assert set(one) >= {"movieId", "title", "predicted_rating", "ratings_count", "user_rating"}
+    status, other, _ = server.get("/77/ratings/2")
+    assert status == 200 and other["user_rating"] is None and 0.5 <= other["predicted_rating"] <= 5
+
+
+def test_min_count_and_genre_filters_hold_for_every_movie(shared):
+    server = shared
+    for min_count in (0, 20, 36):
+        status, top, _ = server.get(f"/3/ratings/top/100?min_count={min_count}&genre=Drama")
+        assert status == 200
+        for movie in top["movies"]:
+            assert movie["ratings_count"] >= min_count and "Drama" in movie["genres"]
+    status, everything, _ = server.get("/3/ratings/top/100?min_count=100000")
+    assert status == 200 and everything["movies"] == []
+
+
+def test_unrated_user_gets_popular_fallback(shared):
+    server = shared
+    status, top, _ = server.get("/123456/ratings/top/3?min_count=30")
+    assert status == 200 and top["fallback"] == "popular"
+    assert len(top["movies"]) == 3 and all(m["ratings_count"] >= 30 for m in top["movies"])
+    status, rec, _ = server.get("/recommend?user=123456&n=2")
+    assert status == 200 and rec["user"] == 123456 and rec["fallback"] == "popular"
+    assert [set(r) for r in rec["recommendations"]] == [{"movieId", "title", "score"}] * 2
+
+
+def test_search_similar_movie_and_health(shared, csv_fixture):
+    server = shared
+    status, found, _ = server.get("/movies?q=president")
+    assert status == 200 and [m["movieId"] for m in found["movies"]] == [1]
+    status, similar, _ = server.get(f"/movies/{csv_fixture.comedies[1]}/similar?count=3")
+    assert status == 200 and len(similar["similar"]) == 3
+    assert {m["movieId"] for m in similar["similar"]} <= set(csv_fixture.comedies)
+    status, movie, _ = server.get("/movies/3")
+    assert status == 200 and movie["title"] == "Café, Le (1990)" and movie["ratings_count"] > 0
+    status, health, _ = server.get("/health")
+    assert status == 200 and health["status"] == "ok" and health["model_version"] == 1
+    assert health["n_ratings"] == int(server.engine.counts.sum())
+    assert set(health) >= {"model_version", "trained_at", "n_ratings", "pending_ratings", "training"}
+
+
+def test_background_retrain_bumps_version_and_stays_consistent(live, make_engine, csv_fixture):
+    server = live(make_engine(csv_fixture.path, retrain="async"))
+    status, _, _ = server.call("POST", "/5151/ratings", _tutorial_body(csv_fixture), TUTORIAL_FORM)
+    assert status == 201
+    _, before, _ = server.get("/5151/ratings/top/5?min_count=0")
+    assert server.engine.wait_idle(120)
+    _, health, _ = server.get("/health")
+    assert health["model_version"] == 2 and health["pending_ratings"] == 0
+    _, after, _ = server.get("/5151/ratings/top/5?min_count=0")
+    assert after["model_version"] == 2
+    assert {m["movieId"] for m in after["movies"]} <= set(csv_fixture.comedies[5:])
+    assert len(after["movies"]) == len(before["movies"]) == 5
+
+
+BIG = b"1,4\n" * (300_000)  # 1.2 MB
+
+ERRORS = [
+    ("GET", "/abc/ratings/top/5", None, None, 400, "user id"),
+    ("GET", "/-1/ratings/top/5", None, None, 400, "user id"),
+    ("GET", "/2147483648/ratings/top/5", None, None, 400, "user id"),
+    ("GET", "/99999999999999999999999/ratings/top/5", None, None, 400, "user id"),
+    ("GET", "/%C3%A9/ratings/top/5", None, None, 400, "user id"),
+    ("GET", "/1/ratings/top/0", None, None, 400, "count"),
+    ("GET", "/1/ratings/top/1001", None, None, 400, "count"),
+    ("GET", "/1/ratings/top/abc", None, None, 400, "count"),
+    ("GET", "/1/ratings/top/5?min_count=-1", None, None, 400, "min_count"),
+    ("GET", "/1/ratings/top/5?min_count=x", None, None, 400, "min_count"),
+    ("GET", "/1/ratings/top/5?genre=Nope", None, None, 400, "unknown genre"),
+    ("GET", "/1/ratings/424242", None, None, 404, "unknown movie"),
+    ("GET", "/movies/424242/similar", None, None, 404, "unknown movie"),
+    ("GET", "/recommend", None, None, 400, "user is required"),
+    ("GET", "/recommend?user=1&n=0", None, None, 400, "n must"),
+    ("GET", "/movies", None, None, 400, "q is required"),
+    ("GET", "/no/such/route/at/all", None, None, 404, "no such route"),
+    ("DELETE", "/1/ratings", None, None, 405, "not allowed"),
+    ("POST", "/1/ratings", b"", "text/plain", 400, "empty"),
+    ("POST", "/1/ratings", b"1,9\n", "text/plain", 400, "line 1"),
+    ("POST", "/1/ratings", b"1,4\nfoo\n", "text/plain", 400, "line 2"),
+    ("POST", "/1/ratings", b"1,4\n2,abc\n", "text/plain", 400, "line 2"),
+    ("POST", "/1/ratings", b"424242,4\n", "text/plain", 400, "unknown movie"),
+    ("POST", "/1/ratings", b"1,4\n1,3\n", "text/plain", 400, "twice"),
+    ("POST", "/1/ratings", b"1,inf\n", "text/plain", 400, "finite"),
+    ("POST", "/1/ratings", b'[{"movieId": 1, "rating": NaN}]', "application/json", 400, "finite"),
+    ("POST", "/1/ratings", b'[{"movieId": 1, "rating": "4"}]', "application/json", 400, "item 1"),
+    ("POST", "/1/ratings", b'[{"movieId": true, "rating": 4}]', "application/json", 400, "movie id"),
+    ("POST", "/1/ratings", b'{"movieId": 1, "rating": 4}', "application/json", 400, "JSON list"),
+    ("POST", "/1/ratings", b'[{"movieId": 1, "rat', "application/json", 400, "not valid JSON"),
+    ("POST", "/1/ratings", b"\xff\xfe1,4\n", "text/plain", 400, "UTF-8"),
+    ("POST", "/1/ratings", b"<r/>", "application/xml", 415, "content type"),
+    ("POST", "/1/ratings", BIG, "text/plain", 413, "larger than"),
+    ("POST", "/abc/ratings", b"1,4\n", "text/plain", 400, "user id"),
+    ("POST", "/2147483648/ratings", b"1,4\n", "text/plain", 400, "user id"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,ctype,status,message", ERRORS,
+                         ids=[f"{e[0]} {e[1][:30]} {e[4]}" for e in ERRORS])
+def test_bad_requests_get_json_4xx_and_change_nothing(shared, method, path, body, ctype, status, message):
+    server = shared
+    engine = server.engine
+    log_before = engine.log.path.read_bytes()
+    counts_before = engine.counts.copy()
+    got, data, raw = server.call(method, path, body, {"Content-Type": ctype} if ctype else {})
+    assert got == status, raw[:300]
+    assert set(data) == {"error"} and message in data["error"], data
+    assert engine.log.path.read_bytes() == log_before
+    assert (engine.counts == counts_before).all()
+
+
+def test_api_token_guards_posts_but_not_gets(live, csv_fixture):
+    server = live(api_token="s3cret-token")
+    payload = [{"movieId": 1, "rating": 4.0}]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
+        status, body, _ = server.post_json("/1/ratings", payload, headers)
+        assert status == 401 and "Bearer" in body["error"]
+    assert server.engine.log.path.read_bytes() == b""
+    status, _, _ = server.post_json("/1/ratings", payload, {"Authorization": "Bearer s3cret-token"})
+    assert status == 201
+    assert server.get("/1/ratings/top/3")[0] == 200
+
+
+def test_access_log_is_written_by_translogger(shared, caplog):
+    server = shared
+    with caplog.at_level("INFO", logger="wsgi"):
+        server.get("/health")
+    assert any('"GET /health HTTP/1.1" 200' in r.getMessage() for r in caplog.records)
+
+
+def test_ratings_log_is_readable_by_its_owner_only(shared):
+    server = shared
+    assert server.post_json("/9/ratings", [{"movieId": 2, "rating": 3.5}])[0] == 201
+    assert server.engine.log.path.stat().st_mode & 0o777 == 0o600
+    last = server.engine.log.path.read_text().splitlines()[-1]
+    assert json.loads(last.split(" ", 1)[1])["ratings"] == [[2, 3.5]]

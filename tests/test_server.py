@@ -1,0 +1,137 @@
+"""server.py as a real process: start-up, clean shutdown, restarts and kills lose no acknowledged rating."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import FAST, ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+class ServerProcess:
+    def __init__(self, dataset, model_dir, *extra: str):
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "params.json").write_text(json.dumps(FAST.as_dict()))  # small and quick
+        self.port = _free_port()
+        self.out = open(model_dir / f"server-{self.port}.out", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "server.py", "--dataset", str(dataset), "--model-dir", str(model_dir),
+             "--port", str(self.port), "--master", "local[2]", *extra],
+            cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.output()[-3000:]}")
+            if "serving on http://" in self.output():  # printed once CherryPy's bus has started
+                assert _request(self.port, "GET", "/health")[0] == 200
+                return
+            time.sleep(0.3)
+        raise AssertionError("server did not answer within 180 s")
+
+    def output(self) -> str:
+        with open(self.out.name) as fh:
+            return fh.read()
+
+    def post(self, user: int, text: str):
+        return _request(self.port, "POST", f"/{user}/ratings", text.encode(),
+                        {"Content-Type": "application/x-www-form-urlencoded"})
+
+    def get(self, path: str):
+        return _request(self.port, "GET", path)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig) if sig == signal.SIGKILL else self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.out.close()
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(*args):
+        server = ServerProcess(*args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop(signal.SIGKILL)
+
+
+def test_sigterm_stops_cleanly_and_restart_keeps_ratings(servers, csv_fixture, tmp_path):
+    first = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off")
+    assert first.post(31337, "1,4.5\n2,1\n")[0] == 201
+    assert first.stop(signal.SIGTERM) == 0
+    assert "Bus EXITED" in first.output()
+    second = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off")
+    status, body = second.get("/31337/ratings")
+    assert status == 200 and [(r["movieId"], r["rating"]) for r in body["ratings"]] == [(1, 4.5), (2, 1.0)]
+    assert "loaded saved model" in second.output()
+
+
+def test_sigkill_right_after_201_loses_nothing(servers, csv_fixture, tmp_path):
+    first = servers(csv_fixture.path, tmp_path / "m")
+    acknowledged = []
+    for user in range(900, 905):
+        status, _ = first.post(user, f"{user % 40 + 1},3.5\n")
+        assert status == 201
+        acknowledged.append((user, user % 40 + 1))
+    first.stop(signal.SIGKILL)  # process group: the JVM dies too
+    second = servers(csv_fixture.path, tmp_path / "m")
+    for user, movie in acknowledged:
+        status, body = second.get(f"/{user}/ratings/{movie}")
+        assert status == 200 and body["user_rating"] == 3.5
+
+
+def test_refuses_public_host_without_token(csv_fixture, tmp_path):
+    out = subprocess.run([sys.executable, "server.py", "--dataset", str(csv_fixture.path), "--host", "0.0.0.0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "--api-token" in out.stderr
+
+
+def test_port_in_use_is_a_one_line_error(csv_fixture):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "server.py", "--dataset", str(csv_fixture.path), "--port", str(port)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path):
+    out = subprocess.run([sys.executable, "server.py", "--dataset", str(tmp_path / "none"),
+                          "--port", str(_free_port()), "--model-dir", str(tmp_path / "m")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("server.py: no MovieLens dataset")
