@@ -10,13 +10,16 @@ from __future__ import annotations
 import hmac
 import json
 import math
+from pathlib import Path
 
+import yaml
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from engine import MAX_ID, InputError, NotFound, RecommendationEngine
 
 MAX_BODY = 1 << 20  # 1 MiB
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_COUNT = 1000
 DEFAULT_MIN_COUNT = 25
 
@@ -207,6 +210,11 @@ def health():
     return jsonify(_engine().health())
 
 
+@status_bp.get("/openapi.json")
+def openapi():
+    return jsonify(current_app.config["OPENAPI"])
+
+
 def _error(message: str, status: int):
     response = jsonify({"error": message})
     response.status_code = status
@@ -216,7 +224,8 @@ def _error(message: str, status: int):
 def create_app(engine: RecommendationEngine, api_token: str | None = None) -> Flask:
     """Build the Flask app around an engine; ``api_token`` guards the write endpoint."""
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token, JSON_SORT_KEYS=False)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token,
+                      OPENAPI=yaml.safe_load(OPENAPI_PATH.read_text()))
     app.json.sort_keys = False
     app.extensions["recommender"] = engine
     for blueprint in (ratings_bp, movies_bp, status_bp):

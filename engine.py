@@ -20,13 +20,14 @@ import numpy as np
 
 from datasets import movielens
 from model import FactorModel, ModelError, Scale, TrainParams
-from ratings_log import Entry, RatingsLog
+from ratings_log import Entry, Position, RatingsLog
 from training import collect_ratings, phase, train
 
 log = logging.getLogger(__name__)
 
 MAX_ID = 2**31 - 1  # pyspark.mllib keeps ids as 32-bit ints
 RETRAIN_MODES = ("async", "sync", "off")
+RETRY_SECONDS = 5.0  # first wait after a failed background retrain; doubles up to 5 minutes
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
@@ -63,7 +64,7 @@ class Snapshot:
     model: FactorModel
     version: int
     trained_at: str
-    log_seq: int  # log entries up to here are inside the model
+    log: Position  # log entries up to here are inside the model
     movie_bias: np.ndarray  # per catalogue row
     movie_factors: np.ndarray  # per catalogue row, zero for movies the model has not seen
     unit_factors: np.ndarray  # movie factors scaled to unit length, for similar movies
@@ -108,20 +109,21 @@ class RecommendationEngine:
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self.training = False
+        self._busy = False  # the retrain thread is training or backing off
         self.last_error: str | None = None
 
         with phase("load dataset"):
             self._load_dataset()
         self.log = RatingsLog(self.model_dir / "ratings.log")
         self._overlay: dict[int, UserRatings] = {}
-        for entry in self.log.entries:
+        for entry in self.log.take_recovered():
             self._apply(entry)
         self._snapshot = self._initial_snapshot()
         self._thread: threading.Thread | None = None
         if self.retrain_mode == "async":
             self._thread = threading.Thread(target=self._retrain_loop, name="retrain", daemon=True)
             self._thread.start()
-        if self.log.last_seq > self._snapshot.log_seq:
+        if self.log.last_seq > self._snapshot.log.seq:
             self.request_retrain()
 
     # --- loading -----------------------------------------------------------------------
@@ -197,11 +199,8 @@ class RecommendationEngine:
 
     # --- models ------------------------------------------------------------------------
 
-    def _model_meta(self, log_seq: int) -> dict:
-        return {"dataset": self.dataset, "dataset_fingerprint": self.fingerprint,
-                "log_seq": log_seq, "log_sha256": self.log.digest(log_seq)}
-
-    def _load_saved(self) -> FactorModel | None:
+    def _load_saved(self) -> tuple[FactorModel, Position] | None:
+        """The saved model, if it was trained on this data, with these parameters, on a prefix of this log."""
         try:
             model = FactorModel.load(self.model_dir)
         except ModelError as exc:
@@ -209,36 +208,36 @@ class RecommendationEngine:
                 log.warning("%s; retraining", exc)
             return None
         meta = model.meta
-        seq = int(meta.get("log_seq", -1))
+        position = self.log.position_at(int(meta.get("log_seq", -1)))
         if meta.get("dataset_fingerprint") != self.fingerprint:
             log.info("saved model was trained on other data; retraining")
         elif model.params != self.params:
             log.info("saved model has other parameters; retraining")
-        elif seq > self.log.last_seq or meta.get("log_sha256") != self.log.digest(seq):
+        elif position is None or meta.get("log_sha256") != position.sha256:
             log.info("saved model saw ratings the log does not hold; retraining")
         else:
             log.info("loaded saved model from %s (version %s)", self.model_dir, meta.get("model_version"))
-            return model
+            return model, position
         return None
 
     def _initial_snapshot(self) -> Snapshot:
-        model = self._load_saved()
-        self.model_source = "loaded" if model is not None else "trained"
-        if model is None:
-            seq = self.log.last_seq
-            model = self._train(dict(self._overlay), seq)
+        saved = self._load_saved()
+        self.model_source = "loaded" if saved is not None else "trained"
+        if saved is None:
+            position = self.log.position()
+            model = self._train(dict(self._overlay))
             version = 1
-            self._save(model, seq, version)
+            self._save(model, position, version)
         else:
-            seq = int(model.meta["log_seq"])
+            model, position = saved
             version = int(model.meta.get("model_version", 1))
-        snapshot = self._make_snapshot(model, version, seq)
+        snapshot = self._make_snapshot(model, version, position)
         for user, ratings in self._overlay.items():
-            if ratings.seq > seq:
+            if ratings.seq > position.seq:
                 snapshot.folded[user] = self._fold(snapshot, ratings)
         return snapshot
 
-    def _train(self, overlay: dict[int, UserRatings], log_seq: int) -> FactorModel:
+    def _train(self, overlay: dict[int, UserRatings]) -> FactorModel:
         """Train on the dataset with the posted ratings merged in (users in the overlay replaced)."""
         ratings = self.base_ratings
         if overlay:
@@ -248,16 +247,22 @@ class RecommendationEngine:
                       for r, v in zip(ur.rows.tolist(), ur.ratings.tolist())]
             ratings = ratings.filter(lambda t: t[0] not in replaced.value).union(
                 self.sc.parallelize(posted, max(1, self.sc.defaultParallelism)))
+            try:
+                return train(self.sc, ratings, self.params, self.scale)
+            finally:
+                replaced.destroy()
         return train(self.sc, ratings, self.params, self.scale)
 
-    def _save(self, model: FactorModel, log_seq: int, version: int) -> None:
+    def _save(self, model: FactorModel, position: Position, version: int) -> None:
+        meta = {"dataset": self.dataset, "dataset_fingerprint": self.fingerprint, "model_version": version,
+                "log_seq": position.seq, "log_ratings": position.ratings, "log_sha256": position.sha256,
+                "metrics": {k: model.meta[k] for k in ("n_ratings", "fit_seconds")}}
         try:
-            model.save(self.model_dir, {**self._model_meta(log_seq), "model_version": version,
-                                        "metrics": {k: model.meta[k] for k in ("n_ratings", "fit_seconds")}})
+            model.save(self.model_dir, meta)
         except OSError as exc:  # serving goes on; the next start retrains
             log.error("could not save the model to %s: %s", self.model_dir, exc)
 
-    def _make_snapshot(self, model: FactorModel, version: int, log_seq: int) -> Snapshot:
+    def _make_snapshot(self, model: FactorModel, version: int, position: Position) -> Snapshot:
         mrows = model.movie_rows(self.movie_ids)
         seen = mrows >= 0
         bias = np.where(seen, model.movie_bias[np.maximum(mrows, 0)], 0.0)
@@ -265,7 +270,7 @@ class RecommendationEngine:
         norms = np.linalg.norm(factors, axis=1, keepdims=True)
         unit = np.divide(factors, norms, out=np.zeros_like(factors), where=norms > 0)
         trained_at = model.meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        return Snapshot(model, version, trained_at, log_seq, bias, factors, unit)
+        return Snapshot(model, version, trained_at, position, bias, factors, unit)
 
     def _fold(self, snapshot: Snapshot, ratings: UserRatings) -> tuple[float, np.ndarray]:
         model_rows = snapshot.model.movie_rows(self.movie_ids[ratings.rows])
@@ -285,41 +290,49 @@ class RecommendationEngine:
         with self._train_lock:
             with self._write_lock:
                 overlay = dict(self._overlay)
-                seq = self.log.last_seq
+                position = self.log.position()
             self.training = True
             try:
-                model = self._train(overlay, seq)
+                model = self._train(overlay)
             finally:
                 self.training = False
             with self._write_lock:
-                snapshot = self._make_snapshot(model, self._snapshot.version + 1, seq)
+                snapshot = self._make_snapshot(model, self._snapshot.version + 1, position)
                 for user, ratings in self._overlay.items():
-                    if ratings.seq > seq:
+                    if ratings.seq > position.seq:
                         snapshot.folded[user] = self._fold(snapshot, ratings)
                 self._snapshot = snapshot
-            self._save(model, seq, snapshot.version)
-            log.info("model version %d in service (log up to entry %d)", snapshot.version, seq)
+            self._save(model, position, snapshot.version)
+            log.info("model version %d in service (log up to entry %d)", snapshot.version, position.seq)
             return snapshot.version
 
     def _retrain_loop(self) -> None:
+        backoff = RETRY_SECONDS
         while not self._stopping.is_set():
             self._dirty.wait()
             if self._stopping.is_set():
                 return
+            self._busy = True  # set before clearing _dirty, so wait_idle never sees a gap
             self._dirty.clear()
             try:
                 self.retrain()
                 self.last_error = None
-            except Exception as exc:  # keep serving the previous model
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("background retrain failed; the previous model stays in service")
-                self._stopping.wait(5)
+                backoff = RETRY_SECONDS
+            except Exception as exc:  # keep serving the previous model, and try again later
+                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                log.exception("background retrain failed; the previous model stays in service, "
+                              "retrying in %.0f s", backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 300)
+                self._dirty.set()
+            finally:
+                self._busy = False
 
     def wait_idle(self, timeout: float = 300) -> bool:
         """Wait until no retrain is pending or running (for tests, tools and shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._dirty.is_set() and not self._train_lock.locked():
+            if not (self._dirty.is_set() or self._busy or self._train_lock.locked()):
                 return True
             time.sleep(0.05)
         return False
@@ -513,18 +526,10 @@ class RecommendationEngine:
             self._dirty.set()
         return {"user": user, "accepted": len(pairs), "model_version": version}
 
-    def _pending(self, log_seq: int) -> int:
-        """Ratings logged since the model in service was trained."""
-        pending = 0
-        for entry in reversed(self.log.entries):
-            if entry.seq <= log_seq:
-                break
-            pending += len(entry.ratings)
-        return pending
-
     def health(self) -> dict:
         snapshot = self._snapshot
+        pending = self.log.position().ratings - snapshot.log.ratings
         return {"status": "ok", "model_version": snapshot.version, "trained_at": snapshot.trained_at,
-                "n_ratings": int(self.counts.sum()), "pending_ratings": self._pending(snapshot.log_seq),
+                "n_ratings": int(self.counts.sum()), "pending_ratings": pending,
                 "training": self.training, "retrain": self.retrain_mode,
                 "last_retrain_error": self.last_error}

@@ -100,6 +100,13 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
     work = Path(tempfile.mkdtemp(prefix="recommender-spark-"))
     checkpoint = os.environ.get("SPARK_CHECKPOINT_DIR") or str(work / "checkpoints")
     sc.setCheckpointDir(checkpoint)
-    sc.addPyFile(str(_project_zip(work)))
+    modules = _project_zip(work)
+    sc.addPyFile(str(modules))
+    # addPyFile also puts the zip on the driver's sys.path; the driver keeps using the project's files.
+    from pyspark import SparkFiles
+
+    shipped = str(Path(SparkFiles.getRootDirectory(), modules.name))
+    if shipped in sys.path:
+        sys.path.remove(shipped)
     log.info("Spark %s on %s (checkpoints in %s)", sc.version, sc.master, checkpoint)
     return sc

@@ -80,8 +80,11 @@ def train(sc, ratings, params: TrainParams, scale: Scale) -> FactorModel:
     with phase("collect factors"):
         user_factors = _factors_to_arrays(als.userFeatures().collect(), user_ids, params.rank)
         movie_factors = _factors_to_arrays(als.productFeatures().collect(), movie_ids, params.rank)
-    bi.unpersist()
-    bu.unpersist()
+    # Free what Spark keeps per training, so a long-running service does not accumulate it.
+    als._java_model.userFeatures().unpersist(False)
+    als._java_model.productFeatures().unpersist(False)
+    bi.destroy()
+    bu.destroy()
     ratings.unpersist()
     model = FactorModel(mu=mu, user_ids=user_ids, user_bias=user_bias_arr, user_factors=user_factors,
                         movie_ids=movie_ids, movie_bias=movie_bias_arr, movie_factors=movie_factors,

@@ -14,49 +14,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import http.client
 import json
 import multiprocessing
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import DEFAULT_DATASET, Client, start_server, summary
+
 TARGETS = {"top10_p50_ms": 5, "top10_p99_ms": 20, "predict_p50_ms": 3, "post10_p50_ms": 20,
            "throughput_rps": 400, "get_p99_during_retrain_ms": 100}
-
-
-class Client:
-    """One keep-alive connection."""
-
-    def __init__(self, host: str, port: int):
-        self.conn = http.client.HTTPConnection(host, port, timeout=60)
-
-    def call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        start = time.perf_counter()
-        self.conn.request(method, path, body=body, headers=headers or {})
-        response = self.conn.getresponse()
-        data = response.read()
-        elapsed = (time.perf_counter() - start) * 1000
-        if response.status >= 400:
-            raise RuntimeError(f"{method} {path} -> {response.status}: {data[:200]!r}")
-        return elapsed, data
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 3)
-
-
-def summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99),
-            "max_ms": round(max(values), 3)}
 
 
 def _throughput_worker(args):
@@ -68,28 +39,6 @@ def _throughput_worker(args):
         client.call("GET", f"/{rng.choice(users)}/ratings/top/10?min_count=25")
         done += 1
     return done
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(dataset: str, model_dir: str) -> tuple[subprocess.Popen, int, Path]:
-    port = _free_port()
-    out = Path(model_dir) / "server.out"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--dataset", dataset, "--port", str(port),
-                             "--model-dir", model_dir], cwd=ROOT, stdout=open(out, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"serve_bench: server exited: {out.read_text()[-2000:]}")
-        if "serving on http://" in out.read_text():
-            return proc, port, out
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("serve_bench: server did not start within 300 s")
 
 
 def catalogue(dataset: str) -> tuple[list[int], list[int]]:
@@ -116,7 +65,7 @@ def run(host: str, port: int, dataset: str, requests: int, seconds: float, clien
         posts.append(client.call("POST", f"/{1_000_000 + i}/ratings", body, {"Content-Type": "text/plain"})[0])
 
     # Let the retrains the posts caused finish before measuring throughput.
-    while json.loads(client.call("GET", "/health")[1])["training"]:
+    while json.loads(client.call("GET", "/health")[2])["training"]:
         time.sleep(0.2)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(clients) as pool:
@@ -131,9 +80,9 @@ def run(host: str, port: int, dataset: str, requests: int, seconds: float, clien
         body = "\n".join(f"{m},4" for m in rng.sample(movies, 10)).encode()
         client.call("POST", f"/{2_000_000 + rounds}/ratings", body, {"Content-Type": "text/plain"})
         deadline = time.monotonic() + 30
-        while not json.loads(client.call("GET", "/health")[1])["training"] and time.monotonic() < deadline:
+        while not json.loads(client.call("GET", "/health")[2])["training"] and time.monotonic() < deadline:
             time.sleep(0.01)
-        while json.loads(client.call("GET", "/health")[1])["training"]:
+        while json.loads(client.call("GET", "/health")[2])["training"]:
             during.append(client.call("GET", f"/{rng.choice(users)}/ratings/top/10?min_count=25")[0])
 
     result = {
@@ -142,7 +91,7 @@ def run(host: str, port: int, dataset: str, requests: int, seconds: float, clien
         "post_10_ratings": summary(posts),
         "throughput": {"clients": clients, "seconds": seconds, "requests": sum(counts),
                        "requests_per_s": throughput, "wall_s": round(elapsed, 2)},
-        "get_top10_during_retrain": summary(during) if during else {"n": 0},
+        "get_top10_during_retrain": summary(during),
         "retrain_rounds": rounds,
         "cpus": os.cpu_count(),
     }
@@ -161,7 +110,7 @@ def run(host: str, port: int, dataset: str, requests: int, seconds: float, clien
 def main() -> int:
     p = argparse.ArgumentParser(description="Benchmark the recommendation service over HTTP.")
     p.add_argument("--url", help="target a running server instead of starting one")
-    p.add_argument("--dataset", default=str(ROOT / "datasets" / "ml-latest-small"))
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
     p.add_argument("--requests", type=int, default=2000, help="requests per latency series")
     p.add_argument("--seconds", type=float, default=10, help="throughput run length")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients for throughput")
@@ -172,7 +121,7 @@ def main() -> int:
             parsed = urlparse(args.url)
             host, port = parsed.hostname, parsed.port or 80
         else:
-            proc, port, _ = start_server(args.dataset, model_dir)
+            proc, port = start_server(args.dataset, model_dir)
             host = "127.0.0.1"
         try:
             result = run(host, port, args.dataset, args.requests, args.seconds, args.clients)

@@ -143,6 +143,19 @@ ERRORS = [
     ("POST", "/1/ratings", BIG, "text/plain", 413, "larger than"),
     ("POST", "/abc/ratings", b"1,4\n", "text/plain", 400, "user id"),
     ("POST", "/2147483648/ratings", b"1,4\n", "text/plain", 400, "user id"),
+    ("POST", "/1/ratings", b"-1,4\n", "text/plain", 400, "movie id"),
+    ("POST", "/1/ratings", b"99999999999999999999999,4\n", "text/plain", 400, "movie id"),
+    ("POST", "/1/ratings", b"\xd9\xa3,4\n", "text/plain", 400, "movie id"),
+    ("POST", "/1/ratings", b"1,-0.5\n", "text/plain", 400, "not on the scale"),
+    ("POST", "/1/ratings", b"1,4,5\n", "text/plain", 400, "line 1"),
+    ("POST", "/1/ratings", b'[{"movieId": 1, "rating": 1e999}]', "application/json", 400, "finite"),
+    ("POST", "/1/ratings", b'[{"movieId": 1.5, "rating": 4}]', "application/json", 400, "movie id"),
+    ("POST", "/1/ratings", b'[{"movieId": 1, "rating": 4, "x": 1}]', "application/json", 400, "exactly"),
+    ("POST", "/1/ratings", b"[]", "application/json", 400, "no ratings"),
+    ("POST", "/1/ratings", b"1,4\n", "multipart/form-data; boundary=x", 415, "content type"),
+    ("GET", "/1/ratings/top/-3", None, None, 400, "count"),
+    ("GET", "/%D9%A3/ratings/top/5", None, None, 400, "user id"),
+    ("PUT", "/1/ratings/top/5", None, None, 405, "not allowed"),
 ]
 
 
@@ -152,11 +165,13 @@ def test_bad_requests_get_json_4xx_and_change_nothing(shared, method, path, body
     server = shared
     engine = server.engine
     log_before = engine.log.path.read_bytes()
+    model_before = (engine.model_dir / "model.json").read_bytes()
     counts_before = engine.counts.copy()
     got, data, raw = server.call(method, path, body, {"Content-Type": ctype} if ctype else {})
     assert got == status, raw[:300]
     assert set(data) == {"error"} and message in data["error"], data
     assert engine.log.path.read_bytes() == log_before
+    assert (engine.model_dir / "model.json").read_bytes() == model_before
     assert (engine.counts == counts_before).all()
 
 

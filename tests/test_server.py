@@ -111,6 +111,21 @@ def test_sigkill_right_after_201_loses_nothing(servers, csv_fixture, tmp_path):
         assert status == 200 and body["user_rating"] == 3.5
 
 
+def test_sigkill_during_a_retrain_keeps_the_old_model_and_every_rating(servers, csv_fixture, tmp_path):
+    first = servers(csv_fixture.path, tmp_path / "m")
+    assert first.post(950, "1,5\n2,4.5\n")[0] == 201
+    deadline = time.monotonic() + 60
+    while not first.get("/health")[1]["training"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.get("/health")[1]["training"]
+    first.stop(signal.SIGKILL)
+    second = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off")
+    health = second.get("/health")[1]
+    assert health["model_version"] == 1 and health["pending_ratings"] == 2
+    assert "loaded saved model" in second.output()
+    assert [(r["movieId"], r["rating"]) for r in second.get("/950/ratings")[1]["ratings"]] == [(1, 5.0), (2, 4.5)]
+
+
 def test_refuses_public_host_without_token(csv_fixture, tmp_path):
     out = subprocess.run([sys.executable, "server.py", "--dataset", str(csv_fixture.path), "--host", "0.0.0.0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)

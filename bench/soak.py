@@ -1,0 +1,127 @@
+"""Soak test: mixed load (90% GET, 10% POST) against a live server for a given time.
+
+    .venv/bin/python bench/soak.py --minutes 10
+
+Starts server.py on ml-latest-small with a temporary model folder (background
+retraining on), drives it from several keep-alive clients, and prints one JSON
+object: requests, errors, latency percentiles, the ratings log's entries against
+the acknowledged POSTs (and every acknowledged rating read back), and the
+server's resident memory each minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import DEFAULT_DATASET, Client, start_server, summary, tree_rss_mb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ratings_log import read_entries  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="Mixed-load soak test of the recommendation service.")
+    p.add_argument("--minutes", type=float, default=10)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--post-share", type=float, default=0.1)
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    args = p.parse_args()
+
+    with open(Path(args.dataset) / "movies.csv", newline="") as fh:
+        movies = [int(row[0]) for row in list(csv.reader(fh))[1:]]
+    with tempfile.TemporaryDirectory(prefix="soak-") as model_dir:
+        proc, port = start_server(args.dataset, model_dir)
+        latencies: dict[str, list[float]] = {"get": [], "post": []}
+        errors: list[str] = []
+        acknowledged: dict[tuple[int, int], float] = {}
+        acked_posts = [0]
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def client_loop(seed: int) -> None:
+            rng = random.Random(seed)
+            client = Client("127.0.0.1", port)
+            while not stop.is_set():
+                try:
+                    if rng.random() < args.post_share:
+                        user = rng.randint(1, 700)
+                        pairs = [(m, rng.randint(1, 10) / 2) for m in rng.sample(movies, rng.randint(1, 10))]
+                        body = "\n".join(f"{m},{r}" for m, r in pairs).encode()
+                        ms, status, data = client.call("POST", f"/{user}/ratings", body,
+                                                       {"Content-Type": "text/plain"}, check=False)
+                        with lock:
+                            latencies["post"].append(ms)
+                            if status == 201:
+                                acked_posts[0] += 1
+                                for m, r in pairs:
+                                    acknowledged[(user, m)] = r
+                            else:
+                                errors.append(f"POST {status} {data[:100]!r}")
+                    else:
+                        user = rng.randint(1, 700)
+                        path = (f"/{user}/ratings/top/10?min_count=25" if rng.random() < 0.7
+                                else f"/{user}/ratings/{rng.choice(movies)}")
+                        ms, status, data = client.call("GET", path, check=False)
+                        with lock:
+                            latencies["get"].append(ms)
+                            if status != 200:
+                                errors.append(f"GET {status} {data[:100]!r}")
+                except Exception as exc:  # a dropped connection counts as an error
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                    client = Client("127.0.0.1", port)
+
+        threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(args.clients)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        memory = []
+        while time.monotonic() - start < args.minutes * 60:
+            time.sleep(min(60, args.minutes * 60 - (time.monotonic() - start)))
+            memory.append({"minute": round((time.monotonic() - start) / 60, 2), **tree_rss_mb(proc.pid)})
+        stop.set()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - start
+
+        # Every acknowledged rating must be in the log and served back with its latest value.
+        log_entries = len(read_entries(Path(model_dir) / "ratings.log")[0])
+        client = Client("127.0.0.1", port)
+        missing = [key for key, rating in acknowledged.items()
+                   if json.loads(client.call("GET", f"/{key[0]}/ratings/{key[1]}")[2])["user_rating"] != rating]
+        health = json.loads(client.call("GET", "/health")[2])
+        proc.terminate()
+        proc.wait(120)
+
+    after_first = [m["total_mb"] for m in memory if m["minute"] > 1.01] or [memory[-1]["total_mb"]]
+    result = {
+        "minutes": round(elapsed / 60, 2),
+        "clients": args.clients,
+        "requests": len(latencies["get"]) + len(latencies["post"]),
+        "requests_per_s": round((len(latencies["get"]) + len(latencies["post"])) / elapsed, 1),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "get": summary(latencies["get"]),
+        "post": summary(latencies["post"]),
+        "acknowledged_posts": acked_posts[0],
+        "log_entries": log_entries,
+        "acknowledged_ratings": len(acknowledged),
+        "lost_ratings": len(missing),
+        "final_model_version": health["model_version"],
+        "memory": memory,
+        "rss_growth_after_first_minute_mb": round(max(after_first) - memory[0]["total_mb"], 1),
+    }
+    print(json.dumps(result))
+    return 0 if not errors and not missing and log_entries == acked_posts[0] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
