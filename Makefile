@@ -7,7 +7,7 @@ DATASET ?= ml-latest-small
 PORT ?= 5432
 PYTEST_ARGS ?=
 
-.PHONY: setup data run test lint clean
+.PHONY: setup data run test lint chromium clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -28,7 +28,14 @@ run: data
 lint: setup
 	$(PY) -m ruff check .
 
-test: data lint
+# The browser test drives Debian's Chromium; install it when missing and we may.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		{ echo "the browser test needs Chromium: sudo apt-get install chromium"; exit 1; }
+
+test: data lint chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from engine import MAX_ID, InputError, NotFound, RecommendationEngine
+from web import web_bp
 
 MAX_BODY = 1 << 20  # 1 MiB
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
@@ -228,7 +229,7 @@ def create_app(engine: RecommendationEngine, api_token: str | None = None) -> Fl
                       OPENAPI=yaml.safe_load(OPENAPI_PATH.read_text()))
     app.json.sort_keys = False
     app.extensions["recommender"] = engine
-    for blueprint in (ratings_bp, movies_bp, status_bp):
+    for blueprint in (ratings_bp, movies_bp, status_bp, web_bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(InputError)

@@ -239,19 +239,29 @@ class RecommendationEngine:
 
     def _train(self, overlay: dict[int, UserRatings]) -> FactorModel:
         """Train on the dataset with the posted ratings merged in (users in the overlay replaced)."""
-        ratings = self.base_ratings
-        if overlay:
-            replaced = self.sc.broadcast(set(overlay))
-            ids = self.movie_ids
-            posted = [(u, int(ids[r]), float(v)) for u, ur in overlay.items()
-                      for r, v in zip(ur.rows.tolist(), ur.ratings.tolist())]
-            ratings = ratings.filter(lambda t: t[0] not in replaced.value).union(
-                self.sc.parallelize(posted, max(1, self.sc.defaultParallelism)))
-            try:
-                return train(self.sc, ratings, self.params, self.scale)
-            finally:
-                replaced.destroy()
-        return train(self.sc, ratings, self.params, self.scale)
+        if not overlay:
+            return train(self.sc, self.base_ratings, self.params, self.scale)
+        replaced = self.sc.broadcast(set(overlay))
+        try:
+            ratings = self.base_ratings.filter(lambda t: t[0] not in replaced.value).union(self._posted_rdd(overlay))
+            return train(self.sc, ratings, self.params, self.scale)
+        finally:
+            replaced.destroy()
+
+    def _posted_rdd(self, overlay: dict[int, UserRatings]):
+        """The overlay users' ratings as an RDD, shipped as packed arrays (no Python object per rating)."""
+        users = np.concatenate([np.full(len(ur.rows), u, dtype=np.int64) for u, ur in overlay.items()])
+        movies = self.movie_ids[np.concatenate([ur.rows for ur in overlay.values()])]
+        values = np.concatenate([ur.ratings for ur in overlay.values()])
+        parts = max(1, self.sc.defaultParallelism)
+        chunks = [(u.tobytes(), m.tobytes(), v.tobytes()) for u, m, v in
+                  zip(np.array_split(users, parts), np.array_split(movies, parts), np.array_split(values, parts))]
+
+        def unpack(chunk):
+            u, m, v = (np.frombuffer(b, dtype=t) for b, t in zip(chunk, (np.int64, np.int64, np.float64)))
+            return zip(u.tolist(), m.tolist(), v.tolist())
+
+        return self.sc.parallelize(chunks, parts).flatMap(unpack)
 
     def _save(self, model: FactorModel, position: Position, version: int) -> None:
         meta = {"dataset": self.dataset, "dataset_fingerprint": self.fingerprint, "model_version": version,

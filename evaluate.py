@@ -66,8 +66,9 @@ def _rank_partition(model_bc, k: int):
     return rank
 
 
-def evaluate(sc, train_rdd, test_rdd, params: TrainParams, scale: Scale | None = None) -> dict:
-    """Train on ``train_rdd`` and measure on every pair of ``test_rdd``."""
+def evaluate(sc, train_rdd, test_rdd, params: TrainParams, scale: Scale | None = None,
+             ranking: bool = True) -> dict:
+    """Train on ``train_rdd`` and measure on every pair of ``test_rdd`` (``ranking``: also precision/NDCG@10)."""
     from pyspark.mllib.evaluation import RankingMetrics, RegressionMetrics
 
     train_rdd = train_rdd.cache()
@@ -86,23 +87,25 @@ def evaluate(sc, train_rdd, test_rdd, params: TrainParams, scale: Scale | None =
     full = RegressionMetrics(predictions.map(lambda t: (t[0], t[1])))
     base = RegressionMetrics(predictions.map(lambda t: (t[2], t[1])))
 
-    relevant = test_rdd.filter(lambda t: t[2] >= RELEVANT).map(lambda t: (t[0], t[1])).groupByKey()
-    seen = train_rdd.map(lambda t: (t[0], t[1])).groupByKey()
-    ranked = relevant.leftOuterJoin(seen).mapPartitions(_rank_partition(model_bc, TOP_K))
-    ranking = RankingMetrics(ranked)
     result = {
         "rmse": round(full.rootMeanSquaredError, 5),
         "mae": round(full.meanAbsoluteError, 5),
         "coverage": predicted / n_test,
         "baseline_rmse": round(base.rootMeanSquaredError, 5),
-        f"precision_at_{TOP_K}": round(ranking.precisionAt(TOP_K), 5),
-        f"ndcg_at_{TOP_K}": round(ranking.ndcgAt(TOP_K), 5),
+    }
+    if ranking:
+        relevant = test_rdd.filter(lambda t: t[2] >= RELEVANT).map(lambda t: (t[0], t[1])).groupByKey()
+        seen = train_rdd.map(lambda t: (t[0], t[1])).groupByKey()
+        metrics = RankingMetrics(relevant.leftOuterJoin(seen).mapPartitions(_rank_partition(model_bc, TOP_K)))
+        result[f"precision_at_{TOP_K}"] = round(metrics.precisionAt(TOP_K), 5)
+        result[f"ndcg_at_{TOP_K}"] = round(metrics.ndcgAt(TOP_K), 5)
+    result.update({
         "n_train": n_train,
         "n_test": n_test,
         "fit_seconds": round(fit_seconds, 2),
         "params": params.as_dict(),
         "scale": scale.__dict__,
-    }
+    })
     predictions.unpersist()
     model_bc.unpersist()
     train_rdd.unpersist()
@@ -205,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             ratings, bad = movielens.load_ratings(sc, layout)
             if args.tune:
                 result = tune(sc, ratings, params, args.seed)
+                model_dir.mkdir(parents=True, exist_ok=True)
+                (model_dir / "tune.json").write_text(json.dumps(result, indent=2) + "\n")  # for eda.py
                 if args.save:
-                    model_dir.mkdir(parents=True, exist_ok=True)
                     chosen = {k: result["chosen"][k] for k in ("rank", "reg")}
                     (model_dir / "params.json").write_text(json.dumps(chosen, indent=2) + "\n")
                     print(f"saved {chosen} to {model_dir / 'params.json'}")

@@ -16,6 +16,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 
 import cherrypy
 from paste.translogger import TransLogger
@@ -61,6 +63,19 @@ def is_loopback(host: str) -> bool:
 def build_wsgi(engine: RecommendationEngine, api_token: str | None = None):
     """The Flask app wrapped in Paste's TransLogger (Apache combined access log)."""
     return TransLogger(create_app(engine, api_token), setup_console_handler=False)
+
+
+def exit_with_parent() -> None:
+    """Under spark-submit the JVM is this process's parent: stop when it goes, rather than linger."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        log.warning("spark-submit's JVM has gone; stopping")
+        cherrypy.engine.exit()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def serve(wsgi_app, host: str, port: int, threads: int = 16, on_stop=None) -> None:
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
         logging.shutdown()
 
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        exit_with_parent()
     serve(build_wsgi(engine, args.api_token), args.host, args.port, args.threads, on_stop=shutdown)
     return 0
 

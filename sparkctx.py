@@ -85,6 +85,9 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark import SparkConf, SparkContext
 
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Under spark-submit the JVM is already up: join it first so SparkConf sees --master and --conf.
+        SparkContext._ensure_initialized()
     spark_conf = SparkConf().setAppName(app_name)
     if master:
         spark_conf.setMaster(master)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from common import DEFAULT_DATASET, Client, start_server, summary
+from common import DEFAULT_DATASET, Client, start_server, summary, tree_rss_mb
 
 TARGETS = {"top10_p50_ms": 5, "top10_p99_ms": 20, "predict_p50_ms": 3, "post10_p50_ms": 20,
            "throughput_rps": 400, "get_p99_during_retrain_ms": 100}
@@ -42,14 +42,19 @@ def _throughput_worker(args):
 
 
 def catalogue(dataset: str) -> tuple[list[int], list[int]]:
-    with open(Path(dataset) / "ratings.csv", newline="") as fh:
-        rows = list(csv.reader(fh))[1:]
-    users = sorted({int(r[0]) for r in rows})
-    movies = sorted({int(r[1]) for r in rows})
-    return users, movies
+    """User and movie ids to query, read without holding the ratings file in memory."""
+    with open(Path(dataset) / "movies.csv", newline="") as fh:
+        movies = [int(row[0]) for row in list(csv.reader(fh))[1:]]
+    users: set[int] = set()
+    with open(Path(dataset) / "ratings.csv") as fh:
+        next(fh)
+        for line in fh:
+            users.add(int(line.split(",", 1)[0]))
+    return sorted(users), movies
 
 
-def run(host: str, port: int, dataset: str, requests: int, seconds: float, clients: int) -> dict:
+def run(host: str, port: int, dataset: str, requests: int, seconds: float, clients: int,
+        only_gets: bool = False) -> dict:
     rng = random.Random(1)
     users, movies = catalogue(dataset)
     client = Client(host, port)
@@ -58,6 +63,9 @@ def run(host: str, port: int, dataset: str, requests: int, seconds: float, clien
 
     top = [client.call("GET", f"/{rng.choice(users)}/ratings/top/10?min_count=25")[0] for _ in range(requests)]
     one = [client.call("GET", f"/{rng.choice(users)}/ratings/{rng.choice(movies)}")[0] for _ in range(requests)]
+    if only_gets:
+        return {"get_top10": summary(top), "get_prediction": summary(one), "users": len(users),
+                "movies": len(movies)}
 
     posts = []
     for i in range(min(requests, 300)):
@@ -114,17 +122,24 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=2000, help="requests per latency series")
     p.add_argument("--seconds", type=float, default=10, help="throughput run length")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients for throughput")
+    p.add_argument("--only-gets", action="store_true", help="measure only GET latency (and memory)")
+    p.add_argument("--server-args", default="", help="extra server.py flags when the bench starts it")
+    p.add_argument("--model-dir", help="model folder for the started server (default: a temporary one); "
+                                       "a params.json there sets rank and iterations, and the model is kept")
     args = p.parse_args()
     proc = None
-    with tempfile.TemporaryDirectory(prefix="serve-bench-") as model_dir:
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
+        model_dir = args.model_dir or scratch
         if args.url:
             parsed = urlparse(args.url)
             host, port = parsed.hostname, parsed.port or 80
         else:
-            proc, port = start_server(args.dataset, model_dir)
+            proc, port = start_server(args.dataset, model_dir, *args.server_args.split())
             host = "127.0.0.1"
         try:
-            result = run(host, port, args.dataset, args.requests, args.seconds, args.clients)
+            result = run(host, port, args.dataset, args.requests, args.seconds, args.clients, args.only_gets)
+            if proc is not None:
+                result["server_rss"] = tree_rss_mb(proc.pid)
         finally:
             if proc is not None:
                 proc.terminate()

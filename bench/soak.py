@@ -33,10 +33,14 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--post-share", type=float, default=0.1)
     p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--pool", type=int, default=0,
+                   help="POSTs rate only the N most-listed movie ids (0: any movie); a small pool makes "
+                        "later posts re-rate, so the stored data stops growing and memory can be judged flat")
     args = p.parse_args()
 
     with open(Path(args.dataset) / "movies.csv", newline="") as fh:
         movies = [int(row[0]) for row in list(csv.reader(fh))[1:]]
+    post_movies = movies[:args.pool] if args.pool else movies
     with tempfile.TemporaryDirectory(prefix="soak-") as model_dir:
         proc, port = start_server(args.dataset, model_dir)
         latencies: dict[str, list[float]] = {"get": [], "post": []}
@@ -53,7 +57,7 @@ def main() -> int:
                 try:
                     if rng.random() < args.post_share:
                         user = rng.randint(1, 700)
-                        pairs = [(m, rng.randint(1, 10) / 2) for m in rng.sample(movies, rng.randint(1, 10))]
+                        pairs = [(m, rng.randint(1, 10) / 2) for m in rng.sample(post_movies, rng.randint(1, 10))]
                         body = "\n".join(f"{m},{r}" for m, r in pairs).encode()
                         ms, status, data = client.call("POST", f"/{user}/ratings", body,
                                                        {"Content-Type": "text/plain"}, check=False)
@@ -86,7 +90,9 @@ def main() -> int:
         memory = []
         while time.monotonic() - start < args.minutes * 60:
             time.sleep(min(60, args.minutes * 60 - (time.monotonic() - start)))
-            memory.append({"minute": round((time.monotonic() - start) / 60, 2), **tree_rss_mb(proc.pid)})
+            n_ratings = json.loads(Client("127.0.0.1", port).call("GET", "/health")[2])["n_ratings"]
+            memory.append({"minute": round((time.monotonic() - start) / 60, 2), "n_ratings": n_ratings,
+                           **tree_rss_mb(proc.pid)})
         stop.set()
         for t in threads:
             t.join()
@@ -105,6 +111,7 @@ def main() -> int:
     result = {
         "minutes": round(elapsed / 60, 2),
         "clients": args.clients,
+        "post_movie_pool": args.pool or len(movies),
         "requests": len(latencies["get"]) + len(latencies["post"]),
         "requests_per_s": round((len(latencies["get"]) + len(latencies["post"])) / elapsed, 1),
         "errors": len(errors),

@@ -19,6 +19,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from datasets.progress import Progress
+
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 DATASETS_DIR = Path(__file__).resolve().parent
 NAMES = ("ml-latest-small", "ml-latest", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m")
@@ -44,21 +46,13 @@ def _digest(path: Path, algorithm: str) -> str:
 
 def _copy_with_progress(src, dst, total: int | None, label: str) -> None:
     """Copy a stream, showing a progress bar on a terminal and plain lines otherwise."""
-    done, last_tenth = 0, -1
-    tty = sys.stderr.isatty()
+    progress = Progress(label, total, " bytes")
+    done = 0
     while block := src.read(1 << 20):
         dst.write(block)
         done += len(block)
-        if total:
-            fraction = done / total
-            if tty:
-                bar = "#" * int(fraction * 30)
-                sys.stderr.write(f"\r{label} [{bar:<30}] {fraction:6.1%}")
-            elif int(fraction * 10) > last_tenth:
-                last_tenth = int(fraction * 10)
-                sys.stderr.write(f"{label}: {fraction:.0%} of {total} bytes\n")
-    if tty and total:
-        sys.stderr.write("\n")
+        progress.update(done)
+    progress.close()
 
 
 def _open_source(name: str, mirror: str | None, suffix: str):

@@ -167,10 +167,11 @@ def _is_header(kind: str, line: str) -> bool:
     return kind == "csv" and (line.startswith("userId,") or line.startswith("movieId,"))
 
 
-def load_ratings(sc, layout: Layout, min_partitions: int | None = None):
+def load_ratings(sc, layout: Layout, min_partitions: int | None = None, with_timestamp: bool = False):
     """Return (RDD of (user, movie, rating), malformed-line accumulator).
 
-    The accumulator is filled once an action has run over the RDD.
+    ``with_timestamp`` adds the rating's Unix time as a fourth field.  The
+    accumulator is filled once an action has run over the RDD.
     """
     kind = layout.kind
     bad = sc.accumulator(0)
@@ -184,7 +185,7 @@ def load_ratings(sc, layout: Layout, min_partitions: int | None = None):
             if parsed is None:
                 bad.add(1)
                 continue
-            yield parsed[0], parsed[1], parsed[2]
+            yield parsed if with_timestamp else parsed[:3]
 
     lines = sc.textFile(layout.ratings, minPartitions=min_partitions, use_unicode=False)
     return lines.mapPartitions(parse_partition), bad

@@ -5,8 +5,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,13 @@ from model import TrainParams  # noqa: E402
 # Small and quick, but enough to recover the fixtures' planted taste groups.
 FAST = TrainParams(rank=4, iterations=10, reg=0.05, seed=7)
 REAL_DATASET = ROOT / "datasets" / "ml-latest-small"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +107,20 @@ class LiveServer:
 
     def stop(self):
         self.server.stop()
+
+
+@contextmanager
+def serving(sc, dataset, model_dir, params=FAST, retrain="off"):
+    """An engine on ``dataset`` behind a LiveServer, for module-scoped fixtures; stopped at the end."""
+    from engine import RecommendationEngine
+
+    engine = RecommendationEngine(sc, str(dataset), model_dir, params=params, retrain=retrain)
+    server = LiveServer(engine)
+    try:
+        yield server
+    finally:
+        server.stop()
+        engine.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import re
 import pytest
 import schemathesis
 import yaml
-from conftest import FAST, ROOT, LiveServer
+from conftest import ROOT, serving
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -17,7 +17,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app import create_app
-from engine import RecommendationEngine
 
 SCHEMA = schemathesis.openapi.from_path(str(ROOT / "openapi.yaml"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -26,12 +25,8 @@ UNDOCUMENTED = {"/", "/static/<path:filename>"}  # the web page and its files ar
 
 @pytest.fixture(scope="module")
 def api(sc, csv_fixture, tmp_path_factory):
-    engine = RecommendationEngine(sc, str(csv_fixture.path), tmp_path_factory.mktemp("model"), params=FAST,
-                                  retrain="off")
-    server = LiveServer(engine)
-    yield server
-    server.stop()
-    engine.close()
+    with serving(sc, csv_fixture.path, tmp_path_factory.mktemp("model")) as server:
+        yield server
 
 
 def test_every_route_is_described_and_every_description_is_a_route(api):

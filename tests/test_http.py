@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FAST, LiveServer
-
-from engine import RecommendationEngine
+from conftest import serving
 
 TUTORIAL_FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl --data-binary sends
 
@@ -15,12 +13,8 @@ TUTORIAL_FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what cu
 @pytest.fixture(scope="module")
 def shared(sc, csv_fixture, tmp_path_factory):
     """One server for the tests that do not need a fresh engine (they post under distinct user ids)."""
-    engine = RecommendationEngine(sc, str(csv_fixture.path), tmp_path_factory.mktemp("model"), params=FAST,
-                                  retrain="off")
-    server = LiveServer(engine)
-    yield server
-    server.stop()
-    engine.close()
+    with serving(sc, csv_fixture.path, tmp_path_factory.mktemp("model")) as server:
+        yield server
 
 
 def _tutorial_body(fx) -> str:

@@ -12,13 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import FAST, ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import FAST, ROOT, free_port
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -35,7 +29,7 @@ class ServerProcess:
     def __init__(self, dataset, model_dir, *extra: str):
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "params.json").write_text(json.dumps(FAST.as_dict()))  # small and quick
-        self.port = _free_port()
+        self.port = free_port()
         self.out = open(model_dir / f"server-{self.port}.out", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "server.py", "--dataset", str(dataset), "--model-dir", str(model_dir),
@@ -146,7 +140,7 @@ def test_port_in_use_is_a_one_line_error(csv_fixture):
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     out = subprocess.run([sys.executable, "server.py", "--dataset", str(tmp_path / "none"),
-                          "--port", str(_free_port()), "--model-dir", str(tmp_path / "m")],
+                          "--port", str(free_port()), "--model-dir", str(tmp_path / "m")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("server.py: no MovieLens dataset")

@@ -1,0 +1,183 @@
+// The page talks only to the JSON API; every error the API returns is shown to the person.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const scale = {
+  low: Number(document.body.dataset.low),
+  high: Number(document.body.dataset.high),
+  step: Number(document.body.dataset.step),
+};
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function api(method, path, body) {
+  const options = { method, headers: {} };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (err) {
+    showError(`The service did not answer: ${err.message}`);
+    throw err;
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (err) {
+    data = null;
+  }
+  if (!response.ok) {
+    const message = data && data.error ? data.error : `${response.status} ${response.statusText}`;
+    showError(message);
+    throw new Error(message);
+  }
+  showError("");
+  return data;
+}
+
+function user() {
+  return $("user").value.trim();
+}
+
+function ratingOptions() {
+  const values = [];
+  for (let v = scale.high; v >= scale.low - 1e-9; v -= scale.step) values.push(Math.round(v * 10) / 10);
+  return values;
+}
+
+function movieLink(movie) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "movie-link";
+  button.textContent = movie.title;
+  button.addEventListener("click", () => showMovie(movie.movieId).catch(() => {}));
+  return button;
+}
+
+function meta(text) {
+  const span = document.createElement("span");
+  span.className = "meta";
+  span.textContent = ` ${text}`;
+  return span;
+}
+
+function renderResults(movies) {
+  const list = $("results");
+  list.replaceChildren();
+  if (!movies.length) {
+    list.append(Object.assign(document.createElement("li"), { textContent: "No movie matches." }));
+  }
+  for (const movie of movies) {
+    const item = document.createElement("li");
+    item.dataset.movieId = movie.movieId;
+    const select = document.createElement("select");
+    select.className = "stars";
+    for (const value of ratingOptions()) {
+      select.append(new Option(`${value} ★`, value, value === 4, value === 4));
+    }
+    const rate = document.createElement("button");
+    rate.type = "button";
+    rate.className = "rate";
+    rate.textContent = "Rate";
+    rate.addEventListener("click", () => rateMovie(movie.movieId, Number(select.value), item).catch(() => {}));
+    item.append(movieLink(movie), meta(`(${movie.ratings_count} ratings)`), select, rate);
+    list.append(item);
+  }
+}
+
+async function search(event) {
+  if (event) event.preventDefault();
+  const q = $("search").value.trim();
+  if (!q) return;
+  const data = await api("GET", `/movies?q=${encodeURIComponent(q)}&limit=20`);
+  renderResults(data.movies);
+}
+
+async function rateMovie(movieId, rating, item) {
+  await api("POST", `/${encodeURIComponent(user())}/ratings`, [{ movieId, rating }]);
+  let mark = item.querySelector(".saved");
+  if (!mark) {
+    mark = Object.assign(document.createElement("span"), { className: "saved" });
+    item.append(mark);
+  }
+  mark.textContent = `saved: ${rating} ★`;
+  await Promise.all([loadRated(), loadRecommendations()]);
+}
+
+async function loadRated() {
+  const data = await api("GET", `/${encodeURIComponent(user())}/ratings`);
+  const list = $("rated");
+  list.replaceChildren();
+  for (const movie of data.ratings) {
+    const item = document.createElement("li");
+    item.dataset.movieId = movie.movieId;
+    item.append(movieLink(movie), meta(`${movie.rating} ★`));
+    list.append(item);
+  }
+}
+
+async function loadRecommendations(event) {
+  if (event) event.preventDefault();
+  const params = new URLSearchParams({ min_count: $("min-count").value });
+  if ($("genre").value) params.set("genre", $("genre").value);
+  const count = encodeURIComponent($("count").value);
+  const data = await api("GET", `/${encodeURIComponent(user())}/ratings/top/${count}?${params}`);
+  $("fallback").hidden = data.fallback !== "popular";
+  const list = $("recommendations");
+  list.replaceChildren();
+  for (const movie of data.movies) {
+    const item = document.createElement("li");
+    item.dataset.movieId = movie.movieId;
+    item.dataset.ratingsCount = movie.ratings_count;
+    item.append(movieLink(movie),
+      meta(`predicted ${movie.predicted_rating.toFixed(2)} ★ · ${movie.ratings_count} ratings · ${movie.genres.join(", ")}`));
+    list.append(item);
+  }
+  $("who-status").textContent = `model version ${data.model_version}`;
+}
+
+async function showMovie(movieId) {
+  const [prediction, similar] = await Promise.all([
+    api("GET", `/${encodeURIComponent(user())}/ratings/${movieId}`),
+    api("GET", `/movies/${movieId}/similar?count=8&min_count=10`),
+  ]);
+  $("detail").hidden = false;
+  $("detail-title").textContent = prediction.title;
+  const own = prediction.user_rating === null ? "not rated by you" : `you rated it ${prediction.user_rating} ★`;
+  $("detail-info").textContent =
+    `Predicted for you: ${prediction.predicted_rating.toFixed(2)} ★ · ${prediction.ratings_count} ratings · ` +
+    `${prediction.genres.join(", ")} · ${own}`;
+  const list = $("similar");
+  list.replaceChildren();
+  for (const movie of similar.similar) {
+    const item = document.createElement("li");
+    item.append(movieLink(movie), meta(`similarity ${movie.similarity.toFixed(2)}`));
+    list.append(item);
+  }
+}
+
+function newUser() {
+  // A random id far above MovieLens' own users; collisions are unlikely and harmless to try again.
+  $("user").value = 1000000 + Math.floor(Math.random() * 1000000000);
+  refresh();
+}
+
+function refresh() {
+  loadRated().catch(() => {});
+  loadRecommendations().catch(() => {});
+}
+
+$("search-form").addEventListener("submit", (e) => search(e).catch(() => {}));
+$("filters").addEventListener("submit", (e) => loadRecommendations(e).catch(() => {}));
+$("min-count").addEventListener("change", () => loadRecommendations().catch(() => {}));
+$("genre").addEventListener("change", () => loadRecommendations().catch(() => {}));
+$("user").addEventListener("change", refresh);
+$("new-user").addEventListener("click", newUser);
+refresh();

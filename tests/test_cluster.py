@@ -1,0 +1,136 @@
+"""The same code on a real Spark standalone cluster (a Master and a Worker on 127.0.0.1), via spark-submit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyspark
+import pytest
+from conftest import ROOT, free_port
+from fixtures import write_ratings_csv
+
+from sparkctx import ensure_java
+
+SPARK_BIN = Path(pyspark.__file__).resolve().parent / "bin"
+
+
+def _spark_env(tmp_path: Path) -> dict:
+    ensure_java()
+    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path / "logs"),
+            "SPARK_NO_DAEMONIZE": "1", "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A standalone Master and one Worker on loopback, stopped however the test ends."""
+    env = _spark_env(tmp_path)
+    port = free_port()
+    procs, logs = [], {}
+
+    def launch(name: str, *args: str) -> None:
+        logs[name] = tmp_path / f"{name}.log"
+        procs.append(subprocess.Popen([str(SPARK_BIN / "spark-class"), *args], env=env, cwd=tmp_path,
+                                      stdout=open(logs[name], "w"), stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    try:
+        launch("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+               "--port", str(port), "--webui-port", str(free_port()))
+        _wait_for(lambda: "Starting Spark master" in logs["master"].read_text()
+                  and "I have been elected leader" in logs["master"].read_text(), 120, "the master")
+        launch("worker", "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
+               "--host", "127.0.0.1", "--cores", "2", "--memory", "2g", "--webui-port", str(free_port()),
+               "--work-dir", str(tmp_path / "work"))
+        _wait_for(lambda: "Registering worker" in logs["master"].read_text(), 120, "the worker to register")
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _submit(master: str, script: str, *args: str, cwd: Path, env: dict, timeout: float = 600):
+    return subprocess.run([str(SPARK_BIN / "spark-submit"), "--master", master,
+                           "--conf", "spark.executor.memory=1g", "--conf", "spark.driver.host=127.0.0.1",
+                           str(ROOT / script), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cluster_evaluation_matches_local(cluster, csv_fixture, tmp_path):
+    train = [r for i, r in enumerate(csv_fixture.ratings) if i % 5]
+    test = [r for i, r in enumerate(csv_fixture.ratings) if not i % 5]
+    write_ratings_csv(tmp_path / "train.csv", train)
+    write_ratings_csv(tmp_path / "test.csv", test)
+    elsewhere = tmp_path / "elsewhere"  # not the project folder: executors get the modules from Spark
+    elsewhere.mkdir()
+    env = _spark_env(tmp_path)
+    args = ("--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
+            "--rank", "4", "--iterations", "8", "--json")
+    results = {}
+    for name, master in (("cluster", cluster), ("local", "local[2]")):
+        out = _submit(master, "evaluate.py", *args, cwd=elsewhere, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results["cluster"]["coverage"] == results["local"]["coverage"] == 1.0
+    assert results["cluster"]["n_test"] == results["local"]["n_test"] == len(test)
+    assert abs(results["cluster"]["rmse"] - results["local"]["rmse"]) <= 0.005
+    master_log = (tmp_path / "master.log").read_text()
+    assert "Registered app recommender-evaluate" in master_log  # the cluster really ran it
+
+
+def test_spark_submit_serves(csv_fixture, tmp_path):
+    env = _spark_env(tmp_path)
+    port = free_port()
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "params.json").write_text(json.dumps({"rank": 4, "iterations": 8}))
+    out_path = tmp_path / "server.out"
+    proc = subprocess.Popen([str(SPARK_BIN / "spark-submit"), "--master", "local[2]", str(ROOT / "server.py"),
+                             "--dataset", str(csv_fixture.path), "--port", str(port), "--model-dir", str(model_dir)],
+                            cwd=tmp_path, env=env, stdout=open(out_path, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: "serving on http://" in out_path.read_text() or proc.poll() is not None, 180, "the server")
+        assert proc.poll() is None, out_path.read_text()[-3000:]
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/1/ratings/top/3?min_count=0")
+        response = conn.getresponse()
+        assert response.status == 200 and len(json.loads(response.read())["movies"]) == 3
+        assert "Spark 4" in out_path.read_text() and "on local[2]" in out_path.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, 143)
+        # The Python driver must not outlive spark-submit's JVM and keep the port.
+        _wait_for(lambda: _closed(port), 30, "the Python driver to stop")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0

@@ -1,0 +1,19 @@
+"""The web page for people: search, rate, and see recommendations, on top of the JSON API.
+
+A blueprint of its own; the page is static HTML and JavaScript served by the
+app (no external CDN), and everything it shows comes from the JSON API.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, render_template
+
+web_bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
+                   static_url_path="/static")
+
+
+@web_bp.get("/")
+def index():
+    engine = current_app.extensions["recommender"]
+    return render_template("index.html", genres=engine.genre_names, scale=engine.scale,
+                           dataset=engine.dataset.rstrip("/").rsplit("/", 1)[-1])
