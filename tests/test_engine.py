@@ -160,3 +160,17 @@ def test_whole_star_dataset_uses_a_whole_star_scale(make_engine, tmp_path):
     with pytest.raises(InputError, match="not on the scale"):
         engine.add_ratings(1, [(1, 4.5)])
     assert 1.0 <= engine.predict(99, 1)["predicted_rating"] <= 5.0
+
+
+def test_a_given_scale_overrides_the_inferred_one(sc, csv_fixture, tmp_path):
+    from engine import RecommendationEngine
+    from model import Scale
+
+    engine = RecommendationEngine(sc, str(csv_fixture.path), tmp_path / "m", params=FAST, retrain="off",
+                                  scale=Scale(1.0, 5.0, 1.0))
+    try:
+        with pytest.raises(InputError, match="1 to 5 in steps of 1"):
+            engine.add_ratings(1, [(1, 4.5)])
+        assert all(1.0 <= m["predicted_rating"] <= 5.0 for m in engine.recommend(1, 40, min_count=0)["movies"])
+    finally:
+        engine.close()
