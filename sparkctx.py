@@ -125,6 +125,12 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
         spark_conf.setMaster("local[*]")
     spark_conf.setIfMissing("spark.ui.enabled", "false")
     spark_conf.setIfMissing("spark.ui.showConsoleProgress", "false")
+    # The status store keeps finished jobs, stages and tasks even with the UI off; a long-running service
+    # retrains again and again, so keep little of that history (the defaults hold thousands).
+    for key, value in (("spark.ui.retainedJobs", "50"), ("spark.ui.retainedStages", "100"),
+                       ("spark.ui.retainedTasks", "2000"), ("spark.ui.retainedDeadExecutors", "10"),
+                       ("spark.sql.ui.retainedExecutions", "10")):
+        spark_conf.setIfMissing(key, value)
     spark_conf.setIfMissing("spark.driver.memory", os.environ.get("SPARK_DRIVER_MEMORY", "4g"))
     for key, value in (conf or {}).items():
         spark_conf.set(key, value)
