@@ -33,28 +33,22 @@ def _engine() -> RecommendationEngine:
     return current_app.extensions["recommender"]
 
 
-def parse_id(text: str, what: str) -> int:
-    """A user or movie id: a whole number in 0..2**31-1, as pyspark.mllib stores ids."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) > MAX_ID:
-        raise InputError(f"{what} must be a whole number from 0 to {MAX_ID}, not {text[:40]!r}")
-    return int(text)
-
-
-def int_arg(name: str, default: int, low: int, high: int) -> int:
-    """An integer query parameter within [low, high]."""
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.lstrip("-").isdigit()) or len(raw) > 12 or not low <= int(raw) <= high:
-        raise InputError(f"{name} must be a whole number from {low} to {high}, not {raw[:40]!r}")
-    return int(raw)
-
-
 def bounded(text: str, name: str, low: int, high: int) -> int:
-    """An integer path segment within [low, high]."""
+    """A whole number written in ASCII digits, within [low, high]; anything else is a 400 naming ``name``."""
     if not (text.isascii() and text.isdigit()) or len(text) > 12 or not low <= int(text) <= high:
         raise InputError(f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}")
     return int(text)
+
+
+def parse_id(text: str, what: str) -> int:
+    """A user or movie id: 0..2**31-1, as pyspark.mllib stores ids."""
+    return bounded(text, what, 0, MAX_ID)
+
+
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high], or ``default`` when absent."""
+    raw = request.args.get(name)
+    return default if raw is None else bounded(raw, name, low, high)
 
 
 def _number(text: str, where: str) -> float:
