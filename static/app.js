@@ -68,9 +68,10 @@ function meta(text) {
   return span;
 }
 
-function renderResults(movies) {
+function renderResults(query, movies) {
   const list = $("results");
   list.replaceChildren();
+  list.dataset.query = query;
   if (!movies.length) {
     list.append(Object.assign(document.createElement("li"), { textContent: "No movie matches." }));
   }
@@ -97,7 +98,7 @@ async function search(event) {
   const q = $("search").value.trim();
   if (!q) return;
   const data = await api("GET", `/movies?q=${encodeURIComponent(q)}&limit=20`);
-  renderResults(data.movies);
+  renderResults(q, data.movies);
 }
 
 async function rateMovie(movieId, rating, item) {
@@ -132,6 +133,7 @@ async function loadRecommendations(event) {
   $("fallback").hidden = data.fallback !== "popular";
   const list = $("recommendations");
   list.replaceChildren();
+  list.dataset.minCount = data.min_count;  // which filter the list shows (tests wait on it)
   for (const movie of data.movies) {
     const item = document.createElement("li");
     item.dataset.movieId = movie.movieId;

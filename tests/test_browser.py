@@ -36,7 +36,7 @@ def browser():
 def _rate_all_results(page, query: str, limit: int) -> list[int]:
     page.fill("#search", query)
     page.click("#search-form button[type=submit]")
-    page.wait_for_selector("#results li[data-movie-id]")
+    page.wait_for_selector(f'#results[data-query="{query}"] li[data-movie-id]')  # this search's results
     rated = []
     for item in page.query_selector_all("#results li[data-movie-id]")[:limit]:
         item.query_selector("select.stars").select_option("4.5")
@@ -64,14 +64,17 @@ def test_rate_five_movies_and_get_recommendations(page_server, browser):
     assert sorted(r["movieId"] for r in page_server.engine.rated(user)) == sorted(rated)
 
     page.wait_for_selector("#fallback[hidden]", state="attached")
+    # Each rating refreshes the list; wait for the refresh that follows the last one.
+    page.wait_for_function("rated => { const ids = [...document.querySelectorAll('#recommendations li')]"
+                           ".map(li => Number(li.dataset.movieId)); "
+                           "return ids.length === 10 && !ids.some(id => rated.includes(id)); }", arg=rated)
     shown = _shown(page)
     assert len(shown) == 10 and not {m for m, _ in shown} & set(rated)
     assert all(count >= 25 for _, count in shown)
 
     page.fill("#min-count", "150")
     page.dispatch_event("#min-count", "change")
-    page.wait_for_function("() => [...document.querySelectorAll('#recommendations li')]"
-                           ".every(li => Number(li.dataset.ratingsCount) >= 150)")
+    page.wait_for_selector('#recommendations[data-min-count="150"] li')
     shown = _shown(page)
     assert len(shown) == 10 and all(count >= 150 for _, count in shown)
     assert not {m for m, _ in shown} & set(rated)
