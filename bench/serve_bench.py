@@ -82,6 +82,7 @@ def run(host: str, port: int, dataset: str, requests: int, seconds: float, clien
         elapsed = time.perf_counter() - start
     throughput = round(sum(counts) / seconds, 1)
 
+    client = Client(host, port)  # the old connection idled past the server's keep-alive timeout
     during, rounds = [], 0
     while len(during) < 500 and rounds < 10:
         rounds += 1
