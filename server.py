@@ -14,6 +14,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default=env("RECOMMENDER_SCALE"), type=parse_scale,
                    help="rating scale LOW,HIGH,STEP such as 1,5,1 (env RECOMMENDER_SCALE; default: inferred "
                         "from the ratings, 0.5,5,0.5 for ml-latest)")
+    p.add_argument("--heap", default=env("RECOMMENDER_HEAP"),
+                   help="give Spark's driver JVM a fixed, pre-touched heap of this size (e.g. 1g, 6g) so the "
+                        "service's memory stays flat under retraining (env RECOMMENDER_HEAP; default: the JVM "
+                        "grows its heap as needed up to SPARK_DRIVER_MEMORY, 4g)")
     p.add_argument("--threads", type=int, default=int(env("RECOMMENDER_THREADS", "16")),
                    help="CherryPy worker threads (env RECOMMENDER_THREADS; default 16)")
     return p
@@ -66,6 +71,15 @@ def parse_scale(text: str | None) -> Scale | None:
     if not (low < high and step > 0):
         raise argparse.ArgumentTypeError("need LOW < HIGH and STEP > 0")
     return Scale(low, high, step)
+
+
+def heap_conf(size: str | None) -> dict[str, str]:
+    """Spark settings for a fixed driver heap (only effective when this process starts the JVM)."""
+    if not size:
+        return {}
+    if not re.fullmatch(r"\d+[mMgG]", size):
+        raise SystemExit(f"server.py: --heap takes a size such as 512m or 4g, not {size!r}")
+    return {"spark.driver.memory": size, "spark.driver.extraJavaOptions": f"-Xms{size} -XX:+AlwaysPreTouch"}
 
 
 def is_loopback(host: str) -> bool:
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from sparkctx import create_context
 
     try:
-        sc = create_context(args.master, app_name="movie-recommender")
+        sc = create_context(args.master, app_name="movie-recommender", conf=heap_conf(args.heap))
     except RuntimeError as exc:
         print(f"server.py: {exc}", file=sys.stderr)
         return 2

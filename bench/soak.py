@@ -37,13 +37,14 @@ def main() -> int:
     p.add_argument("--pool", type=int, default=0,
                    help="POSTs rate only the N most-listed movie ids (0: any movie); a small pool makes "
                         "later posts re-rate, so the stored data stops growing and memory can be judged flat")
+    p.add_argument("--server-args", default="--heap 1g", help="server.py flags (default: a fixed 1g heap)")
     args = p.parse_args()
 
     with open(Path(args.dataset) / "movies.csv", newline="") as fh:
         movies = [int(row[0]) for row in list(csv.reader(fh))[1:]]
     post_movies = movies[:args.pool] if args.pool else movies
     with tempfile.TemporaryDirectory(prefix="soak-") as model_dir:
-        proc, port = start_server(args.dataset, model_dir)
+        proc, port = start_server(args.dataset, model_dir, *args.server_args.split())
         latencies: dict[str, list[float]] = {"get": [], "post": []}
         errors: list[str] = []
         acknowledged: Counter = Counter()  # (user, pairs) of every POST answered 201
@@ -117,6 +118,7 @@ def main() -> int:
     result = {
         "minutes": round(elapsed / 60, 2),
         "clients": args.clients,
+        "server_args": args.server_args,
         "post_movie_pool": args.pool or len(movies),
         "requests": len(latencies["get"]) + len(latencies["post"]),
         "requests_per_s": round((len(latencies["get"]) + len(latencies["post"])) / elapsed, 1),

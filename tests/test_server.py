@@ -81,7 +81,7 @@ def servers():
 
 
 def test_sigterm_stops_cleanly_and_restart_keeps_ratings(servers, csv_fixture, tmp_path):
-    first = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off")
+    first = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off", "--heap", "512m")
     assert first.post(31337, "1,4.5\n2,1\n")[0] == 201
     assert first.stop(signal.SIGTERM) == 0
     assert "Bus EXITED" in first.output()
@@ -144,3 +144,13 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("server.py: no MovieLens dataset")
+
+
+def test_heap_flag_sets_a_fixed_heap_and_rejects_nonsense():
+    from server import heap_conf
+
+    assert heap_conf(None) == {}
+    assert heap_conf("2g") == {"spark.driver.memory": "2g",
+                               "spark.driver.extraJavaOptions": "-Xms2g -XX:+AlwaysPreTouch"}
+    with pytest.raises(SystemExit, match="--heap takes a size"):
+        heap_conf("lots")
