@@ -376,19 +376,19 @@ class RecommendationEngine:
             raise InputError(f"unknown genre {genre!r}; known genres: {', '.join(self.genre_names)}")
         return mask
 
-    def _scores(self, snapshot: Snapshot, user: int) -> np.ndarray | None:
+    def _scores(self, snapshot: Snapshot, user: int, rows=slice(None)) -> tuple[np.ndarray, bool]:
+        """Predictions of the catalogue ``rows`` for ``user``, and whether the model knows the user.
+
+        A user it does not know gets each movie's damped mean (the baseline without a user bias).
+        """
         vec = snapshot.user_vector(user)
-        if vec is None:
-            return None
-        bias, factors = vec
         model = snapshot.model
-        base = model.mu + bias + snapshot.movie_bias
-        dots = snapshot.movie_factors @ factors
-        if model.params.bias:
-            scores = base + dots
-        else:  # plain ALS predicts from factors, the baseline only where the movie has none
-            scores = np.where(snapshot.movie_factors.any(axis=1), dots, base)
-        return model.clip(scores)
+        if vec is None:
+            return model.clip(model.mu + snapshot.movie_bias[rows]), False
+        bias, factors = vec
+        movie_factors = snapshot.movie_factors[rows]
+        return model.combine(model.mu + bias + snapshot.movie_bias[rows], movie_factors @ factors,
+                             movie_factors.any(axis=-1)), True
 
     def _movie(self, row: int, score: float) -> dict:
         return {"movieId": int(self.movie_ids[row]), "title": self.titles[row],
@@ -406,11 +406,8 @@ class RecommendationEngine:
         genre_mask = self._genre_mask(genre)
         if genre_mask is not None:
             mask &= genre_mask
-        scores = self._scores(snapshot, user)
-        fallback = None
-        if scores is None:
-            scores = snapshot.model.clip(snapshot.model.mu + snapshot.movie_bias)
-            fallback = "popular"
+        scores, known = self._scores(snapshot, user)
+        fallback = None if known else "popular"
         rated = self.user_ratings_of(user)
         if rated is not None:
             mask[rated.rows] = False
@@ -429,18 +426,7 @@ class RecommendationEngine:
         """The predicted rating of one movie for one user, and the user's own rating if any."""
         row = self.movie_row(movie)
         snapshot = self._snapshot
-        scores_vec = snapshot.user_vector(user)
-        model = snapshot.model
-        if scores_vec is None:
-            score = model.mu + snapshot.movie_bias[row]
-        else:
-            bias, factors = scores_vec
-            dot = float(snapshot.movie_factors[row] @ factors)
-            baseline = model.mu + bias + snapshot.movie_bias[row]
-            if model.params.bias:
-                score = baseline + dot
-            else:
-                score = dot if snapshot.movie_factors[row].any() else baseline
+        score = float(self._scores(snapshot, user, slice(row, row + 1))[0][0])
         rated = self.user_ratings_of(user)
         own = None
         if rated is not None:
@@ -448,7 +434,7 @@ class RecommendationEngine:
             own = float(rated.ratings[hit[0]]) if hit.size else None
         return {"user": user, "movieId": movie, "title": self.titles[row],
                 "genres": list(self.genres[row]),
-                "predicted_rating": round(float(model.clip(score)), 4),
+                "predicted_rating": round(score, 4),
                 "ratings_count": int(self.counts[row]), "user_rating": own,
                 "model_version": snapshot.version}
 

@@ -140,11 +140,6 @@ def tune(sc, ratings, base: TrainParams, seed: int, ranks=TUNE_RANKS, regs=TUNE_
     return {"table": table, "chosen": chosen.as_dict(), "test": test}
 
 
-def _load_file(sc, path: str):
-    ratings, bad = movielens.load_ratings(sc, movielens.Layout("csv", path, ""))
-    return ratings, bad
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainParams()
     p = argparse.ArgumentParser(description="Evaluate the ALS recommender offline.")
@@ -219,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           seed=args.seed)
                 result = evaluate(sc, train_rdd, test_rdd, params)
         else:
-            train_rdd, bad = _load_file(sc, args.train)
-            test_rdd, bad_test = _load_file(sc, args.test)
+            train_rdd, bad = movielens.load_ratings(sc, movielens.Layout("csv", args.train, ""))
+            test_rdd, bad_test = movielens.load_ratings(sc, movielens.Layout("csv", args.test, ""))
             result = evaluate(sc, train_rdd, test_rdd, params)
             result["malformed_lines"] = bad.value + bad_test.value
     except (movielens.DatasetError, OSError) as exc:

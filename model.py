@@ -120,11 +120,14 @@ class FactorModel:
         both = (upos >= 0) & (mpos >= 0)
         dots = np.einsum("ij,ij->i", self.user_factors[np.maximum(upos, 0)],
                          self.movie_factors[np.maximum(mpos, 0)])
+        return self.combine(baseline, dots, both)
+
+    def combine(self, baseline, dots, has_factors):
+        """The prediction rule, in one place: baseline plus factors (or factors alone for plain ALS);
+        the baseline alone where the user or movie has no factors; clipped to the scale."""
         if self.params.bias:
-            pred = baseline + np.where(both, dots, 0.0)
-        else:
-            pred = np.where(both, dots, baseline)
-        return self.clip(pred)
+            return self.clip(baseline + np.where(has_factors, dots, 0.0))
+        return self.clip(np.where(has_factors, dots, baseline))
 
     def fold_in(self, movie_rows: np.ndarray, ratings: np.ndarray) -> tuple[float, np.ndarray]:
         """Compute one user's bias and factor vector with the movie side held fixed.
