@@ -20,6 +20,7 @@ from engine import MAX_ID, InputError, NotFound, RecommendationEngine
 from web import web_bp
 
 MAX_BODY = 1 << 20  # 1 MiB
+DRAIN_LIMIT = 16 << 20  # an over-size body up to this is read and dropped so its 413 reaches the client
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_COUNT = 1000
 DEFAULT_MIN_COUNT = 25
@@ -234,10 +235,18 @@ def create_app(engine: RecommendationEngine, api_token: str | None = None) -> Fl
     def not_found(exc: NotFound):
         return _error(str(exc.args[0]), 404)
 
+    @app.errorhandler(413)
+    def too_large(exc: HTTPException):
+        # Read and drop the body (up to a bound) before answering: a client that sends its whole body
+        # first, as curl and most libraries do, would otherwise get a reset instead of this answer.
+        stream, left = request.environ["wsgi.input"], min(request.content_length or 0, DRAIN_LIMIT)
+        while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
+            left -= len(chunk)
+        return _error(f"the body is larger than {MAX_BODY} bytes", 413)
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        messages = {404: "no such route", 405: f"method {request.method} is not allowed here",
-                    413: f"the body is larger than {MAX_BODY} bytes"}
+        messages = {404: "no such route", 405: f"method {request.method} is not allowed here"}
         return _error(messages.get(exc.code, exc.description or exc.name), exc.code or 500)
 
     @app.errorhandler(Exception)

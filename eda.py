@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--master", help="Spark master (default local[*])")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    name = args.dataset.rstrip("/").rsplit("/", 1)[-1]
+    name = movielens.dataset_name(args.dataset)
     out = args.out or Path("reports") / name
     from engine import default_model_dir
     from sparkctx import create_context

@@ -80,7 +80,7 @@ class Snapshot:
 
 
 def default_model_dir(dataset: str) -> Path:
-    return PROJECT_DIR / "models" / dataset.rstrip("/").rsplit("/", 1)[-1]
+    return PROJECT_DIR / "models" / movielens.dataset_name(dataset)
 
 
 def load_params(model_dir: Path) -> TrainParams:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
 
+from datasets.movielens import dataset_name
+
 web_bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
                    static_url_path="/static")
 
@@ -16,4 +18,4 @@ web_bp = Blueprint("web", __name__, template_folder="templates", static_folder="
 def index():
     engine = current_app.extensions["recommender"]
     return render_template("index.html", genres=engine.genre_names, scale=engine.scale,
-                           dataset=engine.dataset.rstrip("/").rsplit("/", 1)[-1])
+                           dataset=dataset_name(engine.dataset))

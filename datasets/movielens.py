@@ -58,6 +58,11 @@ LAYOUTS = (
 )
 
 
+def dataset_name(dataset: str) -> str:
+    """A dataset's short name, the last part of its path or URI (ml-latest-small for datasets/ml-latest-small/)."""
+    return dataset.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
