@@ -197,7 +197,7 @@ def movie(movie_id: str):
 def similar_movies(movie_id: str):
     movie = parse_id(movie_id, "movie id")
     count = int_arg("count", 10, 1, MAX_COUNT)
-    min_count = int_arg("min_count", 0, 0, 10**9)
+    min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
     return jsonify({"movieId": movie, "similar": _engine().similar(movie, count, min_count)})
 
 

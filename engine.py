@@ -13,15 +13,16 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from datasets import movielens
-from model import FactorModel, ModelError, Scale, TrainParams
+from model import ModelError, ModelParams, Models, Scale
 from ratings_log import Entry, Position, RatingsLog
-from training import collect_ratings, phase, train
+from serving import Snapshot
+from training import collect_ratings, fit_models, phase
 
 log = logging.getLogger(__name__)
 
@@ -53,49 +54,30 @@ class UserRatings:
     seq: int = 0
 
 
-@dataclass
-class Snapshot:
-    """A trained model aligned with the catalogue, plus fold-ins made against it.
-
-    Replaced as a whole when a retrain finishes, so a reader holding one sees a
-    consistent model.
-    """
-
-    model: FactorModel
-    version: int
-    trained_at: str
-    log: Position  # log entries up to here are inside the model
-    movie_bias: np.ndarray  # per catalogue row
-    movie_factors: np.ndarray  # per catalogue row, zero for movies the model has not seen
-    unit_factors: np.ndarray  # movie factors scaled to unit length, for similar movies
-    folded: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
-
-    def user_vector(self, user: int) -> tuple[float, np.ndarray] | None:
-        if user in self.folded:
-            return self.folded[user]
-        row = self.model.user_row(user)
-        if row is None:
-            return None
-        return float(self.model.user_bias[row]), self.model.user_factors[row]
-
-
 def default_model_dir(dataset: str) -> Path:
     return PROJECT_DIR / "models" / movielens.dataset_name(dataset)
 
 
-def load_params(model_dir: Path) -> TrainParams:
-    """The dataset's tuned parameters (written by ``evaluate.py --tune --save``), else the defaults."""
+def load_params(model_dir: Path) -> ModelParams:
+    """The dataset's tuned parameters (written by ``evaluate.py --tune --save``), else the defaults.
+
+    Raises ModelError with a one-line message when the file cannot be used.
+    """
     path = model_dir / "params.json"
-    if path.exists():
-        return TrainParams(**{**TrainParams().as_dict(), **json.loads(path.read_text())})
-    return TrainParams()
+    if not path.exists():
+        return ModelParams()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    return ModelParams.from_dict(data, str(path))
 
 
 class RecommendationEngine:
     """Loads a MovieLens dataset with Spark, keeps a trained model, answers queries from memory."""
 
     def __init__(self, sc, dataset: str, model_dir: str | Path | None = None,
-                 params: TrainParams | None = None, retrain: str = "async",
+                 params: ModelParams | None = None, retrain: str = "async",
                  scale: Scale | None = None):
         if retrain not in RETRAIN_MODES:
             raise ValueError(f"retrain must be one of {RETRAIN_MODES}")
@@ -200,25 +182,25 @@ class RecommendationEngine:
 
     # --- models ------------------------------------------------------------------------
 
-    def _load_saved(self) -> tuple[FactorModel, Position] | None:
-        """The saved model, if it was trained on this data, with these parameters, on a prefix of this log."""
+    def _load_saved(self) -> tuple[Models, Position] | None:
+        """The saved models, if trained on this data, with these parameters, on a prefix of this log."""
         try:
-            model = FactorModel.load(self.model_dir)
+            models = Models.load(self.model_dir)
         except ModelError as exc:
             if (self.model_dir / "model.json").exists():
                 log.warning("%s; retraining", exc)
             return None
-        meta = model.meta
+        meta = models.meta
         position = self.log.position_at(int(meta.get("log_seq", -1)))
         if meta.get("dataset_fingerprint") != self.fingerprint:
             log.info("saved model was trained on other data; retraining")
-        elif model.params != self.params or model.scale != self.scale:
+        elif models.params != self.params or models.scale != self.scale:
             log.info("saved model has other parameters or another rating scale; retraining")
         elif position is None or meta.get("log_sha256") != position.sha256:
             log.info("saved model saw ratings the log does not hold; retraining")
         else:
             log.info("loaded saved model from %s (version %s)", self.model_dir, meta.get("model_version"))
-            return model, position
+            return models, position
         return None
 
     def _initial_snapshot(self) -> Snapshot:
@@ -226,26 +208,22 @@ class RecommendationEngine:
         self.model_source = "loaded" if saved is not None else "trained"
         if saved is None:
             position = self.log.position()
-            model = self._train(dict(self._overlay))
+            models = self._train(dict(self._overlay))
             version = 1
-            self._save(model, position, version)
+            self._save(models, position, version)
         else:
-            model, position = saved
-            version = int(model.meta.get("model_version", 1))
-        snapshot = self._make_snapshot(model, version, position)
-        for user, ratings in self._overlay.items():
-            if ratings.seq > position.seq:
-                snapshot.folded[user] = self._fold(snapshot, ratings)
-        return snapshot
+            models, position = saved
+            version = int(models.meta.get("model_version", 1))
+        return self._make_snapshot(models, version, position)
 
-    def _train(self, overlay: dict[int, UserRatings]) -> FactorModel:
+    def _train(self, overlay: dict[int, UserRatings]) -> Models:
         """Train on the dataset with the posted ratings merged in (users in the overlay replaced)."""
         if not overlay:
-            return train(self.sc, self.base_ratings, self.params, self.scale)
+            return fit_models(self.sc, self.base_ratings, self.params, self.scale)
         replaced = self.sc.broadcast(set(overlay))
         try:
             ratings = self.base_ratings.filter(lambda t: t[0] not in replaced.value).union(self._posted_rdd(overlay))
-            return train(self.sc, ratings, self.params, self.scale)
+            return fit_models(self.sc, ratings, self.params, self.scale)
         finally:
             replaced.destroy()
 
@@ -264,28 +242,22 @@ class RecommendationEngine:
 
         return self.sc.parallelize(chunks, parts).flatMap(unpack)
 
-    def _save(self, model: FactorModel, position: Position, version: int) -> None:
+    def _save(self, models: Models, position: Position, version: int) -> None:
         meta = {"dataset": self.dataset, "dataset_fingerprint": self.fingerprint, "model_version": version,
                 "log_seq": position.seq, "log_ratings": position.ratings, "log_sha256": position.sha256,
-                "metrics": {k: model.meta[k] for k in ("n_ratings", "fit_seconds")}}
+                "metrics": {k: models.meta[k] for k in ("n_ratings", "fit_seconds")}}
         try:
-            model.save(self.model_dir, meta)
+            models.save(self.model_dir, meta)
         except OSError as exc:  # serving goes on; the next start retrains
             log.error("could not save the model to %s: %s", self.model_dir, exc)
 
-    def _make_snapshot(self, model: FactorModel, version: int, position: Position) -> Snapshot:
-        mrows = model.movie_rows(self.movie_ids)
-        seen = mrows >= 0
-        bias = np.where(seen, model.movie_bias[np.maximum(mrows, 0)], 0.0)
-        factors = np.where(seen[:, None], model.movie_factors[np.maximum(mrows, 0)], 0.0)
-        norms = np.linalg.norm(factors, axis=1, keepdims=True)
-        unit = np.divide(factors, norms, out=np.zeros_like(factors), where=norms > 0)
-        trained_at = model.meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        return Snapshot(model, version, trained_at, position, bias, factors, unit)
-
-    def _fold(self, snapshot: Snapshot, ratings: UserRatings) -> tuple[float, np.ndarray]:
-        model_rows = snapshot.model.movie_rows(self.movie_ids[ratings.rows])
-        return snapshot.model.fold_in(model_rows, ratings.ratings)
+    def _make_snapshot(self, models: Models, version: int, position: Position) -> Snapshot:
+        """A snapshot of ``models`` with every user posted after ``position`` folded in."""
+        snapshot = Snapshot.build(models, self.movie_ids, version, position)
+        for user, ratings in self._overlay.items():
+            if ratings.seq > position.seq:
+                snapshot.folded[user] = snapshot.fold(ratings.rows, ratings.ratings)
+        return snapshot
 
     # --- retraining ----------------------------------------------------------------------
 
@@ -304,16 +276,13 @@ class RecommendationEngine:
                 position = self.log.position()
             self.training = True
             try:
-                model = self._train(overlay)
+                models = self._train(overlay)
             finally:
                 self.training = False
             with self._write_lock:
-                snapshot = self._make_snapshot(model, self._snapshot.version + 1, position)
-                for user, ratings in self._overlay.items():
-                    if ratings.seq > position.seq:
-                        snapshot.folded[user] = self._fold(snapshot, ratings)
+                snapshot = self._make_snapshot(models, self._snapshot.version + 1, position)
                 self._snapshot = snapshot
-            self._save(model, position, snapshot.version)
+            self._save(models, position, snapshot.version)
             log.info("model version %d in service (log up to entry %d)", snapshot.version, position.seq)
             return snapshot.version
 
@@ -376,57 +345,41 @@ class RecommendationEngine:
             raise InputError(f"unknown genre {genre!r}; known genres: {', '.join(self.genre_names)}")
         return mask
 
-    def _scores(self, snapshot: Snapshot, user: int, rows=slice(None)) -> tuple[np.ndarray, bool]:
-        """Predictions of the catalogue ``rows`` for ``user``, and whether the model knows the user.
-
-        A user it does not know gets each movie's damped mean (the baseline without a user bias).
-        """
-        vec = snapshot.user_vector(user)
-        model = snapshot.model
-        if vec is None:
-            return model.clip(model.mu + snapshot.movie_bias[rows]), False
-        bias, factors = vec
-        movie_factors = snapshot.movie_factors[rows]
-        return model.combine(model.mu + bias + snapshot.movie_bias[rows], movie_factors @ factors,
-                             movie_factors.any(axis=-1)), True
-
-    def _movie(self, row: int, score: float) -> dict:
+    def _movie(self, row: int, predicted: float, score: float) -> dict:
         return {"movieId": int(self.movie_ids[row]), "title": self.titles[row],
-                "genres": list(self.genres[row]), "predicted_rating": round(float(score), 4),
-                "ratings_count": int(self.counts[row])}
+                "genres": list(self.genres[row]), "predicted_rating": round(float(predicted), 4),
+                "score": float(score), "ratings_count": int(self.counts[row])}
 
     def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None) -> dict:
         """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings.
 
-        A user the model knows nothing about gets popular, well-rated movies
-        (the damped-mean baseline), marked ``fallback: popular``.
+        The ranking model orders them (``score``, unclipped); each shows the
+        rating model's ``predicted_rating``, clipped to the scale.  A user the
+        models know nothing about gets the most-rated movies (``score`` is the
+        rating count), marked ``fallback: popular``.
         """
         snapshot = self._snapshot
         mask = self.counts >= min_count
         genre_mask = self._genre_mask(genre)
         if genre_mask is not None:
             mask &= genre_mask
-        scores, known = self._scores(snapshot, user)
-        fallback = None if known else "popular"
         rated = self.user_ratings_of(user)
         if rated is not None:
             mask[rated.rows] = False
-        candidates = np.flatnonzero(mask)
-        if len(candidates) > count:
-            top = np.argpartition(-scores[candidates], count - 1)[:count]
-            candidates = candidates[top]
-        order = candidates[np.lexsort((self.movie_ids[candidates], -scores[candidates]))]
-        result = {"user": user, "movies": [self._movie(r, scores[r]) for r in order],
-                  "model_version": snapshot.version}
-        if fallback:
-            result["fallback"] = fallback
+        vectors = snapshot.user_vectors(user)
+        rows, scores = snapshot.top_n(vectors, np.flatnonzero(mask), count, self.counts)
+        predicted = snapshot.predicted_ratings(vectors, rows)
+        movies = [self._movie(r, p, s) for r, p, s in zip(rows.tolist(), predicted.tolist(), scores.tolist())]
+        result = {"user": user, "movies": movies, "model_version": snapshot.version}
+        if vectors is None:
+            result["fallback"] = "popular"
         return result
 
     def predict(self, user: int, movie: int) -> dict:
         """The predicted rating of one movie for one user, and the user's own rating if any."""
         row = self.movie_row(movie)
         snapshot = self._snapshot
-        score = float(self._scores(snapshot, user, slice(row, row + 1))[0][0])
+        score = float(snapshot.predicted_ratings(snapshot.user_vectors(user), slice(row, row + 1))[0])
         rated = self.user_ratings_of(user)
         own = None
         if rated is not None:
@@ -466,23 +419,13 @@ class RecommendationEngine:
                 "ratings_count": count,
                 "average_rating": round(float(self.sums[row] / count), 4) if count else None}
 
-    def similar(self, movie: int, count: int = 10, min_count: int = 0) -> list[dict]:
-        """Movies whose factor vectors are closest in cosine to the given movie's."""
+    def similar(self, movie: int, count: int = 10, min_count: int = 25) -> list[dict]:
+        """Movies closest in cosine to the given one in the ranking model, among those with ``min_count`` ratings."""
         row = self.movie_row(movie)
-        snapshot = self._snapshot
-        unit = snapshot.unit_factors
-        if not unit[row].any():
-            return []
-        sims = unit @ unit[row]
-        mask = (self.counts >= min_count) & unit.any(axis=1)
-        mask[row] = False
-        candidates = np.flatnonzero(mask)
-        if len(candidates) > count:
-            candidates = candidates[np.argpartition(-sims[candidates], count - 1)[:count]]
-        order = candidates[np.argsort(-sims[candidates], kind="stable")]
+        rows, sims = self._snapshot.similar(row, np.flatnonzero(self.counts >= min_count), count)
         return [{"movieId": int(self.movie_ids[r]), "title": self.titles[r],
-                 "genres": list(self.genres[r]), "similarity": round(float(sims[r]), 4),
-                 "ratings_count": int(self.counts[r])} for r in order]
+                 "genres": list(self.genres[r]), "similarity": round(float(s), 4),
+                 "ratings_count": int(self.counts[r])} for r, s in zip(rows.tolist(), sims.tolist())]
 
     # --- writes --------------------------------------------------------------------------
 
@@ -515,7 +458,7 @@ class RecommendationEngine:
         with self._write_lock:
             entry = self.log.append(user, pairs)
             ratings = self._apply(entry)
-            self._snapshot.folded[user] = self._fold(self._snapshot, ratings)
+            self._snapshot.folded[user] = self._snapshot.fold(ratings.rows, ratings.ratings)
             version = self._snapshot.version
         if self.retrain_mode == "sync":
             version = self.retrain()

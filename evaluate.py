@@ -1,19 +1,23 @@
-"""Offline evaluation of the recommender: honest RMSE over every test pair, ranking metrics, tuning.
+"""Offline evaluation: honest RMSE over every test pair, and the quality of the lists as served.
 
     python evaluate.py --dataset datasets/ml-latest-small --json
-    python evaluate.py --train train.csv --test test.csv --json
+    python evaluate.py --train train.csv --test test.csv --json [--recs-out recs.csv]
     python evaluate.py --dataset datasets/ml-latest-small --tune [--save]
 
-Every test pair gets a prediction (unseen users and movies fall back to the
-baseline), so ``coverage`` is the fraction of test pairs predicted and must be
-1.0; RMSE and MAE come from ``pyspark.mllib.evaluation.RegressionMetrics``,
-precision@10 and NDCG@10 (relevant = test rating >= 4) from ``RankingMetrics``.
-The last line printed with ``--json`` is one JSON object.
+Every test pair gets a predicted rating (unseen users and movies fall back to
+the baseline), so ``coverage`` is the fraction of test pairs predicted and must
+be 1.0; RMSE and MAE come from ``pyspark.mllib.evaluation.RegressionMetrics``.
+The top-10 lists are made by the service's own code (serving.Snapshot: the
+candidates are the movies the user did not rate in training with at least
+``--min-count`` training ratings), and so is a most-popular list from the same
+candidates; ``RankingMetrics`` scores both against the test ratings >= 4.  The
+last line printed with ``--json`` is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import math
@@ -21,28 +25,46 @@ import os
 import sys
 import time
 from dataclasses import replace
+from itertools import product
 from pathlib import Path
 
 import numpy as np
 
 from datasets import movielens
-from model import FactorModel, Scale, TrainParams
-from training import infer_scale, train
+from model import (
+    CONFIDENCES,
+    ModelError,
+    ModelParams,
+    Models,
+    RankingModel,
+    RankingParams,
+    RatingModel,
+    RatingParams,
+    Scale,
+)
+from serving import Snapshot, top_k
+from training import fit_models, fit_ranking_model, fit_rating_model, infer_scale
 
 log = logging.getLogger("evaluate")
 
 RELEVANT = 4.0
 TOP_K = 10
+MIN_COUNT = 25  # the service's default
 TUNE_RANKS = (8, 12, 16, 24)
 TUNE_REGS = (0.05, 0.1, 0.15, 0.2, 0.3)
+# The ranking grid: mllib scales lambda by each user's/movie's count and applies alpha inside, so its
+# best settings are its own (wide ranks, small alpha); the defaults won on ml-latest-small.
+TUNE_RANKING = {"rank": (64, 128, 200), "reg": (0.05, 0.1, 0.2), "alpha": (0.1, 0.3, 1.0),
+                "confidence": ("binary", "signed")}
+TUNE_BLENDS = (0.0, 0.25, 0.5, 1.0)
 
 
-def _predict_partition(model_bc):
+def _predict_partition(rating_bc):
     def predict(rows):
         rows = list(rows)
         if not rows:
             return
-        model: FactorModel = model_bc.value
+        model: RatingModel = rating_bc.value
         users = np.array([r[0] for r in rows], dtype=np.int64)
         movies = np.array([r[1] for r in rows], dtype=np.int64)
         full = model.predict_pairs(users, movies)
@@ -52,97 +74,199 @@ def _predict_partition(model_bc):
     return predict
 
 
-def _rank_partition(model_bc, k: int):
-    """For each (user, (relevant test movies, train movies)) yield (top-k predicted, relevant)."""
-    def rank(rows):
-        model: FactorModel = model_bc.value
-        for user, (relevant, seen) in rows:
-            scores = model.predict_pairs(np.full(len(model.movie_ids), user), model.movie_ids)
-            seen_rows = model.movie_rows(np.fromiter(seen or (), dtype=np.int64))
-            scores[seen_rows[seen_rows >= 0]] = -np.inf
-            top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
-            top = top[np.argsort(-scores[top], kind="stable")]
-            yield [int(m) for m in model.movie_ids[top]], [int(m) for m in relevant]
-    return rank
+def rating_metrics(sc, rating: RatingModel, test_rdd) -> dict:
+    """RMSE, MAE and coverage of the rating model over every pair of ``test_rdd``, and the baseline's RMSE."""
+    from pyspark.mllib.evaluation import RegressionMetrics
+
+    bc = sc.broadcast(rating)
+    predictions = test_rdd.mapPartitions(_predict_partition(bc)).cache()
+    n_test = predictions.count()
+    predicted = predictions.filter(lambda t: math.isfinite(t[0])).count()
+    full = RegressionMetrics(predictions.map(lambda t: (t[0], t[1])))
+    base = RegressionMetrics(predictions.map(lambda t: (t[2], t[1])))
+    result = {"rmse": round(full.rootMeanSquaredError, 5), "mae": round(full.meanAbsoluteError, 5),
+              "coverage": predicted / n_test if n_test else 0.0,
+              "baseline_rmse": round(base.rootMeanSquaredError, 5)}
+    predictions.unpersist()
+    bc.destroy()
+    return result
 
 
-def evaluate(sc, train_rdd, test_rdd, params: TrainParams, scale: Scale | None = None,
-             ranking: bool = True) -> dict:
-    """Train on ``train_rdd`` and measure on every pair of ``test_rdd`` (``ranking``: also precision/NDCG@10)."""
-    from pyspark.mllib.evaluation import RankingMetrics, RegressionMetrics
+def _lists_partition(state_bc, k: int, min_count: int):
+    """For each (user, (train movies, relevant test movies)) yield the served and the popular top-k."""
+    def lists(rows):
+        snapshot, counts = state_bc.value
+        eligible = counts >= min_count
+        for user, (seen, relevant) in rows:
+            mask = eligible.copy()
+            seen_rows = np.searchsorted(snapshot.movie_ids, np.fromiter(seen, dtype=np.int64))
+            mask[seen_rows] = False
+            candidates = np.flatnonzero(mask)
+            served, _ = snapshot.top_n(snapshot.user_vectors(user), candidates, k, counts)
+            popular = top_k(counts, candidates, k)
+            yield (user, snapshot.movie_ids[served].tolist(), snapshot.movie_ids[popular].tolist(),
+                   sorted(relevant or ()))
+    return lists
 
+
+def served_lists(sc, models: Models, train_rdd, test_rdd, k: int = TOP_K, min_count: int = MIN_COUNT):
+    """An RDD of (user, served top-k, most-popular top-k, relevant test movies) for every training user.
+
+    The served list is what the service answers for the user with the models
+    trained on ``train_rdd`` (same code: serving.Snapshot); counts for
+    ``min_count`` and popularity are the training ratings'.
+    """
+    snapshot = Snapshot.build(models, models.rating.movie_ids)
+    counts_by_id = dict(train_rdd.map(lambda t: (t[1], 1)).reduceByKey(lambda a, b: a + b).collect())
+    counts = np.array([counts_by_id.get(int(m), 0) for m in snapshot.movie_ids], dtype=np.int64)
+    state = sc.broadcast((snapshot, counts))
+    seen = train_rdd.map(lambda t: (t[0], t[1])).groupByKey()
+    relevant = test_rdd.filter(lambda t: t[2] >= RELEVANT).map(lambda t: (t[0], t[1])).groupByKey()
+    return seen.leftOuterJoin(relevant).mapPartitions(_lists_partition(state, k, min_count)), state
+
+
+def ranking_metrics(lists, n_movies: int, k: int = TOP_K) -> dict:
+    """Precision, recall and NDCG at k (``RankingMetrics``) of the served and the popular lists, and
+    catalogue coverage (distinct movies in all served lists / ``n_movies``)."""
+    from pyspark.mllib.evaluation import RankingMetrics
+
+    lists = lists.cache()
+    judged = lists.filter(lambda t: t[3])
+    result = {}
+    for prefix, i in (("", 1), ("popularity_", 2)):
+        metrics = RankingMetrics(judged.map(lambda t, i=i: (t[i], t[3])))
+        shown = lists.flatMap(lambda t, i=i: t[i]).distinct().count()
+        result.update({f"{prefix}precision_at_{k}": round(metrics.precisionAt(k), 5),
+                       f"{prefix}recall_at_{k}": round(metrics.recallAt(k), 5),
+                       f"{prefix}ndcg_at_{k}": round(metrics.ndcgAt(k), 5),
+                       f"{prefix}catalog_coverage": round(shown / n_movies, 5) if n_movies else 0.0})
+    result["ranked_users"] = judged.count()
+    if result[f"popularity_ndcg_at_{k}"]:
+        result["ndcg_vs_popularity"] = round(result[f"ndcg_at_{k}"] / result[f"popularity_ndcg_at_{k}"], 3)
+    lists.unpersist()
+    return result
+
+
+def write_recs(lists, path: Path) -> int:
+    """Write every user's served list as CSV ``userId,movieId,rank`` (rank 1 best); return the rows written."""
+    rows = sorted((user, served) for user, served, _, _ in lists.collect())
+    written = 0
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh, lineterminator="\n")
+        out.writerow(["userId", "movieId", "rank"])
+        for user, served in rows:
+            for rank, movie in enumerate(served, start=1):
+                out.writerow([user, movie, rank])
+                written += 1
+    return written
+
+
+def evaluate(sc, train_rdd, test_rdd, params: ModelParams, scale: Scale | None = None,
+             ranking: bool = True, min_count: int = MIN_COUNT, recs_out: Path | None = None) -> dict:
+    """Train both models on ``train_rdd`` and measure them on ``test_rdd``.
+
+    Ratings: every test pair.  Lists (``ranking``): the served top-10 of every
+    training user, and the most-popular list from the same candidates.
+    """
     train_rdd = train_rdd.cache()
     test_rdd = test_rdd.cache()
     n_train, n_test = train_rdd.count(), test_rdd.count()
     if n_train == 0 or n_test == 0:
         raise movielens.DatasetError(f"need ratings on both sides: {n_train} train, {n_test} test")
     scale = scale or infer_scale(train_rdd)
-    start = time.perf_counter()
-    model = train(sc, train_rdd, params, scale)
-    fit_seconds = time.perf_counter() - start
-    model_bc = sc.broadcast(model)
-
-    predictions = test_rdd.mapPartitions(_predict_partition(model_bc)).cache()
-    predicted = predictions.filter(lambda t: math.isfinite(t[0])).count()
-    full = RegressionMetrics(predictions.map(lambda t: (t[0], t[1])))
-    base = RegressionMetrics(predictions.map(lambda t: (t[2], t[1])))
-
-    result = {
-        "rmse": round(full.rootMeanSquaredError, 5),
-        "mae": round(full.meanAbsoluteError, 5),
-        "coverage": predicted / n_test,
-        "baseline_rmse": round(base.rootMeanSquaredError, 5),
-    }
+    models = fit_models(sc, train_rdd, params, scale)
+    result = rating_metrics(sc, models.rating, test_rdd)
     if ranking:
-        relevant = test_rdd.filter(lambda t: t[2] >= RELEVANT).map(lambda t: (t[0], t[1])).groupByKey()
-        seen = train_rdd.map(lambda t: (t[0], t[1])).groupByKey()
-        metrics = RankingMetrics(relevant.leftOuterJoin(seen).mapPartitions(_rank_partition(model_bc, TOP_K)))
-        result[f"precision_at_{TOP_K}"] = round(metrics.precisionAt(TOP_K), 5)
-        result[f"ndcg_at_{TOP_K}"] = round(metrics.ndcgAt(TOP_K), 5)
+        lists, state = served_lists(sc, models, train_rdd, test_rdd, TOP_K, min_count)
+        n_movies = train_rdd.map(lambda t: t[1]).union(test_rdd.map(lambda t: t[1])).distinct().count()
+        result.update(ranking_metrics(lists, n_movies))
+        if recs_out is not None:
+            result["recs_written"] = write_recs(lists, recs_out)
+        state.destroy()
     result.update({
         "n_train": n_train,
         "n_test": n_test,
-        "fit_seconds": round(fit_seconds, 2),
+        "min_count": min_count,
+        "fit_seconds": models.meta["fit_seconds"],
         "params": params.as_dict(),
         "scale": scale.__dict__,
     })
-    predictions.unpersist()
-    model_bc.unpersist()
     train_rdd.unpersist()
     test_rdd.unpersist()
     return result
 
 
-def tune(sc, ratings, base: TrainParams, seed: int, ranks=TUNE_RANKS, regs=TUNE_REGS,
-         out=sys.stdout) -> dict:
-    """Pick rank and lambda on a validation split (60/20/20), then report the test RMSE of the pick."""
-    from pyspark.mllib.evaluation import RegressionMetrics
+def _grid(space: dict) -> list[dict]:
+    return [dict(zip(space, values)) for values in product(*space.values())]
 
+
+def tune(sc, ratings, base: ModelParams, seed: int, ranks=TUNE_RANKS, regs=TUNE_REGS,
+         ranking_space: dict | None = None, blends=TUNE_BLENDS, out=sys.stdout) -> dict:
+    """Pick each model's parameters on a validation split (60/20/20), then report the pick on the test split.
+
+    The rating model by validation RMSE over rank x lambda; the ranking model by
+    validation NDCG@10 of the lists as served, over ``ranking_space`` and then
+    over the blend weights.
+    """
     train_rdd, valid_rdd, test_rdd = (r.cache() for r in ratings.randomSplit([0.6, 0.2, 0.2], seed=seed))
-    table = []
     scale = infer_scale(train_rdd)
+    ranking_space = TUNE_RANKING if ranking_space is None else ranking_space
+
+    table = []
     print(f"{'rank':>5} {'lambda':>7} {'valid_rmse':>11} {'seconds':>8}", file=out)
-    for rank in ranks:
-        for reg in regs:
-            params = replace(base, rank=rank, reg=reg)
-            start = time.perf_counter()
-            model = train(sc, train_rdd, params, scale)
-            seconds = time.perf_counter() - start
-            bc = sc.broadcast(model)
-            rmse = RegressionMetrics(valid_rdd.mapPartitions(_predict_partition(bc)).map(
-                lambda t: (t[0], t[1]))).rootMeanSquaredError
-            bc.unpersist()
-            table.append({"rank": rank, "reg": reg, "valid_rmse": round(rmse, 5), "seconds": round(seconds, 2)})
-            print(f"{rank:>5} {reg:>7g} {rmse:>11.5f} {seconds:>8.2f}", file=out, flush=True)
+    for rank, reg in product(ranks, regs):
+        params = replace(base.rating, rank=rank, reg=reg)
+        start = time.perf_counter()
+        rating, _ = fit_rating_model(sc, train_rdd, params, scale)
+        seconds = time.perf_counter() - start
+        rmse = rating_metrics(sc, rating, valid_rdd)["rmse"]
+        table.append({"rank": rank, "reg": reg, "valid_rmse": rmse, "seconds": round(seconds, 2)})
+        print(f"{rank:>5} {reg:>7g} {rmse:>11.5f} {seconds:>8.2f}", file=out, flush=True)
     best = min(table, key=lambda row: row["valid_rmse"])
-    chosen = replace(base, rank=best["rank"], reg=best["reg"])
+    rating_pick = replace(base.rating, rank=best["rank"], reg=best["reg"])
+
+    rating, _ = fit_rating_model(sc, train_rdd, rating_pick, scale)
+
+    def valid_ndcg(ranking: RankingModel) -> float:
+        lists, state = served_lists(sc, Models(rating, ranking), train_rdd, valid_rdd)
+        ndcg = ranking_metrics(lists, len(rating.movie_ids))["ndcg_at_10"]
+        state.destroy()
+        return ndcg
+
+    ranking_table, best_model, best_ndcg = [], None, -1.0
+    print(f"{'rank':>5} {'lambda':>7} {'alpha':>6} {'confidence':>10} {'valid_ndcg10':>13} {'seconds':>8}", file=out)
+    for cell in _grid(ranking_space):
+        params = replace(base.ranking, **cell)
+        start = time.perf_counter()
+        ranking = fit_ranking_model(sc, train_rdd, params, rating.user_ids, rating.movie_ids)
+        seconds = time.perf_counter() - start
+        ndcg = valid_ndcg(ranking)
+        ranking_table.append({**cell, "valid_ndcg_at_10": ndcg, "seconds": round(seconds, 2)})
+        if ndcg > best_ndcg:
+            best_model, best_ndcg = ranking, ndcg
+        print(f"{params.rank:>5} {params.reg:>7g} {params.alpha:>6g} {params.confidence:>10} {ndcg:>13.5f} "
+              f"{seconds:>8.2f}", file=out, flush=True)
+    # The blend weight changes no factor: score the best ranking model's lists with each weight.
+    blend_table = []
+    print(f"{'blend':>6} {'valid_ndcg10':>13}", file=out)
+    for blend in blends:
+        ndcg = valid_ndcg(replace(best_model, params=replace(best_model.params, blend=blend)))
+        blend_table.append({"blend": blend, "valid_ndcg_at_10": ndcg})
+        print(f"{blend:>6g} {ndcg:>13.5f}", file=out, flush=True)
+    best_blend = max(blend_table, key=lambda row: row["valid_ndcg_at_10"])["blend"]
+    ranking_pick = replace(best_model.params, blend=best_blend)
+
+    chosen = ModelParams(rating_pick, ranking_pick)
     test = evaluate(sc, train_rdd.union(valid_rdd), test_rdd, chosen, scale)
-    return {"table": table, "chosen": chosen.as_dict(), "test": test}
+    for rdd in (train_rdd, valid_rdd, test_rdd):
+        rdd.unpersist()
+    return {"table": table, "ranking_table": ranking_table, "blend_table": blend_table, "chosen": chosen.as_dict(),
+            "test": test}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainParams()
-    p = argparse.ArgumentParser(description="Evaluate the ALS recommender offline.")
+    rating, ranking = RatingParams(), RankingParams()
+    p = argparse.ArgumentParser(description="Evaluate the recommender offline: predicted ratings and served lists.")
     src = p.add_argument_group("data (either --dataset, or --train and --test)")
     src.add_argument("--dataset", default=os.environ.get("RECOMMENDER_DATASET"),
                      help="MovieLens folder or URI (env RECOMMENDER_DATASET)")
@@ -150,19 +274,45 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--test", help="test ratings CSV, same format")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of ratings held out (default 0.2)")
     p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
-    p.add_argument("--rank", type=int, help=f"ALS rank (default: tuned for the dataset, else {defaults.rank})")
-    p.add_argument("--iterations", type=int, help=f"ALS iterations (default {defaults.iterations})")
-    p.add_argument("--reg", "--lambda", dest="reg", type=float,
-                   help=f"ALS lambda (default: tuned, else {defaults.reg})")
-    p.add_argument("--als-seed", type=int, help=f"ALS seed (default {defaults.seed})")
-    p.add_argument("--plain", action="store_true", help="plain ALS on raw ratings, no bias baseline")
-    p.add_argument("--tune", action="store_true", help="grid-search rank and lambda on a validation split")
-    p.add_argument("--save", action="store_true", help="with --tune: save the pick as the dataset's defaults")
+    p.add_argument("--min-count", type=int, default=MIN_COUNT,
+                   help=f"lists hold movies with at least this many training ratings (default {MIN_COUNT})")
+    p.add_argument("--recs-out", type=Path, help="write every training user's served top-10 as CSV userId,movieId,rank")
+    m = p.add_argument_group("rating model (explicit ALS on the bias baseline's residuals)")
+    m.add_argument("--rank", type=int, help=f"ALS rank (default: tuned for the dataset, else {rating.rank})")
+    m.add_argument("--iterations", type=int, help=f"ALS iterations (default {rating.iterations})")
+    m.add_argument("--reg", "--lambda", dest="reg", type=float, help=f"ALS lambda (default: tuned, else {rating.reg})")
+    m.add_argument("--als-seed", type=int, help=f"ALS seed (default {rating.seed})")
+    m.add_argument("--plain", action="store_true", help="plain ALS on raw ratings, no bias baseline")
+    r = p.add_argument_group("ranking model (implicit ALS)")
+    r.add_argument("--ranking-rank", type=int, help=f"rank (default: tuned, else {ranking.rank})")
+    r.add_argument("--ranking-iterations", type=int, help=f"iterations (default {ranking.iterations})")
+    r.add_argument("--ranking-lambda", type=float, help=f"lambda (default: tuned, else {ranking.reg})")
+    r.add_argument("--alpha", type=float, help=f"confidence scale (default: tuned, else {ranking.alpha})")
+    r.add_argument("--confidence", choices=CONFIDENCES,
+                   help=f"what a rating tells the model (default: tuned, else {ranking.confidence})")
+    p.add_argument("--tune", action="store_true",
+                   help="pick both models' parameters on a validation split carved from the training data")
+    p.add_argument("--save", action="store_true", help="with --tune: save the picks as the dataset's defaults")
     p.add_argument("--model-dir", help="where --save writes params.json (default models/<dataset name>)")
     p.add_argument("--master", default=os.environ.get("SPARK_MASTER"),
                    help="Spark master (env SPARK_MASTER; default local[*] or spark-submit's)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     return p
+
+
+def params_from_args(args, base: ModelParams) -> ModelParams:
+    """``base`` with the command line's overrides of either model's parameters."""
+    def given(pairs):
+        return {key: getattr(args, arg) for key, arg in pairs if getattr(args, arg) is not None}
+
+    rating = replace(base.rating, **given((("rank", "rank"), ("iterations", "iterations"), ("reg", "reg"),
+                                           ("seed", "als_seed"))))
+    if args.plain:
+        rating = replace(rating, bias=False)
+    ranking = replace(base.ranking, **given((("rank", "ranking_rank"), ("iterations", "ranking_iterations"),
+                                             ("reg", "ranking_lambda"), ("alpha", "alpha"),
+                                             ("confidence", "confidence"))))
+    return ModelParams(rating, ranking)
 
 
 def fail(message: str) -> int:
@@ -179,19 +329,18 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--test-fraction must be between 0 and 1")
     if args.save and not args.tune:
         return fail("--save goes with --tune")
+    if args.min_count < 0:
+        return fail("--min-count must be 0 or more")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from engine import default_model_dir, load_params
     from sparkctx import create_context
 
     model_dir = Path(args.model_dir) if args.model_dir else (default_model_dir(args.dataset) if args.dataset else None)
-    params = load_params(model_dir) if model_dir else TrainParams()
-    if args.plain:
-        params = replace(params, bias=False)
-    overrides = {k: getattr(args, a) for k, a in
-                 (("rank", "rank"), ("iterations", "iterations"), ("reg", "reg"), ("seed", "als_seed"))
-                 if getattr(args, a) is not None}
-    params = replace(params, **overrides)
+    try:
+        params = params_from_args(args, load_params(model_dir) if model_dir else ModelParams())
+    except ModelError as exc:
+        return fail(str(exc))
 
     try:
         sc = create_context(args.master, app_name="recommender-evaluate")
@@ -206,17 +355,17 @@ def main(argv: list[str] | None = None) -> int:
                 model_dir.mkdir(parents=True, exist_ok=True)
                 (model_dir / "tune.json").write_text(json.dumps(result, indent=2) + "\n")  # for eda.py
                 if args.save:
-                    chosen = {k: result["chosen"][k] for k in ("rank", "reg")}
-                    (model_dir / "params.json").write_text(json.dumps(chosen, indent=2) + "\n")
-                    print(f"saved {chosen} to {model_dir / 'params.json'}")
+                    (model_dir / "params.json").write_text(json.dumps(result["chosen"], indent=2) + "\n")
+                    print(f"saved {result['chosen']} to {model_dir / 'params.json'}")
             else:
                 train_rdd, test_rdd = ratings.randomSplit([1 - args.test_fraction, args.test_fraction],
                                                           seed=args.seed)
-                result = evaluate(sc, train_rdd, test_rdd, params)
+                result = evaluate(sc, train_rdd, test_rdd, params, min_count=args.min_count,
+                                  recs_out=args.recs_out)
         else:
             train_rdd, bad = movielens.load_ratings(sc, movielens.Layout("csv", args.train, ""))
             test_rdd, bad_test = movielens.load_ratings(sc, movielens.Layout("csv", args.test, ""))
-            result = evaluate(sc, train_rdd, test_rdd, params)
+            result = evaluate(sc, train_rdd, test_rdd, params, min_count=args.min_count, recs_out=args.recs_out)
             result["malformed_lines"] = bad.value + bad_test.value
     except (movielens.DatasetError, OSError) as exc:
         return fail(str(exc))

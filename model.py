@@ -1,10 +1,11 @@
-"""The trained model as NumPy arrays: predictions, one-user fold-in, saving and loading.
+"""The trained models as NumPy arrays: scoring, one-user fold-in, saving and loading.
 
-Spark trains the model (engine.py); everything that answers a request works on
-these arrays in the driver, so no request starts a Spark job.  A prediction is
-``mu + b_user + b_movie + u . v`` (the baseline plus the ALS factors trained on
-its residuals), or ``u . v`` for plain ALS; a user or movie the model has not
-seen falls back to the baseline, so every pair gets a prediction.
+Two models divide the work.  The rating model (bias baseline plus explicit ALS
+on its residuals) predicts how many stars a user would give a movie; it is
+fitted to RMSE.  The ranking model (implicit-feedback ALS) scores which movies
+a user is likely to pick; it orders the top-N lists.  Spark fits both
+(training.py); everything that answers a request works on these arrays in the
+driver, so no request starts a Spark job.
 """
 
 from __future__ import annotations
@@ -13,21 +14,30 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rating and ranking model in one file
 
 
 class ModelError(Exception):
     """A saved model is missing, damaged or does not match; the message says which."""
 
 
+def _from_dict(cls, data: dict, where: str):
+    """Build a params dataclass from a dict, naming any unknown key in a one-line ModelError."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ModelError(f"{where}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
-class TrainParams:
-    """Everything that determines a trained model, besides the data."""
+class RatingParams:
+    """Everything that determines the rating model, besides the data."""
 
     rank: int = 12
     iterations: int = 20
@@ -38,7 +48,75 @@ class TrainParams:
     movie_damping: float = 10.0
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
+
+
+CONFIDENCES = ("binary", "signed")
+
+
+@dataclass(frozen=True)
+class RankingParams:
+    """Everything that determines the ranking model (``ALS.trainImplicit``), besides the data.
+
+    ``confidence`` says what each rating tells the model: ``binary``, every
+    rating is one interaction of confidence ``1 + alpha``; ``signed``, a rating
+    above ``threshold`` is a positive interaction and one below a known
+    dislike, each of confidence ``1 + alpha * |rating - threshold|``.
+    ``blend`` mixes the rating model into the order (see ``serving.Snapshot.top_n``);
+    it changes no factor, only how lists are ranked.
+    """
+
+    rank: int = 128
+    iterations: int = 10
+    reg: float = 0.1
+    alpha: float = 0.3
+    confidence: str = "signed"
+    threshold: float = 2.5
+    seed: int = 42
+    blend: float = 0.5  # weight of the rating model's (standardised) prediction in the ranking score
+
+    def __post_init__(self) -> None:
+        if self.confidence not in CONFIDENCES:
+            raise ModelError(f"confidence must be one of {', '.join(CONFIDENCES)}, not {self.confidence!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def preferences(self, ratings):
+        """The values handed to ``trainImplicit`` for these ratings (NumPy arrays or one float)."""
+        if self.confidence == "binary":
+            return np.ones_like(ratings, dtype=np.float64) if isinstance(ratings, np.ndarray) else 1.0
+        return ratings - self.threshold
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The parameters of both models."""
+
+    rating: RatingParams = field(default_factory=RatingParams)
+    ranking: RankingParams = field(default_factory=RankingParams)
+
+    def as_dict(self) -> dict:
+        return {"rating": self.rating.as_dict(), "ranking": self.ranking.as_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "params") -> ModelParams:
+        """Read ``{"rating": {...}, "ranking": {...}}``; partial dicts keep the defaults for the rest.
+
+        A flat dict of rating-model keys (what ``--tune --save`` wrote before
+        there was a ranking model) is read as the rating model's.
+        """
+        if not isinstance(data, dict):
+            raise ModelError(f'{where}: expected {{"rating": {{...}}, "ranking": {{...}}}}')
+        if data and not set(data) & {"rating", "ranking"} and set(data) <= set(RatingParams().as_dict()):
+            data = {"rating": data}
+        if set(data) - {"rating", "ranking"}:
+            raise ModelError(f'{where}: expected {{"rating": {{...}}, "ranking": {{...}}}}, '
+                             f'not the key(s) {", ".join(sorted(set(data) - {"rating", "ranking"}))}')
+        rating = {**RatingParams().as_dict(), **data.get("rating", {})}
+        ranking = {**RankingParams().as_dict(), **data.get("ranking", {})}
+        return cls(_from_dict(RatingParams, rating, f"{where} rating"),
+                   _from_dict(RankingParams, ranking, f"{where} ranking"))
 
 
 @dataclass(frozen=True)
@@ -67,9 +145,38 @@ class Scale:
         return cls(float(ratings.min()), float(ratings.max()), step)
 
 
+class _Ids:
+    """Sorted user and movie ids with their row lookups (shared by both models)."""
+
+    user_ids: np.ndarray
+    movie_ids: np.ndarray
+
+    def _index(self) -> None:
+        self._user_row = {int(u): i for i, u in enumerate(self.user_ids)}
+
+    def user_row(self, user_id: int) -> int | None:
+        return self._user_row.get(user_id)
+
+    def movie_row(self, movie_id: int) -> int | None:
+        row = int(self.movie_rows(np.array([movie_id]))[0])
+        return row if row >= 0 else None
+
+    def movie_rows(self, movie_ids: np.ndarray) -> np.ndarray:
+        """Rows of ``movie_ids`` in the movie arrays, -1 where the model has not seen the movie."""
+        return _rows(self.movie_ids, np.asarray(movie_ids, dtype=np.int64))
+
+    @property
+    def rank(self) -> int:
+        return int(self.movie_factors.shape[1])
+
+
 @dataclass
-class FactorModel:
-    """ALS factors and baseline biases, indexed by sorted user and movie ids."""
+class RatingModel(_Ids):
+    """Predicts stars: ``mu + b_user + b_movie + u . v``, indexed by sorted user and movie ids.
+
+    ``u . v`` alone for plain ALS; a user or movie the model has not seen
+    falls back to the baseline, so every pair gets a prediction.
+    """
 
     mu: float
     user_ids: np.ndarray  # int64, sorted
@@ -78,27 +185,11 @@ class FactorModel:
     movie_ids: np.ndarray  # int64, sorted
     movie_bias: np.ndarray
     movie_factors: np.ndarray  # (movies, rank)
-    params: TrainParams
+    params: RatingParams
     scale: Scale
-    meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._user_row = {int(u): i for i, u in enumerate(self.user_ids)}
-        self._movie_row = {int(m): i for i, m in enumerate(self.movie_ids)}
-
-    @property
-    def rank(self) -> int:
-        return int(self.movie_factors.shape[1])
-
-    def user_row(self, user_id: int) -> int | None:
-        return self._user_row.get(user_id)
-
-    def movie_row(self, movie_id: int) -> int | None:
-        return self._movie_row.get(movie_id)
-
-    def movie_rows(self, movie_ids: np.ndarray) -> np.ndarray:
-        """Rows of ``movie_ids`` in the movie arrays, -1 where the model has not seen the movie."""
-        return _rows(self.movie_ids, np.asarray(movie_ids, dtype=np.int64))
+        self._index()
 
     def clip(self, values):
         return np.clip(values, self.scale.low, self.scale.high)
@@ -122,12 +213,15 @@ class FactorModel:
                          self.movie_factors[np.maximum(mpos, 0)])
         return self.combine(baseline, dots, both)
 
-    def combine(self, baseline, dots, has_factors):
+    def combine(self, baseline, dots, has_factors, clip: bool = True):
         """The prediction rule, in one place: baseline plus factors (or factors alone for plain ALS);
-        the baseline alone where the user or movie has no factors; clipped to the scale."""
+        the baseline alone where the user or movie has no factors; clipped to the scale unless ``clip``
+        is false (for ranking, where clipping would tie the movies it cuts)."""
         if self.params.bias:
-            return self.clip(baseline + np.where(has_factors, dots, 0.0))
-        return self.clip(np.where(has_factors, dots, baseline))
+            raw = baseline + np.where(has_factors, dots, 0.0)
+        else:
+            raw = np.where(has_factors, dots, baseline)
+        return self.clip(raw) if clip else raw
 
     def fold_in(self, movie_rows: np.ndarray, ratings: np.ndarray) -> tuple[float, np.ndarray]:
         """Compute one user's bias and factor vector with the movie side held fixed.
@@ -151,17 +245,70 @@ class FactorModel:
         A = V.T @ V + self.params.reg * rows.size * np.eye(self.rank)
         return bias, np.linalg.solve(A, V.T @ target)
 
-    # --- persistence -------------------------------------------------------------------
+
+@dataclass
+class RankingModel(_Ids):
+    """Scores how likely a user is to pick a movie: ``x_user . y_movie`` from implicit-feedback ALS.
+
+    The scores only order movies; they are not stars.
+    """
+
+    user_ids: np.ndarray  # int64, sorted
+    user_factors: np.ndarray  # (users, rank)
+    movie_ids: np.ndarray  # int64, sorted
+    movie_factors: np.ndarray  # (movies, rank)
+    params: RankingParams
+
+    def __post_init__(self) -> None:
+        self._index()
+        self.gram = self.movie_factors.T @ self.movie_factors  # Y^T Y, shared by every fold-in
+
+    def fold_in(self, movie_rows: np.ndarray, ratings: np.ndarray) -> np.ndarray:
+        """One user's factor vector with the movie side held fixed: the implicit-ALS user solve.
+
+        Solves ``(Y^T Y + Y^T (C - I) Y + lambda * n I) x = Y^T C p`` exactly as
+        pyspark.mllib does: confidence ``1 + alpha * |value|``, preference 1 for
+        a positive value and 0 otherwise, ``n`` the number of positive values.
+        Movies the model has not seen are ignored.
+        """
+        known = movie_rows >= 0
+        values = np.asarray(self.params.preferences(np.asarray(ratings, dtype=np.float64)))[known]
+        Y = self.movie_factors[movie_rows[known]]
+        c1 = self.params.alpha * np.abs(values)
+        positive = values > 0
+        A = self.gram + (Y * c1[:, None]).T @ Y
+        A[np.diag_indices_from(A)] += self.params.reg * int(positive.sum())
+        b = Y[positive].T @ (1.0 + c1[positive])
+        return np.linalg.solve(A, b)
+
+
+@dataclass
+class Models:
+    """The rating and the ranking model, trained together on the same ratings and saved as one."""
+
+    rating: RatingModel
+    ranking: RankingModel
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def params(self) -> ModelParams:
+        return ModelParams(self.rating.params, self.ranking.params)
+
+    @property
+    def scale(self) -> Scale:
+        return self.rating.scale
 
     def save(self, directory: Path, meta: dict) -> None:
         """Write arrays and metadata so that a crash at any point leaves the old model intact."""
         directory.mkdir(parents=True, exist_ok=True)
         name = f"model-{time.time_ns()}.npz"
         path = directory / name
+        r, k = self.rating, self.ranking
         with open(path, "wb") as fh:
-            np.savez(fh, mu=np.array(self.mu), user_ids=self.user_ids, user_bias=self.user_bias,
-                     user_factors=self.user_factors, movie_ids=self.movie_ids,
-                     movie_bias=self.movie_bias, movie_factors=self.movie_factors)
+            np.savez(fh, mu=np.array(r.mu), user_ids=r.user_ids, user_bias=r.user_bias,
+                     user_factors=r.user_factors, movie_ids=r.movie_ids, movie_bias=r.movie_bias,
+                     movie_factors=r.movie_factors, rank_user_ids=k.user_ids, rank_user_factors=k.user_factors,
+                     rank_movie_ids=k.movie_ids, rank_movie_factors=k.movie_factors)
             fh.flush()
             os.fsync(fh.fileno())
         full_meta = {
@@ -185,8 +332,8 @@ class FactorModel:
         self.meta = full_meta
 
     @classmethod
-    def load(cls, directory: Path) -> FactorModel:
-        """Load a saved model, raising ModelError when it is absent or damaged."""
+    def load(cls, directory: Path) -> Models:
+        """Load saved models, raising ModelError when they are absent, damaged or of another format."""
         meta_path = directory / "model.json"
         if not meta_path.exists():
             raise ModelError(f"no saved model in {directory}")
@@ -198,22 +345,31 @@ class FactorModel:
             if _sha256(path) != meta["arrays_sha256"]:
                 raise ModelError(f"{path} does not match its checksum")
             with np.load(path) as data:
-                arrays = {key: data[key] for key in data.files}
-            model = cls(
-                mu=float(arrays["mu"]), user_ids=arrays["user_ids"], user_bias=arrays["user_bias"],
-                user_factors=arrays["user_factors"], movie_ids=arrays["movie_ids"],
-                movie_bias=arrays["movie_bias"], movie_factors=arrays["movie_factors"],
-                params=TrainParams(**meta["params"]), scale=Scale(**meta["scale"]), meta=meta,
-            )
+                a = {key: data[key] for key in data.files}
+            params = ModelParams.from_dict(meta["params"], str(meta_path))
+            scale = Scale(**meta["scale"])
+            rating = RatingModel(mu=float(a["mu"]), user_ids=a["user_ids"], user_bias=a["user_bias"],
+                                 user_factors=a["user_factors"], movie_ids=a["movie_ids"],
+                                 movie_bias=a["movie_bias"], movie_factors=a["movie_factors"],
+                                 params=params.rating, scale=scale)
+            ranking = RankingModel(user_ids=a["rank_user_ids"], user_factors=a["rank_user_factors"],
+                                   movie_ids=a["rank_movie_ids"], movie_factors=a["rank_movie_factors"],
+                                   params=params.ranking)
         except ModelError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"damaged model in {directory}: {exc}") from exc
-        n_users, n_movies = len(model.user_ids), len(model.movie_ids)
-        if (model.user_factors.shape[0] != n_users or model.movie_factors.shape[0] != n_movies
-                or len(model.user_bias) != n_users or len(model.movie_bias) != n_movies):
+        if not (_shapes_agree(rating) and _shapes_agree(ranking)):
             raise ModelError(f"damaged model in {directory}: array shapes disagree")
-        return model
+        return cls(rating, ranking, meta)
+
+
+def _shapes_agree(model: _Ids) -> bool:
+    n_users, n_movies = len(model.user_ids), len(model.movie_ids)
+    ok = model.user_factors.shape[0] == n_users and model.movie_factors.shape[0] == n_movies
+    if isinstance(model, RatingModel):
+        ok = ok and len(model.user_bias) == n_users and len(model.movie_bias) == n_movies
+    return ok and model.user_factors.shape[1] == model.movie_factors.shape[1]
 
 
 def _rows(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -19,13 +19,14 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cherrypy
 from paste.translogger import TransLogger
 
 from app import create_app
-from engine import RETRAIN_MODES, RecommendationEngine
-from model import Scale
+from engine import RETRAIN_MODES, RecommendationEngine, default_model_dir, load_params
+from model import ModelError, Scale
 
 log = logging.getLogger("server")
 
@@ -148,13 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     from datasets.movielens import DatasetError
     from sparkctx import create_context
 
+    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir(args.dataset)
+    try:  # a bad params.json is reported before Spark spends seconds starting
+        params = load_params(model_dir)
+    except ModelError as exc:
+        print(f"server.py: {exc}", file=sys.stderr)
+        return 2
     try:
         sc = create_context(args.master, app_name="movie-recommender", conf=heap_conf(args.heap))
     except RuntimeError as exc:
         print(f"server.py: {exc}", file=sys.stderr)
         return 2
     try:
-        engine = RecommendationEngine(sc, args.dataset, args.model_dir, retrain=args.retrain, scale=args.scale)
+        engine = RecommendationEngine(sc, args.dataset, model_dir, params=params, retrain=args.retrain,
+                                      scale=args.scale)
     except DatasetError as exc:
         sc.stop()
         print(f"server.py: {exc}", file=sys.stderr)

@@ -1,7 +1,9 @@
-"""Spark side of the model: the damped-bias baseline and pyspark.mllib ALS on its residuals.
+"""Spark side of the models: fitting both with pyspark.mllib ALS and collecting them into the driver.
 
-Input is an RDD of (user, movie, rating); output a :class:`model.FactorModel`
-collected into the driver.  Each phase logs its duration.
+Input is an RDD of (user, movie, rating).  The rating model is the damped-bias
+baseline (RDD operations) plus ``ALS.train`` on its residuals; the ranking
+model is ``ALS.trainImplicit`` on the same ratings.  Output is a
+:class:`model.Models` of NumPy arrays.  Each phase logs its duration.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from model import FactorModel, Scale, TrainParams
+from model import ModelParams, Models, RankingModel, RankingParams, RatingModel, RatingParams, Scale
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,13 @@ def _factors_to_arrays(features, ids: np.ndarray, rank: int) -> np.ndarray:
     return out
 
 
-def train(sc, ratings, params: TrainParams, scale: Scale) -> FactorModel:
-    """Fit the baseline with RDD operations, then ALS on the residuals (or on raw ratings)."""
+def fit_rating_model(sc, ratings, params: RatingParams, scale: Scale) -> tuple[RatingModel, int]:
+    """Fit the baseline with RDD operations, then ALS on the residuals (or on raw ratings).
+
+    Returns the model and the number of ratings it was fitted on.
+    """
     from pyspark.mllib.recommendation import ALS, Rating
 
-    start = time.perf_counter()
-    ratings = ratings.cache()
     with phase("baseline"):
         total, count = ratings.map(lambda t: (t[2], 1)).reduce(lambda a, b: (a[0] + b[0], a[1] + b[1]))
         if count == 0:
@@ -74,26 +77,68 @@ def train(sc, ratings, params: TrainParams, scale: Scale) -> FactorModel:
         targets = ratings.map(lambda t: Rating(t[0], t[1], t[2] - mu - bi.value[t[1]] - bu.value[t[0]]))
     else:
         targets = ratings.map(lambda t: Rating(t[0], t[1], t[2]))
-    with phase(f"ALS rank {params.rank}, {params.iterations} iterations"):
+    with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations"):
         als = ALS.train(targets, rank=params.rank, iterations=params.iterations,
                         lambda_=params.reg, seed=params.seed)
+    user_factors, movie_factors = _collect_factors(als, user_ids, movie_ids, params.rank)
+    bi.destroy()
+    bu.destroy()
+    model = RatingModel(mu=mu, user_ids=user_ids, user_bias=user_bias_arr, user_factors=user_factors,
+                        movie_ids=movie_ids, movie_bias=movie_bias_arr, movie_factors=movie_factors,
+                        params=params, scale=scale)
+    return model, count
+
+
+def fit_ranking_model(sc, ratings, params: RankingParams, user_ids: np.ndarray,
+                      movie_ids: np.ndarray) -> RankingModel:
+    """Fit implicit-feedback ALS on every rating as an interaction (see ``RankingParams.preferences``)."""
+    from pyspark.mllib.recommendation import ALS, Rating
+
+    preferences = params.preferences
+    interactions = ratings.map(lambda t: Rating(t[0], t[1], float(preferences(t[2]))))
+    with phase(f"ranking model: implicit ALS rank {params.rank}, {params.iterations} iterations"):
+        als = ALS.trainImplicit(interactions, rank=params.rank, iterations=params.iterations,
+                                lambda_=float(params.reg), alpha=float(params.alpha), seed=params.seed)
+    user_factors, movie_factors = _collect_factors(als, user_ids, movie_ids, params.rank)
+    return RankingModel(user_ids=user_ids, user_factors=user_factors, movie_ids=movie_ids,
+                        movie_factors=movie_factors, params=params)
+
+
+def _collect_factors(als, user_ids: np.ndarray, movie_ids: np.ndarray, rank: int):
+    """Collect an mllib model's factors into matrices aligned with the ids, then free them in Spark."""
     with phase("collect factors"):
-        user_factors = _factors_to_arrays(als.userFeatures().collect(), user_ids, params.rank)
-        movie_factors = _factors_to_arrays(als.productFeatures().collect(), movie_ids, params.rank)
+        user_factors = _factors_to_arrays(als.userFeatures().collect(), user_ids, rank)
+        movie_factors = _factors_to_arrays(als.productFeatures().collect(), movie_ids, rank)
     # Free what Spark keeps per training, so a long-running service does not accumulate it.
     als._java_model.userFeatures().unpersist(False)
     als._java_model.productFeatures().unpersist(False)
-    bi.destroy()
-    bu.destroy()
-    ratings.unpersist()
-    model = FactorModel(mu=mu, user_ids=user_ids, user_bias=user_bias_arr, user_factors=user_factors,
-                        movie_ids=movie_ids, movie_bias=movie_bias_arr, movie_factors=movie_factors,
-                        params=params, scale=scale)
-    log.info("trained on %d ratings (%d users, %d movies) in %.2f s",
-             count, len(user_ids), len(movie_ids), time.perf_counter() - start)
-    model.meta["n_ratings"] = count
-    model.meta["fit_seconds"] = round(time.perf_counter() - start, 3)
-    return model
+    return user_factors, movie_factors
+
+
+def fit_models(sc, ratings, params: ModelParams, scale: Scale) -> Models:
+    """Fit the rating and the ranking model on the same ratings; ``meta`` holds the seconds of each.
+
+    The ratings are cached for the two fits only if the caller has not cached
+    them; a caller's cache is left as it was.
+    """
+    start = time.perf_counter()
+    owned = not ratings.is_cached
+    if owned:
+        ratings = ratings.cache()
+    try:
+        rating, count = fit_rating_model(sc, ratings, params.rating, scale)
+        rating_seconds = time.perf_counter() - start
+        ranking = fit_ranking_model(sc, ratings, params.ranking, rating.user_ids, rating.movie_ids)
+    finally:
+        if owned:
+            ratings.unpersist()
+    total = time.perf_counter() - start
+    log.info("trained both models on %d ratings (%d users, %d movies) in %.2f s: rating %.2f s, ranking %.2f s",
+             count, len(rating.user_ids), len(rating.movie_ids), total, rating_seconds, total - rating_seconds)
+    return Models(rating, ranking, {"n_ratings": count,
+                                    "fit_seconds": {"rating": round(rating_seconds, 3),
+                                                    "ranking": round(total - rating_seconds, 3),
+                                                    "total": round(total, 3)}})
 
 
 def infer_scale(ratings) -> Scale:

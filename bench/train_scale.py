@@ -33,11 +33,11 @@ def parse_size(text: str) -> int:
     return int(float(text.rstrip("KM")) * factor)
 
 
-def measure(dataset: str, rank: int, iterations: int, master: str) -> dict:
+def measure(dataset: str, rank: int, iterations: int, ranking_rank: int, master: str) -> dict:
     """Run in a fresh process: load, train and evaluate one dataset, tracking peak memory."""
     from datasets import movielens
     from evaluate import evaluate
-    from model import TrainParams
+    from model import ModelParams, RankingParams, RatingParams
     from sparkctx import create_context
 
     peak = {"jvm_mb": 0.0}
@@ -56,7 +56,7 @@ def measure(dataset: str, rank: int, iterations: int, master: str) -> dict:
     n = ratings.count()
     load_seconds = time.perf_counter() - start
     train, test = ratings.randomSplit([0.8, 0.2], seed=42)
-    params = TrainParams(rank=rank, iterations=iterations)
+    params = ModelParams(RatingParams(rank=rank, iterations=iterations), RankingParams(rank=ranking_rank))
     result = evaluate(sc, train, test, params, ranking=False)
     done.set()
     sc.stop()
@@ -65,7 +65,8 @@ def measure(dataset: str, rank: int, iterations: int, master: str) -> dict:
         "load_seconds": round(load_seconds, 2), "train_seconds": result["fit_seconds"],
         "rmse": result["rmse"], "baseline_rmse": result["baseline_rmse"], "n_train": result["n_train"],
         "driver_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "jvm_peak_mb": round(peak["jvm_mb"], 1), "rank": rank, "iterations": iterations, "master": master,
+        "jvm_peak_mb": round(peak["jvm_mb"], 1), "rank": rank, "iterations": iterations,
+        "ranking_rank": ranking_rank, "master": master,
         "driver_memory": os.environ.get("SPARK_DRIVER_MEMORY", "4g"),
     }
 
@@ -76,11 +77,12 @@ def main() -> int:
     p.add_argument("--data-dir", type=Path, default=ROOT / "datasets", help="where synthetic-<size>/ go")
     p.add_argument("--rank", type=int, default=10)
     p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--ranking-rank", type=int, default=128, help="rank of the ranking model (implicit ALS)")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this dataset in this process
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.rank, args.iterations, args.master)))
+        print(json.dumps(measure(args.one, args.rank, args.iterations, args.ranking_rank, args.master)))
         return 0
     for text in args.sizes.split(","):
         n = parse_size(text)
@@ -91,7 +93,8 @@ def main() -> int:
                            cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             print(f"generated {target} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         out = subprocess.run([sys.executable, __file__, "--one", str(target), "--rank", str(args.rank),
-                              "--iterations", str(args.iterations), "--master", args.master],
+                              "--iterations", str(args.iterations), "--ranking-rank", str(args.ranking_rank),
+                              "--master", args.master],
                              capture_output=True, text=True)
         if out.returncode != 0:
             print(json.dumps({"size": text, "error": out.stderr.strip().splitlines()[-1:]}))

@@ -148,7 +148,7 @@ async function loadRecommendations(event) {
 async function showMovie(movieId) {
   const [prediction, similar] = await Promise.all([
     api("GET", `/${encodeURIComponent(user())}/ratings/${movieId}`),
-    api("GET", `/movies/${movieId}/similar?count=8&min_count=10`),
+    api("GET", `/movies/${movieId}/similar?count=8`),
   ]);
   $("detail").hidden = false;
   $("detail-title").textContent = prediction.title;

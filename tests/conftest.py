@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -19,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fixtures import write_dataset  # noqa: E402
 
-from model import TrainParams  # noqa: E402
+from model import ModelParams, RankingParams, RatingParams  # noqa: E402
 
 # Small and quick, but enough to recover the fixtures' planted taste groups.
-FAST = TrainParams(rank=4, iterations=10, reg=0.05, seed=7)
+FAST = ModelParams(RatingParams(rank=4, iterations=10, reg=0.05, seed=7), RankingParams(rank=4, iterations=10, seed=7))
 REAL_DATASET = ROOT / "datasets" / "ml-latest-small"
 
 
@@ -146,3 +147,22 @@ def real_dataset():
 
         fetch("ml-latest-small")
     return REAL_DATASET
+
+
+@pytest.fixture(scope="session")
+def real_model(sc, real_dataset, tmp_path_factory):
+    """ml-latest-small's models with the default parameters, trained once per session and saved.
+
+    Tests copy the folder (``copy_model``) so each engine loads them instead of training again.
+    """
+    from engine import RecommendationEngine
+
+    model_dir = tmp_path_factory.mktemp("real-model")
+    RecommendationEngine(sc, str(real_dataset), model_dir, params=ModelParams(), retrain="off").close()
+    return model_dir
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    """A private copy of a saved model folder (ratings log included)."""
+    shutil.copytree(source, target)
+    return target

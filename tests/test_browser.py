@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import ROOT, serving
+from conftest import ROOT, copy_model, serving
 
-from model import TrainParams
+from model import ModelParams
 
 OUTPUT = ROOT / "test-output" / "browser"
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -15,8 +15,10 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 
 
 @pytest.fixture(scope="module")
-def page_server(sc, real_dataset, tmp_path_factory):
-    with serving(sc, real_dataset, tmp_path_factory.mktemp("model"), TrainParams(rank=10, iterations=10)) as server:
+def page_server(sc, real_dataset, real_model, tmp_path_factory):
+    model_dir = copy_model(real_model, tmp_path_factory.mktemp("page") / "model")
+    with serving(sc, real_dataset, model_dir, ModelParams()) as server:
+        assert server.engine.model_source == "loaded"
         yield server
 
 

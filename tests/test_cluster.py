@@ -86,7 +86,8 @@ def test_cluster_evaluation_matches_local(cluster, csv_fixture, tmp_path):
     elsewhere.mkdir()
     env = _spark_env(tmp_path)
     args = ("--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
-            "--rank", "4", "--iterations", "8", "--json")
+            "--rank", "4", "--iterations", "8", "--ranking-rank", "4", "--ranking-iterations", "8",
+            "--min-count", "0", "--json")
     results = {}
     for name, master in (("cluster", cluster), ("local", "local[2]")):
         out = _submit(master, "evaluate.py", *args, cwd=elsewhere, env=env)
@@ -95,6 +96,7 @@ def test_cluster_evaluation_matches_local(cluster, csv_fixture, tmp_path):
     assert results["cluster"]["coverage"] == results["local"]["coverage"] == 1.0
     assert results["cluster"]["n_test"] == results["local"]["n_test"] == len(test)
     assert abs(results["cluster"]["rmse"] - results["local"]["rmse"]) <= 0.005
+    assert abs(results["cluster"]["ndcg_at_10"] - results["local"]["ndcg_at_10"]) <= 0.05
     master_log = (tmp_path / "master.log").read_text()
     assert "Registered app recommender-evaluate" in master_log  # the cluster really ran it
 
@@ -104,7 +106,8 @@ def test_spark_submit_serves(csv_fixture, tmp_path):
     port = free_port()
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    (model_dir / "params.json").write_text(json.dumps({"rank": 4, "iterations": 8}))
+    (model_dir / "params.json").write_text(json.dumps({"rating": {"rank": 4, "iterations": 8},
+                                                       "ranking": {"rank": 4, "iterations": 8}}))
     out_path = tmp_path / "server.out"
     proc = subprocess.Popen([str(SPARK_BIN / "spark-submit"), "--master", "local[2]", str(ROOT / "server.py"),
                              "--dataset", str(csv_fixture.path), "--port", str(port), "--model-dir", str(model_dir)],

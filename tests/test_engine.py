@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import FAST
+from conftest import FAST, copy_model
 from fixtures import write_dataset
 
 from engine import InputError, NotFound
@@ -22,7 +22,7 @@ def test_recommendations_exclude_rated_and_obey_min_count(make_engine, csv_fixtu
     result = engine.recommend(1, 1000, min_count=0)
     assert result["movies"] and not rated & set(_ids(result))
     assert len(result["movies"]) == 40 - len(rated)
-    scores = [m["predicted_rating"] for m in result["movies"]]
+    scores = [m["score"] for m in result["movies"]]
     assert scores == sorted(scores, reverse=True)
     threshold = sorted(engine.counts)[len(engine.counts) // 2]
     filtered = engine.recommend(1, 1000, min_count=int(threshold))
@@ -117,7 +117,8 @@ def test_async_retrain_runs_in_the_background_and_coalesces(make_engine, csv_fix
     health = engine.health()
     assert 2 <= health["model_version"] <= 3  # five posts, at most two retrains
     assert health["pending_ratings"] == 0 and health["training"] is False
-    assert engine._snapshot.model.user_row(7004) is not None  # the retrained model knows the new users
+    models = engine._snapshot.models  # the retrained models know the new users
+    assert models.rating.user_row(7004) is not None and models.ranking.user_row(7004) is not None
 
 
 def test_restart_keeps_acknowledged_ratings_and_reuses_the_model(make_engine, csv_fixture, tmp_path):
@@ -138,7 +139,11 @@ def test_saved_model_is_retrained_when_params_or_data_change(make_engine, csv_fi
     model_dir = tmp_path / "m"
     make_engine(csv_fixture.path, model_dir).close()
     assert make_engine(csv_fixture.path, model_dir).model_source == "loaded"
-    assert make_engine(csv_fixture.path, model_dir, params=replace(FAST, rank=3)).model_source == "trained"
+    assert make_engine(csv_fixture.path, model_dir).model_source == "loaded"
+    other_rating = replace(FAST, rating=replace(FAST.rating, rank=3))
+    assert make_engine(csv_fixture.path, model_dir, params=other_rating).model_source == "trained"
+    other_ranking = replace(other_rating, ranking=replace(FAST.ranking, alpha=1.0))
+    assert make_engine(csv_fixture.path, model_dir, params=other_ranking).model_source == "trained"
     other = write_dataset(tmp_path / "other", "csv", n_users=20, n_movies=40, seed=5)
     assert make_engine(other.path, model_dir).model_source == "trained"
 
@@ -175,3 +180,55 @@ def test_a_given_scale_overrides_the_inferred_one(sc, csv_fixture, tmp_path):
         assert all(1.0 <= m["predicted_rating"] <= 5.0 for m in engine.recommend(1, 40, min_count=0)["movies"])
     finally:
         engine.close()
+
+
+def _series(engine, words: str) -> list[int]:
+    return [m["movieId"] for m in engine.search(words, 50)]
+
+
+@pytest.fixture(scope="module")
+def real_engine(sc, real_dataset, real_model, tmp_path_factory):
+    from engine import RecommendationEngine
+    from model import ModelParams
+
+    model_dir = copy_model(real_model, tmp_path_factory.mktemp("real") / "model")
+    engine = RecommendationEngine(sc, str(real_dataset), model_dir, params=ModelParams(), retrain="off")
+    assert engine.model_source == "loaded"
+    yield engine
+    engine.close()
+
+
+def test_a_fan_of_two_series_gets_more_of_them_at_once(real_engine):
+    """Five Star Wars / Lord of the Rings ratings fold in before any retrain and bring the series' other films."""
+    star_wars = [m for m in _series(real_engine, "star wars: episode") if real_engine.counts[real_engine.movie_row(m)]]
+    rings = _series(real_engine, "lord of the rings: the")
+    posted = [(m, 5.0) for m in star_wars[:3] + rings[:2]]
+    assert len(posted) == 5
+    real_engine.add_ratings(900_001, posted)
+    top = real_engine.recommend(900_001, 10)
+    assert "fallback" not in top and real_engine.model_version == 1
+    ids = {m["movieId"] for m in top["movies"]}
+    assert not ids & {m for m, _ in posted}
+    assert ids & (set(star_wars[3:]) | set(rings[2:])), [m["title"] for m in top["movies"]]
+
+
+def test_top_10_has_no_ties_from_clipping(real_engine):
+    """Ranking uses unclipped scores: the order is strict even where the shown stars are clipped at 5."""
+    clipped_somewhere = False
+    for user in (1, 68, 414):
+        movies = real_engine.recommend(user, 10)["movies"]
+        scores = [m["score"] for m in movies]
+        assert len(movies) == 10 and all(a > b for a, b in zip(scores, scores[1:]))
+        clipped_somewhere |= sum(m["predicted_rating"] == 5.0 for m in movies) >= 2
+    assert clipped_somewhere  # user 1 rates generously: several shown predictions hit the top of the scale
+
+
+def test_similar_movies_come_from_the_ranking_model_and_respect_min_count(real_engine):
+    toy_story = real_engine.movie_row(1)
+    similar = real_engine.similar(1, 10)
+    assert len(similar) == 10 and all(m["ratings_count"] >= 25 for m in similar)
+    assert 3114 in {m["movieId"] for m in similar}  # Toy Story 2
+    unit = real_engine._snapshot.rank_unit
+    expected = [float(unit[real_engine.movie_row(m["movieId"])] @ unit[toy_story]) for m in similar]
+    assert [m["similarity"] for m in similar] == pytest.approx(expected, abs=1e-4)
+    assert all(m["ratings_count"] >= 3 for m in real_engine.similar(1, 20, min_count=3))

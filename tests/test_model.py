@@ -1,4 +1,4 @@
-"""The trained model: fallback predictions, clipping, fold-in, and saving/loading."""
+"""The trained models: fallback predictions, clipping, both fold-ins, and saving/loading."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ import pytest
 from conftest import FAST
 
 from datasets import movielens
-from model import FactorModel, ModelError, Scale
-from training import train
+from model import ModelError, ModelParams, Models, RankingParams, Scale
+from training import fit_models
 
 
 @pytest.fixture(scope="module")
-def trained(sc, csv_fixture):
+def models(sc, csv_fixture):
     ratings, _ = movielens.load_ratings(sc, movielens.detect_layout(sc, str(csv_fixture.path)))
-    return train(sc, ratings, FAST, Scale(0.5, 5.0, 0.5))
+    return fit_models(sc, ratings, FAST, Scale(0.5, 5.0, 0.5))
+
+
+@pytest.fixture(scope="module")
+def trained(models):
+    return models.rating
 
 
 def test_every_pair_gets_a_prediction_on_the_scale(trained):
@@ -52,31 +57,73 @@ def test_fold_in_matches_the_trained_user_closely(trained, csv_fixture):
     assert np.sqrt(np.mean((trained_pred - folded_pred) ** 2)) < 0.15
 
 
-def test_save_load_round_trip_gives_identical_predictions(trained, tmp_path):
-    trained.save(tmp_path, {"dataset_fingerprint": "abc"})
-    loaded = FactorModel.load(tmp_path)
+def test_ranking_fold_in_reproduces_the_trained_user(models, csv_fixture):
+    """mllib updates users last, so the closed-form user solve must give back each trained user vector."""
+    ranking = models.ranking
+    for user in (3, 4, 17):
+        mine = [(m, r) for u, m, r in csv_fixture.ratings if u == user]
+        rows = ranking.movie_rows(np.array([m for m, _ in mine]))
+        folded = ranking.fold_in(rows, np.array([r for _, r in mine]))
+        trained = ranking.user_factors[ranking.user_row(user)]
+        assert np.allclose(folded, trained, atol=2e-3 * np.abs(trained).max())
+
+
+def test_signed_confidence_makes_low_ratings_dislikes(models, csv_fixture):
+    ranking = models.ranking
+    params = ranking.params
+    assert params.confidence == "signed"
+    assert list(params.preferences(np.array([4.5, 2.5, 1.0]))) == [2.0, 0.0, -1.5]
+    assert RankingParams(confidence="binary").preferences(np.array([4.5, 1.0])).tolist() == [1.0, 1.0]
+    # Loving comedies and hating dramas ranks the unrated comedies first, though both were "watched".
+    rows = ranking.movie_rows(np.array(csv_fixture.comedies[:5] + csv_fixture.dramas[:5]))
+    vector = ranking.fold_in(rows, np.array([5.0] * 5 + [0.5] * 5))
+    scores = ranking.movie_factors @ vector
+    unrated = ranking.movie_rows(np.array(csv_fixture.comedies[5:] + csv_fixture.dramas[5:]))
+    top = ranking.movie_ids[unrated[np.argsort(-scores[unrated])[:10]]]
+    assert set(top.tolist()) <= set(csv_fixture.comedies)
+
+
+def test_save_load_round_trip_gives_identical_models(models, tmp_path):
+    models.save(tmp_path, {"dataset_fingerprint": "abc"})
+    loaded = Models.load(tmp_path)
     users = np.repeat(np.arange(0, 70), 45)
     movies = np.tile(np.arange(0, 45), 70)
-    assert np.array_equal(loaded.predict_pairs(users, movies), trained.predict_pairs(users, movies))
-    assert loaded.params == trained.params and loaded.scale == trained.scale
+    assert np.array_equal(loaded.rating.predict_pairs(users, movies), models.rating.predict_pairs(users, movies))
+    assert np.array_equal(loaded.ranking.movie_factors, models.ranking.movie_factors)
+    assert np.array_equal(loaded.ranking.user_factors, models.ranking.user_factors)
+    assert loaded.params == models.params == FAST and loaded.scale == models.scale
     meta = json.loads((tmp_path / "model.json").read_text())
-    assert meta["dataset_fingerprint"] == "abc" and "created_at" in meta and meta["params"]["rank"] == FAST.rank
+    assert meta["dataset_fingerprint"] == "abc" and "created_at" in meta
+    assert meta["params"] == FAST.as_dict()
 
 
-def test_damaged_arrays_are_refused(trained, tmp_path):
-    trained.save(tmp_path, {})
+def test_params_files_name_what_is_wrong():
+    assert ModelParams.from_dict({"rating": {"rank": 9}}).rating.rank == 9
+    assert ModelParams.from_dict({"ranking": {"alpha": 2.0}}).ranking.alpha == 2.0
+    legacy = ModelParams.from_dict({"rank": 16, "reg": 0.2})  # params.json as --tune --save wrote it before
+    assert (legacy.rating.rank, legacy.rating.reg, legacy.ranking) == (16, 0.2, ModelParams().ranking)
+    with pytest.raises(ModelError, match="unknown parameter.*rnak"):
+        ModelParams.from_dict({"rating": {"rnak": 9}})
+    with pytest.raises(ModelError, match="not the key.*alpha"):
+        ModelParams.from_dict({"rank": 9, "alpha": 1.0})
+    with pytest.raises(ModelError, match="confidence must be one of"):
+        ModelParams.from_dict({"ranking": {"confidence": "loud"}})
+
+
+def test_damaged_arrays_are_refused(models, tmp_path):
+    models.save(tmp_path, {})
     arrays = next(tmp_path.glob("model-*.npz"))
     data = bytearray(arrays.read_bytes())
     data[len(data) // 2] ^= 0xFF
     arrays.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="checksum"):
-        FactorModel.load(tmp_path)
+        Models.load(tmp_path)
 
 
 def test_garbage_metadata_is_refused(tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(ModelError, match="damaged"):
-        FactorModel.load(tmp_path)
+        Models.load(tmp_path)
 
 
 def test_scale_inference_and_checks():

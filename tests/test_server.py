@@ -154,3 +154,14 @@ def test_heap_flag_sets_a_fixed_heap_and_rejects_nonsense():
                                "spark.driver.extraJavaOptions": "-Xms2g -XX:+AlwaysPreTouch"}
     with pytest.raises(SystemExit, match="--heap takes a size"):
         heap_conf("lots")
+
+
+def test_bad_params_file_is_a_one_line_error_before_spark_starts(csv_fixture, tmp_path):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "params.json").write_text(json.dumps({"ranking": {"rnak": 64}}))
+    out = subprocess.run([sys.executable, "server.py", "--dataset", str(csv_fixture.path), "--port", str(free_port()),
+                          "--model-dir", str(model_dir)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "unknown parameter(s) rnak" in out.stderr
+    assert "Spark" not in out.stdout + out.stderr  # refused before the JVM started

@@ -1,0 +1,147 @@
+"""Both models aligned with the catalogue, and the one top-k rule every list uses.
+
+The engine keeps one :class:`Snapshot` in service and swaps it whole after a
+retrain; ``evaluate.py`` builds one from models trained on its training split
+and calls the same methods, so the figures it reports are those of the lists
+as served.  NumPy only: no Spark here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model import Models
+
+
+def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best-scored of ``candidates`` (ascending rows), best first; equal scores in row order.
+
+    Exact and deterministic, also when ties straddle the cut, in O(n) plus a sort of ``k``.
+    """
+    candidates = np.asarray(candidates)
+    if k <= 0 or len(candidates) == 0:
+        return candidates[:0]
+    values = scores[candidates]
+    if len(candidates) > k:
+        kth = values[np.argpartition(-values, k - 1)[k - 1]]
+        above = candidates[values > kth]
+        chosen = np.concatenate([above, candidates[values == kth][:k - len(above)]])
+        values = scores[chosen]
+    else:
+        chosen = candidates
+    return chosen[np.lexsort((chosen, -values))]
+
+
+@dataclass(frozen=True)
+class UserVectors:
+    """What the two models know of one user: rating bias and factors, and the ranking factors."""
+
+    bias: float
+    factors: np.ndarray
+    ranking: np.ndarray
+
+
+@dataclass
+class Snapshot:
+    """Trained models aligned with the catalogue rows, plus users folded in against them.
+
+    Replaced as a whole when a retrain finishes, so a reader holding one sees
+    consistent models.  ``version`` and ``log`` say which model and which
+    posted ratings it holds (the engine's business; zero and None offline).
+    """
+
+    models: Models
+    movie_ids: np.ndarray  # the catalogue, sorted
+    movie_bias: np.ndarray  # rating model, per catalogue row (zero for movies it has not seen)
+    movie_factors: np.ndarray  # rating model, per catalogue row (zero rows for unseen movies)
+    rank_factors: np.ndarray  # ranking model, per catalogue row (zero rows for unseen movies)
+    rank_unit: np.ndarray  # ranking factors scaled to unit length, for similar movies
+    version: int = 0
+    log: object = None
+    trained_at: str = ""
+    folded: dict[int, UserVectors] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, models: Models, movie_ids: np.ndarray, version: int = 0, log: object = None) -> Snapshot:
+        rating, ranking = models.rating, models.ranking
+        rows = rating.movie_rows(movie_ids)
+        seen = rows >= 0
+        movie_bias = np.where(seen, rating.movie_bias[np.maximum(rows, 0)], 0.0)
+        movie_factors = np.where(seen[:, None], rating.movie_factors[np.maximum(rows, 0)], 0.0)
+        rrows = ranking.movie_rows(movie_ids)
+        rank_factors = np.where((rrows >= 0)[:, None], ranking.movie_factors[np.maximum(rrows, 0)], 0.0)
+        norms = np.linalg.norm(rank_factors, axis=1, keepdims=True)
+        rank_unit = np.divide(rank_factors, norms, out=np.zeros_like(rank_factors), where=norms > 0)
+        trained_at = models.meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return cls(models, movie_ids, movie_bias, movie_factors, rank_factors, rank_unit, version, log, trained_at)
+
+    def user_vectors(self, user: int) -> UserVectors | None:
+        """The user's vectors: folded in since the last training, else trained; None for a stranger."""
+        if user in self.folded:
+            return self.folded[user]
+        rating, ranking = self.models.rating, self.models.ranking
+        row, rank_row = rating.user_row(user), ranking.user_row(user)
+        if row is None:
+            return None
+        ranking_vector = ranking.user_factors[rank_row] if rank_row is not None else np.zeros(ranking.rank)
+        return UserVectors(float(rating.user_bias[row]), rating.user_factors[row], ranking_vector)
+
+    def fold(self, rows: np.ndarray, ratings: np.ndarray) -> UserVectors:
+        """Both models' vectors for a user who rated the catalogue ``rows``, without retraining."""
+        ids = self.movie_ids[rows]
+        bias, factors = self.models.rating.fold_in(self.models.rating.movie_rows(ids), ratings)
+        ranking = self.models.ranking.fold_in(self.models.ranking.movie_rows(ids), ratings)
+        return UserVectors(bias, factors, ranking)
+
+    def predicted_ratings(self, user: UserVectors | None, rows=slice(None), clip: bool = True) -> np.ndarray:
+        """Stars from the rating model for catalogue ``rows``, clipped to the scale unless ``clip`` is false.
+
+        A stranger gets each movie's damped mean (the baseline without a user bias).
+        """
+        model = self.models.rating
+        if user is None:
+            baseline = model.mu + self.movie_bias[rows]
+            return model.clip(baseline) if clip else baseline
+        factors = self.movie_factors[rows]
+        return model.combine(model.mu + user.bias + self.movie_bias[rows], factors @ user.factors,
+                             factors.any(axis=-1), clip)
+
+    def ranking_scores(self, user: UserVectors) -> np.ndarray:
+        """The score every catalogue row is ranked by for this user (never clipped, so no ties from clipping).
+
+        The ranking model's ``x . y``, plus ``blend`` times the rating model's
+        unclipped prediction, each standardised over the catalogue for this
+        user so the weight means the same for every user.
+        """
+        scores = self.rank_factors @ user.ranking
+        blend = self.models.ranking.params.blend
+        if blend:
+            scores = _standardised(scores) + blend * _standardised(self.predicted_ratings(user, clip=False))
+        return scores
+
+    def top_n(self, user: UserVectors | None, candidates: np.ndarray, n: int,
+              popularity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` best candidate rows for the user by ``ranking_scores``, and those scores.
+
+        A stranger gets the most popular candidates (``popularity`` per row, such as rating counts).
+        """
+        scores = popularity if user is None else self.ranking_scores(user)
+        rows = top_k(scores, candidates, n)
+        return rows, scores[rows]
+
+    def similar(self, row: int, candidates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` candidate rows closest in cosine to ``row`` in the ranking model, and the similarities."""
+        unit = self.rank_unit
+        if not unit[row].any():
+            return candidates[:0], np.zeros(0)
+        sims = unit @ unit[row]
+        rows = top_k(sims, candidates[unit[candidates].any(axis=1) & (candidates != row)], n)
+        return rows, sims[rows]
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else values - values.mean()
