@@ -1,10 +1,11 @@
-"""RecommendationEngine: MovieLens data in Spark, ALS training, answers from in-memory factors.
+"""RecommendationEngine: MovieLens data in Spark, two ALS models, answers from in-memory factors.
 
-Spark loads the dataset and trains (training.py); the trained factors are kept
-as NumPy arrays in the driver, so every query is answered in milliseconds
-without a Spark job.  Posted ratings are appended to an fsync'd log
-(ratings_log.py), folded into the user's vector at once, and trigger a full
-retrain in the background that swaps the model atomically when done.
+Spark loads the dataset and trains the rating and the ranking model
+(training.py); their factors are kept as NumPy arrays in the driver
+(serving.Snapshot), so every query is answered in milliseconds without a Spark
+job.  Posted ratings are appended to an fsync'd log (ratings_log.py), folded
+into the user's vectors at once, and trigger a full retrain in the background
+that swaps the snapshot atomically when done.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def _factors_to_arrays(features, ids: np.ndarray, rank: int) -> np.ndarray:
     out = np.zeros((len(ids), rank))
     if features:
         fid = np.array([f[0] for f in features], dtype=np.int64)
-        out[np.searchsorted(ids, fid)] = np.array([list(f[1]) for f in features])
+        out[np.searchsorted(ids, fid)] = np.frombuffer(b"".join(f[1].tobytes() for f in features)).reshape(-1, rank)
     return out
 
 

@@ -5,9 +5,11 @@
 For each size, a synthetic MovieLens-shaped dataset (datasets/synthetic.py) is
 written once under datasets/synthetic-<size>/, then a fresh process starts
 Spark (local[2] unless --master), loads and counts the ratings, splits 80/20,
-trains (rank 10, 10 iterations) and measures RMSE on every test pair.  Each
-size prints one JSON line with the load and training seconds, the driver's
-peak RSS and the JVM's peak RSS (sampled from /proc).
+trains both models (rating model rank 10, 10 iterations; ranking model rank
+--ranking-rank, default 128, 10 iterations) and measures RMSE on every test
+pair.  Each size prints one JSON line with the load seconds, the training
+seconds of each model, the driver's peak RSS and the JVM's peak RSS (sampled
+from /proc).
 """
 
 from __future__ import annotations
