@@ -22,7 +22,7 @@ import numpy as np
 from datasets import movielens
 from model import ModelError, ModelParams, Models, Scale
 from ratings_log import Entry, Position, RatingsLog
-from serving import Snapshot
+from serving import Snapshot, candidates
 from training import collect_ratings, fit_models, phase
 
 log = logging.getLogger(__name__)
@@ -360,15 +360,10 @@ class RecommendationEngine:
         rating count), marked ``fallback: popular``.
         """
         snapshot = self._snapshot
-        mask = self.counts >= min_count
-        genre_mask = self._genre_mask(genre)
-        if genre_mask is not None:
-            mask &= genre_mask
         rated = self.user_ratings_of(user)
-        if rated is not None:
-            mask[rated.rows] = False
+        rows = candidates(self.counts, min_count, rated.rows if rated is not None else None, self._genre_mask(genre))
         vectors = snapshot.user_vectors(user)
-        rows, scores = snapshot.top_n(vectors, np.flatnonzero(mask), count, self.counts)
+        rows, scores = snapshot.top_n(vectors, rows, count, self.counts)
         predicted = snapshot.predicted_ratings(vectors, rows)
         movies = [self._movie(r, p, s) for r, p, s in zip(rows.tolist(), predicted.tolist(), scores.tolist())]
         result = {"user": user, "movies": movies, "model_version": snapshot.version}
@@ -423,7 +418,7 @@ class RecommendationEngine:
     def similar(self, movie: int, count: int = 10, min_count: int = 25) -> list[dict]:
         """Movies closest in cosine to the given one in the ranking model, among those with ``min_count`` ratings."""
         row = self.movie_row(movie)
-        rows, sims = self._snapshot.similar(row, np.flatnonzero(self.counts >= min_count), count)
+        rows, sims = self._snapshot.similar(row, candidates(self.counts, min_count), count)
         return [{"movieId": int(self.movie_ids[r]), "title": self.titles[r],
                  "genres": list(self.genres[r]), "similarity": round(float(s), 4),
                  "ratings_count": int(self.counts[r])} for r, s in zip(rows.tolist(), sims.tolist())]

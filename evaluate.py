@@ -42,7 +42,7 @@ from model import (
     RatingParams,
     Scale,
 )
-from serving import Snapshot, top_k
+from serving import Snapshot, candidates, top_k
 from training import fit_models, fit_ranking_model, fit_rating_model, infer_scale
 
 log = logging.getLogger("evaluate")
@@ -96,14 +96,11 @@ def _lists_partition(state_bc, k: int, min_count: int):
     """For each (user, (train movies, relevant test movies)) yield the served and the popular top-k."""
     def lists(rows):
         snapshot, counts = state_bc.value
-        eligible = counts >= min_count
         for user, (seen, relevant) in rows:
-            mask = eligible.copy()
             seen_rows = np.searchsorted(snapshot.movie_ids, np.fromiter(seen, dtype=np.int64))
-            mask[seen_rows] = False
-            candidates = np.flatnonzero(mask)
-            served, _ = snapshot.top_n(snapshot.user_vectors(user), candidates, k, counts)
-            popular = top_k(counts, candidates, k)
+            shown = candidates(counts, min_count, seen_rows)
+            served, _ = snapshot.top_n(snapshot.user_vectors(user), shown, k, counts)
+            popular = top_k(counts, shown, k)
             yield (user, snapshot.movie_ids[served].tolist(), snapshot.movie_ids[popular].tolist(),
                    sorted(relevant or ()))
     return lists

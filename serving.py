@@ -36,6 +36,18 @@ def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     return chosen[np.lexsort((chosen, -values))]
 
 
+def candidates(counts: np.ndarray, min_count: int, rated_rows: np.ndarray | None = None,
+               allowed: np.ndarray | None = None) -> np.ndarray:
+    """The rows a list may show: at least ``min_count`` ratings, not rated by the user, and ``allowed``
+    (such as a genre) where given.  The service and the offline evaluation both choose candidates here."""
+    mask = counts >= min_count
+    if allowed is not None:
+        mask &= allowed
+    if rated_rows is not None:
+        mask[rated_rows] = False
+    return np.flatnonzero(mask)
+
+
 @dataclass(frozen=True)
 class Moments:
     """Mean and second moment of a matrix's rows, so the spread of ``matrix @ w`` costs O(rank^2), not O(rows)."""
@@ -81,6 +93,7 @@ class Snapshot:
     has_factors: np.ndarray  # rating model: which rows have factors
     rank_factors: np.ndarray  # ranking model, per catalogue row (zero rows for unseen movies); float32
     rank_unit: np.ndarray  # ranking factors scaled to unit length, for similar movies; float32
+    has_rank: np.ndarray  # ranking model: which rows have factors
     rank_moments: Moments  # of rank_factors
     rating_moments: Moments | None  # of [movie_bias, movie_factors], for a model with the bias baseline
     version: int = 0
@@ -103,7 +116,8 @@ class Snapshot:
         trained_at = models.meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rating_moments = Moments.of(np.column_stack([movie_bias, movie_factors])) if rating.params.bias else None
         return cls(models, movie_ids, movie_bias, movie_factors, movie_factors.any(axis=1),
-                   rank_factors.astype(np.float32), rank_unit.astype(np.float32), Moments.of(rank_factors),
+                   rank_factors.astype(np.float32), rank_unit.astype(np.float32), norms[:, 0] > 0,
+                   Moments.of(rank_factors),
                    rating_moments, version, log, trained_at)
 
     def user_vectors(self, user: int) -> UserVectors | None:
@@ -167,10 +181,9 @@ class Snapshot:
 
     def similar(self, row: int, candidates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` candidate rows closest in cosine to ``row`` in the ranking model, and the similarities."""
-        unit = self.rank_unit
-        if not unit[row].any():
+        if not self.has_rank[row]:
             return candidates[:0], np.zeros(0)
-        sims = unit @ unit[row]
-        rows = top_k(sims, candidates[unit[candidates].any(axis=1) & (candidates != row)], n)
+        sims = self.rank_unit @ self.rank_unit[row]
+        rows = top_k(sims, candidates[self.has_rank[candidates] & (candidates != row)], n)
         return rows, sims[rows]
 

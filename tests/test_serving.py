@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model import Models, RankingModel, RankingParams, RatingModel, RatingParams, Scale
-from serving import Moments, Snapshot, top_k
+from serving import Moments, Snapshot, candidates, top_k
 
 
 def test_top_k_is_exact_and_breaks_ties_by_row():
@@ -60,3 +60,12 @@ def test_a_stranger_gets_the_most_popular_candidates(snapshot):
     popularity = np.arange(len(snapshot.movie_ids))[::-1].astype(float)
     rows, scores = snapshot.top_n(snapshot.user_vectors(999), np.arange(10, 30), 3, popularity)
     assert rows.tolist() == [10, 11, 12] and scores.tolist() == popularity[[10, 11, 12]].tolist()
+
+
+def test_candidates_apply_min_count_exclusions_and_a_filter():
+    counts = np.array([30, 5, 25, 40, 26, 0])
+    assert candidates(counts, 25).tolist() == [0, 2, 3, 4]
+    assert candidates(counts, 25, rated_rows=np.array([0, 4])).tolist() == [2, 3]
+    genre = np.array([True, True, False, True, True, True])
+    assert candidates(counts, 25, np.array([3]), genre).tolist() == [0, 4]
+    assert candidates(counts, 0, np.array([], dtype=np.int64)).tolist() == [0, 1, 2, 3, 4, 5]
