@@ -7,7 +7,7 @@ DATASET ?= ml-latest-small
 PORT ?= 5432
 PYTEST_ARGS ?=
 
-.PHONY: setup data run test lint chromium clean
+.PHONY: setup data run test test-fast lint chromium clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -32,11 +32,18 @@ lint: setup
 chromium:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  echo "installing Chromium from Debian packages for the browser test (apt-get, once)" && \
 		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		{ echo "the browser test needs Chromium: sudo apt-get install chromium"; exit 1; }
 
+# Everything, on two pytest workers (each with its own local[2] SparkContext); the slowest tests listed at the end.
 test: data lint chromium
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@echo "running the whole suite: real servers, a Spark cluster, a browser and ml-latest-small training (about 4 minutes)"
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
+
+# What needs no real processes, cluster, browser or full-size training: under a minute.
+test-fast: data lint
+	$(PY) -m pytest -m "not slow" -n 2 --durations=10 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

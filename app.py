@@ -69,11 +69,17 @@ def _finite(number: float, where: str) -> float:
 Parsed = tuple[list[tuple[int, float]], list[str]]  # (movie, rating) pairs and where each came from
 
 
+def _is_header(line: str) -> bool:
+    """A CSV header such as ``movieId,rating``: two fields, both words."""
+    fields = [f.strip().strip('"') for f in line.split(",")]
+    return len(fields) == 2 and all(f and f.replace("_", "").isalpha() for f in fields)
+
+
 def parse_text_ratings(text: str) -> Parsed:
-    """The tutorial's format: one ``movie_id,rating`` per line; blank lines are ignored."""
+    """The tutorial's format: one ``movie_id,rating`` per line; blank lines and a header line are ignored."""
     pairs, labels = [], []
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+        if not line.strip() or (not pairs and _is_header(line)):
             continue
         where = f"line {number}"
         fields = line.split(",")
@@ -104,7 +110,8 @@ def parse_json_ratings(data) -> Parsed:
 
 
 def read_ratings_body() -> Parsed:
-    """Parse a POST body as JSON or as the tutorial's text lines, by content type."""
+    """Parse a POST body as JSON (a body starting with ``[`` or ``{``, whatever the content type says:
+    ``curl --data`` sends form encoding) or as the tutorial's text lines."""
     mimetype = request.mimetype
     if mimetype not in ("application/json", "text/plain", "application/x-www-form-urlencoded", ""):
         raise InputError(f"unsupported content type {mimetype!r}: send application/json or text/plain", 415)
@@ -115,7 +122,7 @@ def read_ratings_body() -> Parsed:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError("the body is not valid UTF-8") from None
-    if mimetype == "application/json":
+    if mimetype == "application/json" or text.lstrip().startswith(("[", "{")):
         try:
             data = json.loads(text)
         except ValueError as exc:
@@ -125,18 +132,19 @@ def read_ratings_body() -> Parsed:
 
 
 def require_token() -> None:
-    """With an API token configured, writes need ``Authorization: Bearer <token>``."""
+    """With an API token configured, posting and reading a user's ratings need ``Authorization: Bearer <token>``."""
     token = current_app.config.get("API_TOKEN")
     if not token:
         return
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise InputError("a valid 'Authorization: Bearer <token>' header is required to post ratings", 401)
+        raise InputError("a valid 'Authorization: Bearer <token>' header is required for a user's ratings", 401)
 
 
 @ratings_bp.get("/<user_id>/ratings/top/<count>")
 def top_ratings(user_id: str, count: str):
+    require_token()
     user = parse_id(user_id, "user id")
     n = bounded(count, "count", 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
@@ -146,11 +154,13 @@ def top_ratings(user_id: str, count: str):
 
 @ratings_bp.get("/<user_id>/ratings/<movie_id>")
 def movie_rating(user_id: str, movie_id: str):
+    require_token()
     return jsonify(_engine().predict(parse_id(user_id, "user id"), parse_id(movie_id, "movie id")))
 
 
 @ratings_bp.get("/<user_id>/ratings")
 def user_ratings(user_id: str):
+    require_token()
     user = parse_id(user_id, "user id")
     return jsonify({"user": user, "ratings": _engine().rated(user)})
 
@@ -165,6 +175,7 @@ def add_ratings(user_id: str):
 
 @movies_bp.get("/recommend")
 def recommend():
+    require_token()
     raw_user = request.args.get("user")
     if raw_user is None:
         raise InputError("user is required: /recommend?user=<id>&n=5")
@@ -218,8 +229,9 @@ def _error(message: str, status: int):
 
 
 def create_app(engine: RecommendationEngine, api_token: str | None = None) -> Flask:
-    """Build the Flask app around an engine; ``api_token`` guards the write endpoint."""
+    """Build the Flask app around an engine; ``api_token`` guards posting and reading users' ratings."""
     app = Flask(__name__)
+    app.debug = False  # never the interactive debugger, whatever FLASK_DEBUG says: it runs code for anyone
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token,
                       OPENAPI=yaml.safe_load(OPENAPI_PATH.read_text()))
     app.json.sort_keys = False

@@ -3,7 +3,7 @@
 Spark loads the dataset and trains the rating and the ranking model
 (training.py); their factors are kept as NumPy arrays in the driver
 (serving.Snapshot), so every query is answered in milliseconds without a Spark
-job.  Posted ratings are appended to an fsync'd log (ratings_log.py), folded
+job.  Posted ratings are committed to a SQLite store (ratings_store.py), folded
 into the user's vectors at once, and trigger a full retrain in the background
 that swaps the snapshot atomically when done.
 """
@@ -21,15 +21,17 @@ import numpy as np
 
 from datasets import movielens
 from model import ModelError, ModelParams, Models, Scale
-from ratings_log import Entry, Position, RatingsLog
+from ratings_store import RatingsStore, StoreError
 from serving import Snapshot, candidates
-from training import collect_ratings, fit_models, phase
+from training import Cancelled, collect_ratings, fit_models, phase
 
 log = logging.getLogger(__name__)
 
 MAX_ID = 2**31 - 1  # pyspark.mllib keeps ids as 32-bit ints
 RETRAIN_MODES = ("async", "sync", "off")
 RETRY_SECONDS = 5.0  # first wait after a failed background retrain; doubles up to 5 minutes
+SYNC_WAIT_SECONDS = 900.0  # how long a POST in sync mode waits for the model that includes it
+RETRAIN_JOB_GROUP = "recommender-retrain"
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
@@ -48,11 +50,10 @@ class NotFound(LookupError):
 
 @dataclass(frozen=True)
 class UserRatings:
-    """All of one user's ratings (catalogue rows and values) and the log entry that last changed them."""
+    """All of one user's ratings: catalogue rows and values."""
 
     rows: np.ndarray
     ratings: np.ndarray
-    seq: int = 0
 
 
 def default_model_dir(dataset: str) -> Path:
@@ -91,23 +92,24 @@ class RecommendationEngine:
         self._write_lock = threading.RLock()
         self._train_lock = threading.Lock()
         self._dirty = threading.Event()
+        self._swapped = threading.Condition()  # notified when a retrain ends, well or not
         self._stopping = threading.Event()
         self.training = False
         self._busy = False  # the retrain thread is training or backing off
         self.last_error: str | None = None
+        self._training_seq = self._failed_seq = 0  # the request the running / last failed retrain went up to
 
         with phase("load dataset"):
             self._load_dataset()
-        self.log = RatingsLog(self.model_dir / "ratings.log")
-        self._overlay: dict[int, UserRatings] = {}
-        for entry in self.log.take_recovered():
-            self._apply(entry)
+        self.store = RatingsStore(self.model_dir / "ratings.db")
+        for user, posted, _ in self.store.latest(self.store.last_seq):
+            self._count(self._base_user(user), self._merge(user, posted))
         self._snapshot = self._initial_snapshot()
         self._thread: threading.Thread | None = None
-        if self.retrain_mode == "async":
+        if self.retrain_mode != "off":
             self._thread = threading.Thread(target=self._retrain_loop, name="retrain", daemon=True)
             self._thread.start()
-        if self.log.last_seq > self._snapshot.log.seq:
+        if self.store.last_seq > self._snapshot.seq:
             self.request_retrain()
 
     # --- loading -----------------------------------------------------------------------
@@ -117,6 +119,7 @@ class RecommendationEngine:
         self.layout = movielens.detect_layout(sc, self.dataset)
         movies = movielens.load_movies(sc, self.layout)
         ratings, bad = movielens.load_ratings(sc, self.layout)
+        self.malformed = bad  # counts malformed lines each time the source is read
         self.base_ratings = ratings.cache()
         users, movie_ids, values = collect_ratings(self.base_ratings)
         if bad.value:
@@ -158,33 +161,35 @@ class RecommendationEngine:
         return UserRatings(self._base_rows[lo:hi], self._base_values[lo:hi].astype(np.float64))
 
     def user_ratings_of(self, user: int) -> UserRatings | None:
-        """The user's current ratings: posted ones merged over the dataset's."""
-        return self._overlay.get(user) or self._base_user(user)
+        """The user's current ratings: posted ones (read from the store) merged over the dataset's."""
+        posted = self.store.user_ratings(user)
+        return self._merge(user, posted) if posted else self._base_user(user)
 
-    def _apply(self, entry: Entry) -> UserRatings:
-        """Merge a log entry into the user's ratings (a new rating of a rated movie replaces it)."""
-        current = self.user_ratings_of(entry.user)
-        merged = dict(zip(current.rows.tolist(), current.ratings.tolist())) if current else {}
-        for movie, rating in entry.ratings:
+    def _merge(self, user: int, posted: list[tuple[int, float]]) -> UserRatings:
+        """The user's dataset ratings with the posted ones over them (a new rating of a movie replaces it)."""
+        base = self._base_user(user)
+        merged = dict(zip(base.rows.tolist(), base.ratings.tolist())) if base else {}
+        for movie, rating in posted:
             row = self._row.get(movie)
-            if row is None:  # the dataset changed under the log; keep serving the rest
-                log.warning("ratings log entry %d: movie %d is not in the dataset; skipped", entry.seq, movie)
+            if row is None:  # the dataset changed under the store; keep serving the rest
+                log.warning("posted rating of user %d: movie %d is not in the dataset; skipped", user, movie)
                 continue
-            if row in merged:
-                self.sums[row] += rating - merged[row]
-            else:
-                self.counts[row] += 1
-                self.sums[row] += rating
             merged[row] = rating
         rows = np.fromiter(merged, dtype=np.int32, count=len(merged))
-        updated = UserRatings(rows, np.fromiter(merged.values(), dtype=np.float64, count=len(merged)), entry.seq)
-        self._overlay[entry.user] = updated
-        return updated
+        return UserRatings(rows, np.fromiter(merged.values(), dtype=np.float64, count=len(merged)))
+
+    def _count(self, before: UserRatings | None, after: UserRatings) -> None:
+        """Move the per-movie counts and sums from a user's old ratings to the new ones."""
+        if before is not None:
+            np.subtract.at(self.counts, before.rows, 1)
+            np.subtract.at(self.sums, before.rows, before.ratings)
+        np.add.at(self.counts, after.rows, 1)
+        np.add.at(self.sums, after.rows, after.ratings)
 
     # --- models ------------------------------------------------------------------------
 
-    def _load_saved(self) -> tuple[Models, Position] | None:
-        """The saved models, if trained on this data, with these parameters, on a prefix of this log."""
+    def _load_saved(self) -> tuple[Models, int] | None:
+        """The saved models and the request they were trained up to, if they match this data and store."""
         try:
             models = Models.load(self.model_dir)
         except ModelError as exc:
@@ -192,39 +197,39 @@ class RecommendationEngine:
                 log.warning("%s; retraining", exc)
             return None
         meta = models.meta
-        position = self.log.position_at(int(meta.get("log_seq", -1)))
         if meta.get("dataset_fingerprint") != self.fingerprint:
             log.info("saved model was trained on other data; retraining")
         elif models.params != self.params or models.scale != self.scale:
             log.info("saved model has other parameters or another rating scale; retraining")
-        elif position is None or meta.get("log_sha256") != position.sha256:
-            log.info("saved model saw ratings the log does not hold; retraining")
+        elif meta.get("store_id") != self.store.store_id or meta.get("store_seq") != self.store.trained_seq:
+            log.info("saved model was not trained on this ratings store's ratings; retraining")
         else:
             log.info("loaded saved model from %s (version %s)", self.model_dir, meta.get("model_version"))
-            return models, position
+            return models, meta["store_seq"]
         return None
 
     def _initial_snapshot(self) -> Snapshot:
         saved = self._load_saved()
         self.model_source = "loaded" if saved is not None else "trained"
         if saved is None:
-            position = self.log.position()
-            models = self._train(dict(self._overlay))
+            seq = self.store.last_seq
+            models = self._train(seq)
             version = 1
-            self._save(models, position, version)
+            self._save(models, seq, version)
         else:
-            models, position = saved
+            models, seq = saved
             version = int(models.meta.get("model_version", 1))
-        return self._make_snapshot(models, version, position)
+        return self._make_snapshot(models, version, seq)
 
-    def _train(self, overlay: dict[int, UserRatings]) -> Models:
-        """Train on the dataset with the posted ratings merged in (users in the overlay replaced)."""
+    def _train(self, seq: int) -> Models:
+        """Train on the dataset with every rating posted up to request ``seq`` merged in."""
+        overlay = {user: self._merge(user, posted) for user, posted, _ in self.store.latest(seq)}
         if not overlay:
-            return fit_models(self.sc, self.base_ratings, self.params, self.scale)
+            return fit_models(self.sc, self.base_ratings, self.params, self.scale, stop=self._stopping.is_set)
         replaced = self.sc.broadcast(set(overlay))
         try:
             ratings = self.base_ratings.filter(lambda t: t[0] not in replaced.value).union(self._posted_rdd(overlay))
-            return fit_models(self.sc, ratings, self.params, self.scale)
+            return fit_models(self.sc, ratings, self.params, self.scale, stop=self._stopping.is_set)
         finally:
             replaced.destroy()
 
@@ -243,51 +248,58 @@ class RecommendationEngine:
 
         return self.sc.parallelize(chunks, parts).flatMap(unpack)
 
-    def _save(self, models: Models, position: Position, version: int) -> None:
+    def _save(self, models: Models, seq: int, version: int) -> None:
+        """Save the models, then record in the store that they cover requests up to ``seq``."""
         meta = {"dataset": self.dataset, "dataset_fingerprint": self.fingerprint, "model_version": version,
-                "log_seq": position.seq, "log_ratings": position.ratings, "log_sha256": position.sha256,
+                "store_id": self.store.store_id, "store_seq": seq,
                 "metrics": {k: models.meta[k] for k in ("n_ratings", "fit_seconds")}}
         try:
             models.save(self.model_dir, meta)
-        except OSError as exc:  # serving goes on; the next start retrains
+            self.store.mark_trained(seq)
+        except (OSError, StoreError) as exc:  # serving goes on; the next start retrains
             log.error("could not save the model to %s: %s", self.model_dir, exc)
+            return
+        self.store.compact(seq)
 
-    def _make_snapshot(self, models: Models, version: int, position: Position) -> Snapshot:
-        """A snapshot of ``models`` with every user posted after ``position`` folded in."""
-        snapshot = Snapshot.build(models, self.movie_ids, version, position)
-        for user, ratings in self._overlay.items():
-            if ratings.seq > position.seq:
-                snapshot.folded[user] = snapshot.fold(ratings.rows, ratings.ratings)
+    def _make_snapshot(self, models: Models, version: int, seq: int) -> Snapshot:
+        """A snapshot of ``models`` with every user who posted after request ``seq`` folded in."""
+        snapshot = Snapshot.build(models, self.movie_ids, version, seq)
+        for user in self.store.users_after(seq):
+            ratings = self.user_ratings_of(user)
+            snapshot.folded[user] = snapshot.fold(ratings.rows, ratings.ratings)
         return snapshot
 
     # --- retraining ----------------------------------------------------------------------
 
     def request_retrain(self) -> None:
-        """Ask for a full retrain; every request made while one runs is coalesced into the next."""
-        if self.retrain_mode == "async":
+        """Ask the retrain thread for a full retrain; requests made while one runs coalesce into the next."""
+        if self._thread is not None:
             self._dirty.set()
-        elif self.retrain_mode == "sync":
-            self.retrain()
 
     def retrain(self) -> int:
-        """Retrain on everything logged so far and swap the new model in; return its version."""
+        """Retrain on every stored rating and swap the new model in; return its version.
+
+        Raises Cancelled (and swaps nothing) when the engine is closing.
+        """
         with self._train_lock:
-            with self._write_lock:
-                overlay = dict(self._overlay)
-                position = self.log.position()
+            seq = self._training_seq = self.store.last_seq
             self.training = True
             try:
-                models = self._train(overlay)
+                models = self._train(seq)
             finally:
                 self.training = False
+            if self._stopping.is_set():
+                raise Cancelled("the engine is closing")
             with self._write_lock:
-                snapshot = self._make_snapshot(models, self._snapshot.version + 1, position)
+                snapshot = self._make_snapshot(models, self._snapshot.version + 1, seq)
                 self._snapshot = snapshot
-            self._save(models, position, snapshot.version)
-            log.info("model version %d in service (log up to entry %d)", snapshot.version, position.seq)
+            self._save(models, seq, snapshot.version)
+            log.info("model version %d in service (ratings up to request %d)", snapshot.version, seq)
             return snapshot.version
 
     def _retrain_loop(self) -> None:
+        # Jobs of this thread form one group, so close() can cancel them and nothing else.
+        self.sc.setJobGroup(RETRAIN_JOB_GROUP, "background retrain", interruptOnCancel=True)
         backoff = RETRY_SECONDS
         while not self._stopping.is_set():
             self._dirty.wait()
@@ -300,31 +312,70 @@ class RecommendationEngine:
                 self.last_error = None
                 backoff = RETRY_SECONDS
             except Exception as exc:  # keep serving the previous model, and try again later
+                if self._stopping.is_set():
+                    log.info("retrain stopped: the service is shutting down")
+                    return
                 self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self._failed_seq = self._training_seq
                 log.exception("background retrain failed; the previous model stays in service, "
                               "retrying in %.0f s", backoff)
+                with self._swapped:
+                    self._swapped.notify_all()
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 300)
                 self._dirty.set()
             finally:
                 self._busy = False
+                with self._swapped:
+                    self._swapped.notify_all()
+
+    def _wait_for_model(self, seq: int, timeout: float) -> str | None:
+        """Block until a model trained on request ``seq`` serves; None, or why it does not (sync mode)."""
+        deadline = time.monotonic() + timeout
+        with self._swapped:
+            while self._snapshot.seq < seq:
+                if self._stopping.is_set():
+                    return "the service is stopping"
+                if self.last_error and self._failed_seq >= seq:  # the retrain that included it failed
+                    return self.last_error
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return f"no retrain finished within {timeout:.0f} s"
+                self._swapped.wait(left)
+        return None
 
     def wait_idle(self, timeout: float = 300) -> bool:
         """Wait until no retrain is pending or running (for tests, tools and shutdown)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not (self._dirty.is_set() or self._busy or self._train_lock.locked()):
-                return True
-            time.sleep(0.05)
-        return False
+        with self._swapped:
+            while self._dirty.is_set() or self._busy or self._train_lock.locked():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._swapped.wait(min(left, 0.5))
+        return True
 
-    def close(self) -> None:
-        """Stop the retrain thread (waiting for a running retrain) and close the log."""
+    def close(self, timeout: float = 60) -> None:
+        """Stop retraining (a running retrain's Spark jobs are cancelled) and close the store.
+
+        The stop flag is set first, so a cancelled retrain starts no further job and swaps nothing.
+        """
         self._stopping.set()
         self._dirty.set()
+        if self.training:
+            log.info("cancelling the running retrain")
+            try:
+                self.sc.cancelJobGroup(RETRAIN_JOB_GROUP)
+            except Exception:  # the JVM may have had the signal too (process-group kill)
+                log.info("Spark had already stopped")
+        with self._swapped:
+            self._swapped.notify_all()
         if self._thread is not None:
-            self._thread.join()
-        self.log.close()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the retrain thread did not stop within %.0f s; leaving it", timeout)
+                return
+        self.store.close()
 
     # --- queries -------------------------------------------------------------------------
 
@@ -434,38 +485,64 @@ class RecommendationEngine:
             raise InputError("no ratings given")
         labels = labels or [f"rating {i}" for i in range(1, len(pairs) + 1)]
         seen: set[int] = set()
-        for label, (movie, rating) in zip(labels, pairs):
+        off_scale = [(label, rating) for label, (_, rating) in zip(labels, pairs, strict=True)
+                     if not self.scale.allows(rating)]
+        for label, (movie, _) in zip(labels, pairs, strict=True):
             if movie not in self._row:
                 raise InputError(f"{label}: unknown movie id {movie}")
-            if not self.scale.allows(rating):
-                raise InputError(f"{label}: {rating:g} is not on the scale {self.scale.describe()}")
             if movie in seen:
                 raise InputError(f"{label}: movie {movie} is rated twice in one request")
             seen.add(movie)
+        if off_scale:
+            raise InputError(self._scale_message(off_scale, [r for _, r in pairs]))
+
+    def _scale_message(self, off_scale: list[tuple[str, float]], ratings: list[float]) -> str:
+        """Say which ratings are off the scale, how many, and whether the batch looks like a 1-10 scale."""
+        label, rating = off_scale[0]
+        message = f"{label}: {rating:g} is not on the scale {self.scale.describe()}"
+        if len(off_scale) > 1:
+            message += f" ({len(off_scale)} of {len(ratings)} ratings are off the scale)"
+        if self.scale.high < 10 and all(1 <= r <= 10 and r == int(r) for r in ratings):
+            message += (f"; this looks like a 1-10 scale (the Spark tutorial's user_ratings file uses one): "
+                        f"this dataset uses {self.scale.low:g}-{self.scale.high:g}")
+            if all(self.scale.allows(r / 2) for r in ratings):
+                message += ", so halve the ratings"
+        return message
 
     def add_ratings(self, user: int, pairs: list[tuple[int, float]], labels: list[str] | None = None) -> dict:
         """Durably store a user's ratings, fold them in at once, and schedule a retrain.
 
-        Returns only after the ratings are fsync'd to the log; all or nothing.
+        Returns only after the store committed them; all or nothing.  In ``sync``
+        mode it then waits for the model that includes them; a failed retrain
+        does not undo the stored ratings (``retrain_error`` says why).
         """
         if not 0 <= user <= MAX_ID:
             raise InputError(f"user id {user} is outside 0..{MAX_ID}")
         self.check_ratings(pairs, labels)
         with self._write_lock:
-            entry = self.log.append(user, pairs)
-            ratings = self._apply(entry)
-            self._snapshot.folded[user] = self._snapshot.fold(ratings.rows, ratings.ratings)
+            before = self.user_ratings_of(user)
+            try:
+                entry = self.store.append(user, pairs)
+            except StoreError as exc:
+                log.error("%s", exc)
+                raise InputError("the ratings could not be stored; nothing was saved, try again later", 503) from None
+            after = self.user_ratings_of(user)
+            self._count(before, after)
+            self._snapshot.folded[user] = self._snapshot.fold(after.rows, after.ratings)
             version = self._snapshot.version
-        if self.retrain_mode == "sync":
-            version = self.retrain()
-        elif self.retrain_mode == "async":
+        result = {"user": user, "accepted": len(pairs), "model_version": version}
+        if self.retrain_mode != "off":
             self._dirty.set()
-        return {"user": user, "accepted": len(pairs), "model_version": version}
+        if self.retrain_mode == "sync":
+            problem = self._wait_for_model(entry.seq, SYNC_WAIT_SECONDS)
+            result["model_version"] = self._snapshot.version
+            if problem:
+                result["retrain_error"] = problem
+        return result
 
     def health(self) -> dict:
         snapshot = self._snapshot
-        pending = self.log.position().ratings - snapshot.log.ratings
         return {"status": "ok", "model_version": snapshot.version, "trained_at": snapshot.trained_at,
-                "n_ratings": int(self.counts.sum()), "pending_ratings": pending,
+                "n_ratings": int(self.counts.sum()), "pending_ratings": self.store.ratings_after(snapshot.seq),
                 "training": self.training, "retrain": self.retrain_mode,
                 "last_retrain_error": self.last_error}

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import replace
 from itertools import product
 from pathlib import Path
@@ -75,21 +76,28 @@ def _predict_partition(rating_bc):
 
 
 def rating_metrics(sc, rating: RatingModel, test_rdd) -> dict:
-    """RMSE, MAE and coverage of the rating model over every pair of ``test_rdd``, and the baseline's RMSE."""
-    from pyspark.mllib.evaluation import RegressionMetrics
+    """RMSE, MAE and coverage of the rating model over every pair of ``test_rdd``, and the baseline's RMSE.
 
+    Sums of squared and absolute errors in one pass (mllib's RegressionMetrics
+    would build a deprecated SQLContext just for this).
+    """
     bc = sc.broadcast(rating)
-    predictions = test_rdd.mapPartitions(_predict_partition(bc)).cache()
-    n_test = predictions.count()
-    predicted = predictions.filter(lambda t: math.isfinite(t[0])).count()
-    full = RegressionMetrics(predictions.map(lambda t: (t[0], t[1])))
-    base = RegressionMetrics(predictions.map(lambda t: (t[2], t[1])))
-    result = {"rmse": round(full.rootMeanSquaredError, 5), "mae": round(full.meanAbsoluteError, 5),
-              "coverage": predicted / n_test if n_test else 0.0,
-              "baseline_rmse": round(base.rootMeanSquaredError, 5)}
-    predictions.unpersist()
+
+    def errors(t):
+        prediction, actual, base = t
+        finite = math.isfinite(prediction)
+        err = prediction - actual if finite else 0.0
+        return (1, int(finite), err * err, abs(err), (base - actual) ** 2)
+
+    n_test, predicted, sq, ab, base_sq = test_rdd.mapPartitions(_predict_partition(bc)).map(errors).fold(
+        (0, 0, 0.0, 0.0, 0.0), lambda a, b: tuple(x + y for x, y in zip(a, b)))
     bc.destroy()
-    return result
+    if not n_test:
+        return {"rmse": float("nan"), "mae": float("nan"), "coverage": 0.0, "baseline_rmse": float("nan")}
+    return {"rmse": round(math.sqrt(sq / predicted), 5) if predicted else float("nan"),
+            "mae": round(ab / predicted, 5) if predicted else float("nan"),
+            "coverage": predicted / n_test,
+            "baseline_rmse": round(math.sqrt(base_sq / n_test), 5)}
 
 
 def _lists_partition(state_bc, k: int, min_count: int):
@@ -131,7 +139,9 @@ def ranking_metrics(lists, n_movies: int, k: int = TOP_K) -> dict:
     judged = lists.filter(lambda t: t[3])
     result = {}
     for prefix, i in (("", 1), ("popularity_", 2)):
-        metrics = RankingMetrics(judged.map(lambda t, i=i: (t[i], t[3])))
+        with warnings.catch_warnings():  # RankingMetrics builds a SQLContext, deprecated since Spark 3.0
+            warnings.filterwarnings("ignore", "Deprecated in 3.0.0", FutureWarning)
+            metrics = RankingMetrics(judged.map(lambda t, i=i: (t[i], t[3])))
         shown = lists.flatMap(lambda t, i=i: t[i]).distinct().count()
         result.update({f"{prefix}precision_at_{k}": round(metrics.precisionAt(k), 5),
                        f"{prefix}recall_at_{k}": round(metrics.recallAt(k), 5),

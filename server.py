@@ -32,34 +32,94 @@ from model import ModelError, Scale
 log = logging.getLogger("server")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    p = argparse.ArgumentParser(description="Serve movie recommendations over HTTP.")
-    p.add_argument("--dataset", default=env("RECOMMENDER_DATASET", "datasets/ml-latest-small"),
-                   help="MovieLens folder or URI (env RECOMMENDER_DATASET; default datasets/ml-latest-small)")
-    p.add_argument("--host", default=env("RECOMMENDER_HOST", "127.0.0.1"),
-                   help="address to bind (env RECOMMENDER_HOST; default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=int(env("RECOMMENDER_PORT", "5432")),
-                   help="port to bind (env RECOMMENDER_PORT; default 5432)")
-    p.add_argument("--master", default=env("SPARK_MASTER"),
-                   help="Spark master (env SPARK_MASTER; default spark-submit's, else local[*])")
-    p.add_argument("--model-dir", default=env("RECOMMENDER_MODEL_DIR"),
-                   help="saved model and ratings log (env RECOMMENDER_MODEL_DIR; default models/<dataset name>)")
-    p.add_argument("--retrain", choices=RETRAIN_MODES, default=env("RECOMMENDER_RETRAIN", "async"),
-                   help="after new ratings: retrain in the background (async, default), inside the "
-                        "request (sync) or never (off) (env RECOMMENDER_RETRAIN)")
-    p.add_argument("--api-token", default=env("RECOMMENDER_API_TOKEN"),
-                   help="require 'Authorization: Bearer TOKEN' on POST (env RECOMMENDER_API_TOKEN)")
-    p.add_argument("--scale", default=env("RECOMMENDER_SCALE"), type=parse_scale,
-                   help="rating scale LOW,HIGH,STEP such as 1,5,1 (env RECOMMENDER_SCALE; default: inferred "
-                        "from the ratings, 0.5,5,0.5 for ml-latest)")
-    p.add_argument("--heap", default=env("RECOMMENDER_HEAP"),
-                   help="give Spark's driver JVM a fixed, pre-touched heap of this size (e.g. 1g, 6g) so the "
-                        "service's memory stays flat under retraining (env RECOMMENDER_HEAP; default: the JVM "
-                        "grows its heap as needed up to SPARK_DRIVER_MEMORY, 4g)")
-    p.add_argument("--threads", type=int, default=int(env("RECOMMENDER_THREADS", "16")),
-                   help="CherryPy worker threads (env RECOMMENDER_THREADS; default 16)")
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, and flags that fall back to environment variables.
+
+    A value from the environment goes through the flag's own type and choices,
+    so a bad one is the same one-line error (naming the variable), before Spark starts.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.env: dict[str, str] = {}  # dest -> environment variable
+
+    def add(self, *flags: str, env: str | None = None, **kwargs) -> None:
+        action = self.add_argument(*flags, **kwargs)
+        if env:
+            self.env[action.dest] = env
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        for action in self._actions:
+            var = self.env.get(action.dest)
+            raw = os.environ.get(var) if var else None
+            if raw is None:
+                continue
+            try:
+                value = action.type(raw) if action.type else raw
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                self.error(f"{var}={raw!r}: {exc}")
+            if action.choices is not None and value not in action.choices:
+                self.error(f"{var}={raw!r}: choose from {', '.join(map(str, action.choices))}")
+            action.default = value
+        return super().parse_args(args, namespace)
+
+
+def whole(low: int, high: int):
+    """An argparse type: a whole number within [low, high]."""
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, not {text!r}")
+        return int(text)
+    return parse
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="server.py", description="Serve movie recommendations over HTTP.")
+    p.add("--dataset", env="RECOMMENDER_DATASET", default="datasets/ml-latest-small",
+          help="MovieLens folder or URI (env RECOMMENDER_DATASET; default datasets/ml-latest-small)")
+    p.add("--host", env="RECOMMENDER_HOST", default="127.0.0.1",
+          help="address to bind (env RECOMMENDER_HOST; default 127.0.0.1)")
+    p.add("--port", env="RECOMMENDER_PORT", type=whole(0, 65535), default=5432,
+          help="port to bind (env RECOMMENDER_PORT; default 5432)")
+    p.add("--master", env="SPARK_MASTER", help="Spark master (env SPARK_MASTER; default spark-submit's, else local[*])")
+    p.add("--model-dir", env="RECOMMENDER_MODEL_DIR",
+          help="saved model and ratings store (env RECOMMENDER_MODEL_DIR; default models/<dataset name>)")
+    p.add("--retrain", env="RECOMMENDER_RETRAIN", choices=RETRAIN_MODES, default="async",
+          help="after new ratings: retrain in the background (async, default), also make the POST wait "
+               "for the retrained model (sync), or never (off) (env RECOMMENDER_RETRAIN)")
+    p.add("--api-token", env="RECOMMENDER_API_TOKEN",
+          help="require 'Authorization: Bearer TOKEN' to post ratings and to read a user's ratings "
+               "(env RECOMMENDER_API_TOKEN; on the command line it is visible in ps: prefer --api-token-file)")
+    p.add("--api-token-file", env="RECOMMENDER_API_TOKEN_FILE",
+          help="read the API token from this file (env RECOMMENDER_API_TOKEN_FILE)")
+    p.add("--scale", env="RECOMMENDER_SCALE", type=parse_scale,
+          help="rating scale LOW,HIGH,STEP such as 1,5,1 (env RECOMMENDER_SCALE; default: inferred "
+               "from the ratings, 0.5,5,0.5 for ml-latest)")
+    p.add("--heap", env="RECOMMENDER_HEAP", type=heap_size,
+          help="give Spark's driver JVM a fixed, pre-touched heap of this size (e.g. 1g, 6g) so the "
+               "service's memory stays flat under retraining (env RECOMMENDER_HEAP; default: the JVM "
+               "grows its heap as needed up to SPARK_DRIVER_MEMORY, 4g)")
+    p.add("--threads", env="RECOMMENDER_THREADS", type=whole(1, 1024), default=16,
+          help="CherryPy worker threads (env RECOMMENDER_THREADS; default 16)")
     return p
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The API token from --api-token or --api-token-file; raises ValueError with a one-line reason."""
+    if args.api_token and args.api_token_file:
+        raise ValueError("give --api-token or --api-token-file, not both")
+    if not args.api_token_file:
+        return args.api_token or None
+    try:
+        token = Path(args.api_token_file).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the API token file {args.api_token_file}: {exc.strerror}") from None
+    if not token or any(c.isspace() for c in token):
+        raise ValueError(f"the API token file {args.api_token_file} must hold one token without spaces")
+    return token
 
 
 def parse_scale(text: str | None) -> Scale | None:
@@ -75,12 +135,17 @@ def parse_scale(text: str | None) -> Scale | None:
     return Scale(low, high, step)
 
 
+def heap_size(text: str) -> str:
+    """A JVM heap size such as 512m or 4g, for --heap."""
+    if not re.fullmatch(r"\d+[mMgG]", text):
+        raise argparse.ArgumentTypeError(f"expected a size such as 512m or 4g, not {text!r}")
+    return text
+
+
 def heap_conf(size: str | None) -> dict[str, str]:
     """Spark settings for a fixed driver heap (only effective when this process starts the JVM)."""
     if not size:
         return {}
-    if not re.fullmatch(r"\d+[mMgG]", size):
-        raise SystemExit(f"server.py: --heap takes a size such as 512m or 4g, not {size!r}")
     return {"spark.driver.memory": size, "spark.driver.extraJavaOptions": f"-Xms{size} -XX:+AlwaysPreTouch"}
 
 
@@ -138,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     threadpool_limits(1, user_api="blas")
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not is_loopback(args.host) and not args.api_token:
+    try:
+        token = read_token(args)
+    except ValueError as exc:
+        print(f"server.py: {exc}", file=sys.stderr)
+        return 2
+    if not is_loopback(args.host) and not token:
         print(f"server.py: refusing to listen on {args.host} without --api-token "
               "(or RECOMMENDER_API_TOKEN): anyone could post ratings", file=sys.stderr)
         return 2
@@ -173,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def shutdown():
-        log.info("stopping: cancelling a running retrain, then Spark")
-        try:
-            sc.cancelAllJobs()
-        except Exception:  # the JVM may have had the signal too (process-group kill)
-            log.info("Spark had already stopped")
+        log.info("stopping")
         engine.close()
         try:
             sc.stop()
@@ -187,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "PYSPARK_GATEWAY_PORT" in os.environ:
         exit_with_parent()
-    serve(build_wsgi(engine, args.api_token), args.host, args.port, args.threads, on_stop=shutdown)
+    serve(build_wsgi(engine, token), args.host, args.port, args.threads, on_stop=shutdown)
     return 0
 
 

@@ -82,8 +82,8 @@ class Snapshot:
     """Trained models aligned with the catalogue rows, plus users folded in against them.
 
     Replaced as a whole when a retrain finishes, so a reader holding one sees
-    consistent models.  ``version`` and ``log`` say which model and which
-    posted ratings it holds (the engine's business; zero and None offline).
+    consistent models.  ``version`` and ``seq`` say which model and up to which
+    posted request it was trained (the engine's business; zero offline).
     """
 
     models: Models
@@ -97,12 +97,12 @@ class Snapshot:
     rank_moments: Moments  # of rank_factors
     rating_moments: Moments | None  # of [movie_bias, movie_factors], for a model with the bias baseline
     version: int = 0
-    log: object = None
+    seq: int = 0
     trained_at: str = ""
     folded: dict[int, UserVectors] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, models: Models, movie_ids: np.ndarray, version: int = 0, log: object = None) -> Snapshot:
+    def build(cls, models: Models, movie_ids: np.ndarray, version: int = 0, seq: int = 0) -> Snapshot:
         rating, ranking = models.rating, models.ranking
         rows = rating.movie_rows(movie_ids)
         seen = rows >= 0
@@ -118,7 +118,7 @@ class Snapshot:
         return cls(models, movie_ids, movie_bias, movie_factors, movie_factors.any(axis=1),
                    rank_factors.astype(np.float32), rank_unit.astype(np.float32), norms[:, 0] > 0,
                    Moments.of(rank_factors),
-                   rating_moments, version, log, trained_at)
+                   rating_moments, version, seq, trained_at)
 
     def user_vectors(self, user: int) -> UserVectors | None:
         """The user's vectors: folded in since the last training, else trained; None for a stranger."""

@@ -19,6 +19,10 @@ from model import ModelParams, Models, RankingModel, RankingParams, RatingModel,
 log = logging.getLogger(__name__)
 
 
+class Cancelled(RuntimeError):
+    """Training was stopped on request between two Spark jobs."""
+
+
 @contextmanager
 def phase(name: str):
     """Log how long a phase of loading or training took."""
@@ -41,6 +45,22 @@ def _factors_to_arrays(features, ids: np.ndarray, rank: int) -> np.ndarray:
         fid = np.array([f[0] for f in features], dtype=np.int64)
         out[np.searchsorted(ids, fid)] = np.frombuffer(b"".join(f[1].tobytes() for f in features)).reshape(-1, rank)
     return out
+
+
+@contextmanager
+def materialized(rdd):
+    """Cache ``rdd`` and compute it whole before mllib's ALS looks at it, and free it afterwards.
+
+    ``ALS.train`` starts with ``ratings.first()``: a Spark job that stops
+    reading a Python worker after one row, and the worker, finding its socket
+    closed, prints a BrokenPipeError traceback.  Read from the cache, the first
+    row needs no Python worker.
+    """
+    rdd.cache().count()
+    try:
+        yield rdd
+    finally:
+        rdd.unpersist()
 
 
 def fit_rating_model(sc, ratings, params: RatingParams, scale: Scale) -> tuple[RatingModel, int]:
@@ -77,7 +97,7 @@ def fit_rating_model(sc, ratings, params: RatingParams, scale: Scale) -> tuple[R
         targets = ratings.map(lambda t: Rating(t[0], t[1], t[2] - mu - bi.value[t[1]] - bu.value[t[0]]))
     else:
         targets = ratings.map(lambda t: Rating(t[0], t[1], t[2]))
-    with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations"):
+    with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations"), materialized(targets):
         als = ALS.train(targets, rank=params.rank, iterations=params.iterations,
                         lambda_=params.reg, seed=params.seed)
     user_factors, movie_factors = _collect_factors(als, user_ids, movie_ids, params.rank)
@@ -96,7 +116,8 @@ def fit_ranking_model(sc, ratings, params: RankingParams, user_ids: np.ndarray,
 
     preferences = params.preferences
     interactions = ratings.map(lambda t: Rating(t[0], t[1], float(preferences(t[2]))))
-    with phase(f"ranking model: implicit ALS rank {params.rank}, {params.iterations} iterations"):
+    with phase(f"ranking model: implicit ALS rank {params.rank}, {params.iterations} iterations"), \
+            materialized(interactions):
         als = ALS.trainImplicit(interactions, rank=params.rank, iterations=params.iterations,
                                 lambda_=float(params.reg), alpha=float(params.alpha), seed=params.seed)
     user_factors, movie_factors = _collect_factors(als, user_ids, movie_ids, params.rank)
@@ -115,20 +136,50 @@ def _collect_factors(als, user_ids: np.ndarray, movie_ids: np.ndarray, rank: int
     return user_factors, movie_factors
 
 
-def fit_models(sc, ratings, params: ModelParams, scale: Scale) -> Models:
+@contextmanager
+def checkpoints_removed(sc):
+    """Delete the checkpoint files ALS writes during the block (on any Hadoop file system).
+
+    ALS checkpoints its intermediate factors every few iterations and never
+    deletes them: without this a long-running service would fill its disk,
+    one set of files per retrain.
+    """
+    def listing() -> set[str]:
+        where = sc._jsc.sc().getCheckpointDir()
+        if where.isEmpty():
+            return set()
+        path = sc._jvm.org.apache.hadoop.fs.Path(where.get())
+        fs = path.getFileSystem(sc._jsc.hadoopConfiguration())
+        return {str(s.getPath().toString()) for s in fs.listStatus(path)} if fs.exists(path) else set()
+
+    before = listing()
+    try:
+        yield
+    finally:
+        hadoop = sc._jvm.org.apache.hadoop.fs.Path
+        for entry in listing() - before:
+            path = hadoop(entry)
+            path.getFileSystem(sc._jsc.hadoopConfiguration()).delete(path, True)
+
+
+def fit_models(sc, ratings, params: ModelParams, scale: Scale, stop=None) -> Models:
     """Fit the rating and the ranking model on the same ratings; ``meta`` holds the seconds of each.
 
     The ratings are cached for the two fits only if the caller has not cached
-    them; a caller's cache is left as it was.
+    them; a caller's cache is left as it was.  ``stop()`` returning true
+    between the fits raises Cancelled.
     """
     start = time.perf_counter()
     owned = not ratings.is_cached
     if owned:
         ratings = ratings.cache()
     try:
-        rating, count = fit_rating_model(sc, ratings, params.rating, scale)
-        rating_seconds = time.perf_counter() - start
-        ranking = fit_ranking_model(sc, ratings, params.ranking, rating.user_ids, rating.movie_ids)
+        with checkpoints_removed(sc):
+            rating, count = fit_rating_model(sc, ratings, params.rating, scale)
+            rating_seconds = time.perf_counter() - start
+            if stop is not None and stop():
+                raise Cancelled("training stopped after the rating model")
+            ranking = fit_ranking_model(sc, ratings, params.ranking, rating.user_ids, rating.movie_ids)
     finally:
         if owned:
             ratings.unpersist()

@@ -25,7 +25,7 @@ from pathlib import Path
 from common import DEFAULT_DATASET, Client, start_server, summary, tree_rss_mb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ratings_log import read_entries  # noqa: E402
+from ratings_store import RatingsStore  # noqa: E402
 
 
 def main() -> int:
@@ -93,19 +93,23 @@ def main() -> int:
             time.sleep(min(60, args.minutes * 60 - (time.monotonic() - start)))
             n_ratings = json.loads(Client("127.0.0.1", port).call("GET", "/health")[2])["n_ratings"]
             memory.append({"minute": round((time.monotonic() - start) / 60, 2), "n_ratings": n_ratings,
+                           "model_dir_mb": round(sum(f.stat().st_size for f in Path(model_dir).rglob("*")
+                                                     if f.is_file()) / 2**20, 2),
                            **tree_rss_mb(proc.pid)})
         stop.set()
         for t in threads:
             t.join()
         elapsed = time.monotonic() - start
 
-        # Every acknowledged POST must be in the log, and the service must serve, for every rated
-        # (user, movie), the value of the last log entry that rated it (concurrent clients may see their
-        # answers in another order than the server applied them, so the log's order is the truth).
-        entries = read_entries(Path(model_dir) / "ratings.log")[0]
+        # Every acknowledged (user, movie) must be in the store (compaction drops only ratings a later one
+        # replaced), and the service must serve, for every rated (user, movie), the store's newest value
+        # (concurrent clients may see their answers in another order than the server applied them).
+        store = RatingsStore(Path(model_dir) / "ratings.db")
+        entries = store.entries()
+        store.close()
         log_entries = len(entries)
-        logged = Counter((e.user, tuple((m, r) for m, r in e.ratings)) for e in entries)
-        lost_posts = sum((acknowledged - logged).values())
+        stored = {(e.user, m) for e in entries for m, _ in e.ratings}
+        lost_posts = sum(1 for (user, pairs) in acknowledged for m, _ in pairs if (user, m) not in stored)
         latest = {(e.user, m): r for e in entries for m, r in e.ratings}
         client = Client("127.0.0.1", port)
         missing = [key for key, rating in latest.items()

@@ -14,15 +14,47 @@ function showError(message) {
   box.hidden = !message;
 }
 
-async function api(method, path, body) {
+// A service started with an API token wants it for posting and reading a user's ratings: the page
+// asks for it once (on the first 401), keeps it for this browser tab, and sends it with every request.
+const TOKEN_KEY = "recommender-api-token";
+let tokenPrompt = null;
+
+function askForToken() {
+  tokenPrompt ??= Promise.resolve().then(() => {
+    const token = (window.prompt("This service needs its API token to show and save your ratings:") || "").trim();
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    tokenPrompt = null;
+    return token;
+  });
+  return tokenPrompt;
+}
+
+async function send(method, path, body) {
   const options = { method, headers: {} };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) options.headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
+  return fetch(path, options);
+}
+
+async function api(method, path, body) {
   let response;
   try {
-    response = await fetch(path, options);
+    const sent = sessionStorage.getItem(TOKEN_KEY);
+    response = await send(method, path, body);
+    if (response.status === 401) {
+      // Another request may have asked for the token meanwhile: use it rather than asking again.
+      const current = sessionStorage.getItem(TOKEN_KEY);
+      if (current && current !== sent) {
+        response = await send(method, path, body);
+      } else {
+        sessionStorage.removeItem(TOKEN_KEY);
+        if (await askForToken()) response = await send(method, path, body);
+      }
+    }
   } catch (err) {
     showError(`The service did not answer: ${err.message}`);
     throw err;
@@ -40,6 +72,10 @@ async function api(method, path, body) {
   }
   showError("");
   return data;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
 function user() {
@@ -88,7 +124,10 @@ function renderResults(query, movies) {
     rate.className = "rate";
     rate.textContent = "Rate";
     rate.addEventListener("click", () => rateMovie(movie.movieId, Number(select.value), item).catch(() => {}));
-    item.append(movieLink(movie), meta(`(${movie.ratings_count} ratings)`), select, rate);
+    const title = Object.assign(document.createElement("div"), { className: "title" });
+    title.append(movieLink(movie), meta(`(${plural(movie.ratings_count, "rating")})`));
+    const saved = Object.assign(document.createElement("span"), { className: "saved" });
+    item.append(title, select, rate, saved);
     list.append(item);
   }
 }
@@ -103,12 +142,9 @@ async function search(event) {
 
 async function rateMovie(movieId, rating, item) {
   await api("POST", `/${encodeURIComponent(user())}/ratings`, [{ movieId, rating }]);
-  let mark = item.querySelector(".saved");
-  if (!mark) {
-    mark = Object.assign(document.createElement("span"), { className: "saved" });
-    item.append(mark);
-  }
-  mark.textContent = `saved: ${rating} ★`;
+  const mark = item.querySelector(".saved");
+  mark.textContent = `saved ${rating} ★`;
+  mark.dataset.saved = rating;
   await Promise.all([loadRated(), loadRecommendations()]);
 }
 
@@ -139,10 +175,22 @@ async function loadRecommendations(event) {
     item.dataset.movieId = movie.movieId;
     item.dataset.ratingsCount = movie.ratings_count;
     item.append(movieLink(movie),
-      meta(`predicted ${movie.predicted_rating.toFixed(2)} ★ · ${movie.ratings_count} ratings · ${movie.genres.join(", ")}`));
+      meta(`predicted ${movie.predicted_rating.toFixed(2)} ★ · ${plural(movie.ratings_count, "rating")} · ` +
+        movie.genres.join(", ")));
     list.append(item);
   }
-  $("who-status").textContent = `model version ${data.model_version}`;
+  loadStatus().catch(() => {});
+}
+
+async function loadStatus() {
+  const health = await api("GET", "/health");
+  const when = health.trained_at.replace("T", " ").replace("Z", " UTC");
+  const waiting = health.pending_ratings
+    ? `${plural(health.pending_ratings, "new rating")} wait for the next retrain`
+    : "every rating is in the model";
+  $("status").textContent =
+    `Model version ${health.model_version}, trained ${when}; ${waiting}` +
+    (health.training ? " (retraining now)" : "") + ".";
 }
 
 async function showMovie(movieId) {
@@ -150,11 +198,12 @@ async function showMovie(movieId) {
     api("GET", `/${encodeURIComponent(user())}/ratings/${movieId}`),
     api("GET", `/movies/${movieId}/similar?count=8`),
   ]);
-  $("detail").hidden = false;
+  const detail = $("detail");
+  if (!detail.open) detail.showModal();  // in the middle of the screen, wherever the list was clicked
   $("detail-title").textContent = prediction.title;
   const own = prediction.user_rating === null ? "not rated by you" : `you rated it ${prediction.user_rating} ★`;
   $("detail-info").textContent =
-    `Predicted for you: ${prediction.predicted_rating.toFixed(2)} ★ · ${prediction.ratings_count} ratings · ` +
+    `Predicted for you: ${prediction.predicted_rating.toFixed(2)} ★ · ${plural(prediction.ratings_count, "rating")} · ` +
     `${prediction.genres.join(", ")} · ${own}`;
   const list = $("similar");
   list.replaceChildren();
@@ -182,4 +231,5 @@ $("min-count").addEventListener("change", () => loadRecommendations().catch(() =
 $("genre").addEventListener("change", () => loadRecommendations().catch(() => {}));
 $("user").addEventListener("change", refresh);
 $("new-user").addEventListener("click", newUser);
+$("detail-close").addEventListener("click", () => $("detail").close());
 refresh();

@@ -50,16 +50,34 @@ def csv_fixture(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("csv") / "ml-fixture", "csv")
 
 
+@pytest.fixture(scope="session")
+def fixture_model(sc, csv_fixture, tmp_path_factory):
+    """The CSV fixture's models with the FAST parameters, trained once per session and saved."""
+    from engine import RecommendationEngine
+
+    model_dir = tmp_path_factory.mktemp("fixture-model") / "model"
+    RecommendationEngine(sc, str(csv_fixture.path), model_dir, params=FAST, retrain="off").close()
+    return model_dir
+
+
 @pytest.fixture
-def make_engine(sc, tmp_path):
-    """Build engines on a dataset with a fresh model folder; all are closed at the end."""
+def make_engine(sc, tmp_path, csv_fixture, fixture_model):
+    """Build engines on a dataset; all are closed at the end.
+
+    Without a model folder, an engine on the CSV fixture with the FAST
+    parameters starts from a copy of the session's saved models (it loads
+    instead of training); other engines get a fresh folder and train.
+    """
     from engine import RecommendationEngine
 
     engines = []
 
     def build(dataset, model_dir=None, params=FAST, retrain="off"):
-        engine = RecommendationEngine(sc, str(dataset), model_dir or tmp_path / "model", params=params,
-                                      retrain=retrain)
+        if model_dir is None:
+            model_dir = tmp_path / f"model-{len(engines)}"
+            if str(dataset) == str(csv_fixture.path) and params == FAST:
+                copy_model(fixture_model, model_dir)
+        engine = RecommendationEngine(sc, str(dataset), model_dir, params=params, retrain=retrain)
         engines.append(engine)
         return engine
 
@@ -163,6 +181,18 @@ def real_model(sc, real_dataset, tmp_path_factory):
 
 
 def copy_model(source: Path, target: Path) -> Path:
-    """A private copy of a saved model folder (ratings log included)."""
+    """A private copy of a saved model folder (ratings store included)."""
     shutil.copytree(source, target)
     return target
+
+
+# Real processes, clusters, a browser, full-size training: `make test` runs them, `make test-fast` does not.
+SLOW_MODULES = {"test_cluster", "test_server", "test_browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES or "real_model" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+        if "real_model" in item.fixturenames:  # under pytest -n, one worker trains ml-latest-small's models
+            item.add_marker(pytest.mark.xdist_group("real-model"))

@@ -7,7 +7,7 @@ import re
 import pytest
 import schemathesis
 import yaml
-from conftest import ROOT, serving
+from conftest import ROOT, copy_model, serving
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -20,12 +20,12 @@ from app import create_app
 
 SCHEMA = schemathesis.openapi.from_path(str(ROOT / "openapi.yaml"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-UNDOCUMENTED = {"/", "/static/<path:filename>"}  # the web page and its files are not JSON API
+UNDOCUMENTED = {"/", "/static/<path:filename>", "/favicon.ico"}  # the web page and its files are not JSON API
 
 
 @pytest.fixture(scope="module")
-def api(sc, csv_fixture, tmp_path_factory):
-    with serving(sc, csv_fixture.path, tmp_path_factory.mktemp("model")) as server:
+def api(sc, csv_fixture, fixture_model, tmp_path_factory):
+    with serving(sc, csv_fixture.path, copy_model(fixture_model, tmp_path_factory.mktemp("api") / "m")) as server:
         yield server
 
 

@@ -81,13 +81,60 @@ def test_rate_five_movies_and_get_recommendations(page_server, browser):
     assert len(shown) == 10 and all(count >= 150 for _, count in shown)
     assert not {m for m, _ in shown} & set(rated)
 
-    page.click("#recommendations li:first-child .movie-link")
-    page.wait_for_selector("#detail:not([hidden]) #similar li")
-    assert "Predicted for you" in page.inner_text("#detail-info")
-
+    _check_layout(page)
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Model version')")
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(OUTPUT / "recommendations.png"), full_page=True)
-    assert (OUTPUT / "recommendations.png").stat().st_size > 10_000
+    page.screenshot(path=str(OUTPUT / "recommendations-1280.png"))
+
+    page.click("#recommendations li:first-child .movie-link")
+    page.wait_for_selector("#detail[open] #similar li")
+    assert "Predicted for you" in page.inner_text("#detail-info")
+    _check_in_view(page, "#detail")
+    page.screenshot(path=str(OUTPUT / "detail-1280.png"))
+    page.click("#detail-close")
+    page.wait_for_selector("#detail:not([open])", state="attached")
+
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    _check_layout(page)
+    page.screenshot(path=str(OUTPUT / "recommendations-phone.png"), full_page=True)
+    page.click("#recommendations li:nth-child(3) .movie-link")
+    page.wait_for_selector("#detail[open] #similar li")
+    _check_in_view(page, "#detail")
+    page.screenshot(path=str(OUTPUT / "detail-phone.png"))
+    page.close()
+
+
+def _check_layout(page) -> None:
+    """Nothing wider than the screen; each result's stars and button on one line with its title."""
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    for item in page.query_selector_all("#results li[data-movie-id]"):
+        title, stars, button = (item.query_selector(s).bounding_box() for s in (".title", "select", "button.rate"))
+        assert abs((stars["y"] + stars["height"] / 2) - (button["y"] + button["height"] / 2)) < 3
+        assert stars["x"] >= title["x"] + title["width"] - 1 and button["x"] > stars["x"]
+    label, genre = page.query_selector("#genre").evaluate_handle("e => e.parentElement"), page.query_selector("#genre")
+    assert abs(label.bounding_box()["y"] - genre.bounding_box()["y"]) < 12  # "Genre" beside its dropdown
+
+
+def _check_in_view(page, selector: str) -> None:
+    box, view = page.query_selector(selector).bounding_box(), page.viewport_size
+    assert box["y"] >= 0 and box["y"] + box["height"] <= view["height"] and box["x"] >= 0
+    assert box["x"] + box["width"] <= view["width"]
+
+
+def test_counts_are_singular_or_plural_and_the_favicon_is_served(page_server, browser):
+    engine = page_server.engine
+    once = next(t for t, c in zip(engine.titles, engine.counts) if c == 1 and "(" in t)
+    page = browser.new_page()
+    missing = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    page.goto(f"http://127.0.0.1:{page_server.port}/")
+    page.fill("#search", once)
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#results li[data-movie-id]")
+    text = page.inner_text("#results")
+    assert "(1 rating)" in text and "(1 ratings)" not in text
+    assert page.evaluate("fetch('/favicon.ico').then(r => r.status)") == 200
+    assert missing == []
     page.close()
 
 
@@ -103,3 +150,26 @@ def test_api_errors_are_shown_to_the_person(page_server, browser):
     page.dispatch_event("#min-count", "change")
     page.wait_for_function("() => document.querySelector('#error').textContent.includes('min_count must be')")
     page.close()
+
+
+def test_the_page_asks_for_the_api_token_once_and_sends_it(page_server, browser):
+    from conftest import LiveServer
+
+    guarded = LiveServer(page_server.engine, api_token="s3cret")
+    try:
+        page = browser.new_page()
+        prompts = []
+
+        def answer(dialog):
+            prompts.append(dialog.message)
+            dialog.accept("s3cret")
+
+        page.on("dialog", answer)
+        page.goto(f"http://127.0.0.1:{guarded.port}/")
+        page.wait_for_selector("#recommendations li")  # the user's list loads once the token is given
+        rated = _rate_all_results(page, "Heat", 1)
+        assert len(prompts) == 1 and "API token" in prompts[0]
+        assert rated[0] in {r["movieId"] for r in page_server.engine.rated(1)}
+        page.close()
+    finally:
+        guarded.stop()

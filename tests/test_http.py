@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from conftest import serving
+from conftest import copy_model, serving
 
 TUTORIAL_FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl --data-binary sends
 
 
 @pytest.fixture(scope="module")
-def shared(sc, csv_fixture, tmp_path_factory):
+def shared(sc, csv_fixture, fixture_model, tmp_path_factory):
     """One server for the tests that do not need a fresh engine (they post under distinct user ids)."""
-    with serving(sc, csv_fixture.path, tmp_path_factory.mktemp("model")) as server:
+    with serving(sc, csv_fixture.path, copy_model(fixture_model, tmp_path_factory.mktemp("shared") / "m")) as server:
         yield server
 
 
@@ -158,27 +156,32 @@ ERRORS = [
 def test_bad_requests_get_json_4xx_and_change_nothing(shared, method, path, body, ctype, status, message):
     server = shared
     engine = server.engine
-    log_before = engine.log.path.read_bytes()
+    store_before = engine.store.entries()
     model_before = (engine.model_dir / "model.json").read_bytes()
     counts_before = engine.counts.copy()
     got, data, raw = server.call(method, path, body, {"Content-Type": ctype} if ctype else {})
     assert got == status, raw[:300]
     assert set(data) == {"error"} and message in data["error"], data
-    assert engine.log.path.read_bytes() == log_before
+    assert engine.store.entries() == store_before
     assert (engine.model_dir / "model.json").read_bytes() == model_before
     assert (engine.counts == counts_before).all()
 
 
-def test_api_token_guards_posts_but_not_gets(live, csv_fixture):
+def test_api_token_guards_posts_and_each_users_ratings(live, csv_fixture):
     server = live(api_token="s3cret-token")
     payload = [{"movieId": 1, "rating": 4.0}]
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
         status, body, _ = server.post_json("/1/ratings", payload, headers)
         assert status == 401 and "Bearer" in body["error"]
-    assert server.engine.log.path.read_bytes() == b""
-    status, _, _ = server.post_json("/1/ratings", payload, {"Authorization": "Bearer s3cret-token"})
-    assert status == 201
-    assert server.get("/1/ratings/top/3")[0] == 200
+    assert server.engine.store.entries() == []
+    good = {"Authorization": "Bearer s3cret-token"}
+    assert server.post_json("/1/ratings", payload, good)[0] == 201
+    for path in ("/1/ratings", "/1/ratings/1", "/1/ratings/top/3", "/recommend?user=1"):
+        status, body, _ = server.get(path)
+        assert status == 401 and "Bearer" in body["error"], path
+        assert server.call("GET", path, headers=good)[0] == 200, path
+    for path in ("/health", "/movies?q=a", "/movies/1", "/movies/1/similar", "/"):
+        assert server.get(path)[0] == 200, path  # the catalogue is public
 
 
 def test_access_log_is_written_by_translogger(shared, caplog):
@@ -188,9 +191,35 @@ def test_access_log_is_written_by_translogger(shared, caplog):
     assert any('"GET /health HTTP/1.1" 200' in r.getMessage() for r in caplog.records)
 
 
-def test_ratings_log_is_readable_by_its_owner_only(shared):
+def test_ratings_store_is_readable_by_its_owner_only(shared):
     server = shared
     assert server.post_json("/9/ratings", [{"movieId": 2, "rating": 3.5}])[0] == 201
-    assert server.engine.log.path.stat().st_mode & 0o777 == 0o600
-    last = server.engine.log.path.read_text().splitlines()[-1]
-    assert json.loads(last.split(" ", 1)[1])["ratings"] == [[2, 3.5]]
+    assert server.engine.store.path.stat().st_mode & 0o777 == 0o600
+    assert server.engine.store.entries()[-1].ratings == ((2, 3.5),)
+
+
+def test_the_tutorials_1_to_10_file_is_explained(shared):
+    status, body, _ = shared.call("POST", "/4300/ratings", b"26,9\n1,8\n16,7\n", {"Content-Type": "text/plain"})
+    assert status == 400
+    assert body["error"] == ("line 1: 9 is not on the scale 0.5 to 5 in steps of 0.5 (3 of 3 ratings are off "
+                             "the scale); this looks like a 1-10 scale (the Spark tutorial's user_ratings file "
+                             "uses one): this dataset uses 0.5-5, so halve the ratings")
+    status, body, _ = shared.call("POST", "/4300/ratings", b"26,4.5\n1,6\n", {"Content-Type": "text/plain"})
+    assert status == 400 and body["error"] == "line 2: 6 is not on the scale 0.5 to 5 in steps of 0.5"
+
+
+@pytest.mark.parametrize("ctype", ["application/x-www-form-urlencoded", "text/plain", None])
+def test_json_is_read_as_json_whatever_the_content_type_says(shared, ctype):
+    body = b'[{"movieId": 3, "rating": 4.5}, {"movieId": 4, "rating": 2}]'  # what curl --data sends
+    status, answer, _ = shared.call("POST", "/4301/ratings", body, {"Content-Type": ctype} if ctype else {})
+    assert status == 201 and answer["accepted"] == 2
+    assert [(r["movieId"], r["rating"]) for r in shared.engine.rated(4301)] == [(3, 4.5), (4, 2.0)]
+
+
+def test_a_csv_header_line_is_skipped(shared):
+    status, answer, _ = shared.call("POST", "/4302/ratings", b"movieId,rating\n5,3.5\n",
+                                    {"Content-Type": "text/plain"})
+    assert status == 201 and answer["accepted"] == 1
+    status, answer, _ = shared.call("POST", "/4302/ratings", b"5,3.5\nmovieId,rating\n",
+                                    {"Content-Type": "text/plain"})
+    assert status == 400 and "line 2" in answer["error"]  # only a first line can be a header

@@ -3,57 +3,33 @@
 from __future__ import annotations
 
 import http.client
-import json
 import threading
 from collections import Counter
 
 import pytest
 from conftest import LiveServer
 
-from ratings_log import RatingsLog, read_entries
 
+def test_a_store_failure_is_a_503_that_changes_nothing(live, csv_fixture):
+    from engine import InputError
 
-def test_torn_last_line_is_reported_and_skipped_without_losing_earlier_lines(tmp_path, caplog):
-    path = tmp_path / "ratings.log"
-    log = RatingsLog(path)
-    log.append(1, [(10, 4.0)])
-    log.append(2, [(20, 3.5), (21, 1.0)])
-    log.close()
-    with open(path, "ab") as fh:  # a power cut in the middle of the third write
-        fh.write(b'1f2e3d4c {"seq":3,"user":3,"ratin')
-    with caplog.at_level("WARNING"):
-        reopened = RatingsLog(path)
-    assert [(e.seq, e.user, e.ratings) for e in reopened.take_recovered()] == [
-        (1, 1, ((10, 4.0),)), (2, 2, ((20, 3.5), (21, 1.0)))]
-    assert reopened.position().ratings == 3
-    assert reopened.skipped == 1 and any("torn" in r.getMessage() for r in caplog.records)
-    assert path.with_suffix(".log.torn").read_bytes().startswith(b"1f2e3d4c")
-    reopened.append(4, [(40, 5.0)])  # appends start on a clean line
-    reopened.close()
-    assert [e.user for e in RatingsLog(path).take_recovered()] == [1, 2, 4]
-
-
-def test_damaged_middle_line_is_skipped_and_the_rest_kept(tmp_path):
-    path = tmp_path / "ratings.log"
-    log = RatingsLog(path)
-    for user in range(3):
-        log.append(user, [(1, 2.0)])
-    log.close()
-    lines = path.read_bytes().splitlines(keepends=True)
-    path.write_bytes(lines[0] + lines[1].replace(b"2.0", b"5.0") + lines[2])  # checksum no longer matches
-    reopened = RatingsLog(path)
-    assert [e.user for e in reopened.take_recovered()] == [0, 2] and reopened.skipped == 1
-
-
-def test_engine_restart_after_torn_write_serves_every_acknowledged_rating(make_engine, csv_fixture, tmp_path):
-    model_dir = tmp_path / "m"
-    engine = make_engine(csv_fixture.path, model_dir)
-    engine.add_ratings(4000, [(1, 4.0), (2, 2.5)])
-    engine.close()
-    with open(model_dir / "ratings.log", "ab") as fh:
-        fh.write(b"0000")
-    restarted = make_engine(csv_fixture.path, model_dir)
-    assert [(r["movieId"], r["rating"]) for r in restarted.rated(4000)] == [(1, 4.0), (2, 2.5)]
+    server = live()
+    engine = server.engine
+    every_movie = sorted(csv_fixture.titles)
+    pages = engine.store._db.execute("PRAGMA page_count").fetchone()[0]
+    engine.store._db.execute(f"PRAGMA max_page_count={pages + 2}")  # the disk fills up
+    with pytest.raises(InputError, match="could not be stored"):
+        for user in range(50_000, 50_100):
+            engine.add_ratings(user, [(m, 4.0) for m in every_movie])
+    before = (engine.store.entries(), engine.rated(1), engine.counts.copy(), engine.recommend(1, 5, min_count=0))
+    status, body, _ = server.post_json("/1/ratings", [{"movieId": m, "rating": 0.5} for m in every_movie])
+    assert status == 503 and "could not be stored" in body["error"]
+    after = (engine.store.entries(), engine.rated(1), engine.counts, engine.recommend(1, 5, min_count=0))
+    assert after[0] == before[0] and after[1] == before[1] and (after[2] == before[2]).all()
+    assert after[3] == before[3]
+    engine.store._db.execute("PRAGMA max_page_count=1073741823")  # space again: the same request is taken
+    assert server.post_json("/1/ratings", [{"movieId": m, "rating": 0.5} for m in every_movie])[0] == 201
+    assert {r["rating"] for r in engine.rated(1)} == {0.5}
 
 
 def test_failed_background_retrain_keeps_the_previous_model_and_retries(make_engine, csv_fixture, monkeypatch):
@@ -146,7 +122,7 @@ def test_concurrent_writers_during_retrain_lose_and_duplicate_nothing(make_engin
         server.stop()
     assert errors == []
     assert set(get_statuses) == {200} and get_statuses[200] > 0
-    entries = read_entries(engine.log.path)[0]
+    entries = engine.store.entries()
     logged = Counter((e.user, m) for e in entries for m, _ in e.ratings if e.user >= 30_000)
     assert len(logged) == 800 and set(logged.values()) == {1}
     for client in range(16):
@@ -173,12 +149,4 @@ def test_malformed_authorization_headers_are_refused(live, header):
     expect = 201 if header == "bearer s3cret" else 401  # the scheme is case-insensitive (RFC 7235)
     status, body, _ = server.post_json("/1/ratings", [{"movieId": 1, "rating": 4.0}], {"Authorization": header})
     assert status == expect, body
-    assert server.engine.log.last_seq == (1 if expect == 201 else 0)
-
-
-def test_app_never_runs_in_debug_mode(live):
-    server = live()
-    from app import create_app
-
-    assert create_app(server.engine).debug is False
-    assert json.loads(server.get("/health")[2])["status"] == "ok"
+    assert server.engine.store.last_seq == (1 if expect == 201 else 0)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import FAST, ROOT, free_port
@@ -34,7 +36,8 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "server.py", "--dataset", str(dataset), "--model-dir", str(model_dir),
              "--port", str(self.port), "--master", "local[2]", *extra],
-            cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "SPARK_CHECKPOINT_DIR"})  # its own, as in production
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -80,11 +83,32 @@ def servers():
             server.stop(signal.SIGKILL)
 
 
+def _java_command_lines(pid: int) -> list[str]:
+    """Command lines of the java processes under ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and "java" in cmdline:
+            found.append(cmdline)
+    return found
+
+
 def test_sigterm_stops_cleanly_and_restart_keeps_ratings(servers, csv_fixture, tmp_path):
     first = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off", "--heap", "512m")
+    java = _java_command_lines(first.proc.pid)
+    assert len(java) == 1 and "-Xmx512m" in java[0] and "-Xms512m" in java[0]  # --heap reached the JVM
+    assert "log4j2.configurationFile" in java[0]
+    work = Path(re.search(r"checkpoints in (\S+)\)", first.output()).group(1)).parent
+    assert work.is_dir()
     assert first.post(31337, "1,4.5\n2,1\n")[0] == 201
     assert first.stop(signal.SIGTERM) == 0
     assert "Bus EXITED" in first.output()
+    assert not work.exists()  # checkpoints and the shipped modules go with the process
+    assert not re.search(r"Traceback|WARN|FutureWarning", first.output())
     second = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off")
     status, body = second.get("/31337/ratings")
     assert status == 200 and [(r["movieId"], r["rating"]) for r in body["ratings"]] == [(1, 4.5), (2, 1.0)]
@@ -144,16 +168,6 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("server.py: no MovieLens dataset")
-
-
-def test_heap_flag_sets_a_fixed_heap_and_rejects_nonsense():
-    from server import heap_conf
-
-    assert heap_conf(None) == {}
-    assert heap_conf("2g") == {"spark.driver.memory": "2g",
-                               "spark.driver.extraJavaOptions": "-Xms2g -XX:+AlwaysPreTouch"}
-    with pytest.raises(SystemExit, match="--heap takes a size"):
-        heap_conf("lots")
 
 
 def test_bad_params_file_is_a_one_line_error_before_spark_starts(csv_fixture, tmp_path):

@@ -1,0 +1,124 @@
+"""The ratings store: whole requests or nothing, through failed commits, torn writes and crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import zlib
+
+import pytest
+
+from ratings_store import RatingsStore, StoreError
+
+
+def _pairs(store: RatingsStore):
+    return [(e.seq, e.user, e.ratings) for e in store.entries()]
+
+
+def test_requests_are_read_back_newest_rating_first(tmp_path):
+    store = RatingsStore(tmp_path / "ratings.db")
+    store.append(1, [(10, 4.0), (11, 2.0)])
+    store.append(2, [(10, 3.5)])
+    store.append(1, [(10, 1.0)])
+    assert store.last_seq == 3
+    assert store.user_ratings(1) == [(10, 1.0), (11, 2.0)] and store.user_ratings(3) == []
+    assert list(store.latest(2)) == [(1, [(10, 4.0), (11, 2.0)], 1), (2, [(10, 3.5)], 2)]
+    assert list(store.latest(3))[0] == (1, [(10, 1.0), (11, 2.0)], 3)
+    assert sorted(store.users_after(1)) == [1, 2]
+    assert store.ratings_after(1) == 2 and store.ratings_after(3) == 0
+    assert stat.S_IMODE((tmp_path / "ratings.db").stat().st_mode) == 0o600
+    store.close()
+    reopened = RatingsStore(tmp_path / "ratings.db")
+    assert reopened.last_seq == 3 and _pairs(reopened)[0] == (1, 1, ((10, 4.0), (11, 2.0)))
+
+
+def test_compaction_drops_only_replaced_ratings_the_model_was_trained_past(tmp_path):
+    store = RatingsStore(tmp_path / "ratings.db")
+    store.append(1, [(10, 4.0), (11, 2.0)])
+    store.append(1, [(10, 1.0)])  # replaces (1, 10)
+    store.append(1, [(11, 5.0)])  # replaces (1, 11), after the trained request
+    store.mark_trained(2)
+    assert store.trained_seq == 2
+    assert store.compact(2) == 1  # only (1, 10) of request 1: request 3 is newer than the model
+    assert _pairs(store) == [(1, 1, ((11, 2.0),)), (2, 1, ((10, 1.0),)), (3, 1, ((11, 5.0),))]
+    assert store.user_ratings(1) == [(10, 1.0), (11, 5.0)]
+    assert store.compact(3) == 1 and store.user_ratings(1) == [(10, 1.0), (11, 5.0)]
+
+
+def test_a_failed_commit_stores_nothing_and_the_store_goes_on(tmp_path):
+    store = RatingsStore(tmp_path / "ratings.db")
+    store.append(1, [(10, 4.0)])
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count={pages}")  # the disk is full
+    with pytest.raises(StoreError, match="full"):
+        store.append(2, [(m, 3.0) for m in range(5000)])
+    assert store.last_seq == 1 and _pairs(store) == [(1, 1, ((10, 4.0),))]
+    store._db.execute("PRAGMA max_page_count=1073741823")
+    assert store.append(3, [(30, 2.5)]).seq == 2  # no gap, nothing half-stored
+    store.close()
+    assert _pairs(RatingsStore(tmp_path / "ratings.db")) == [(1, 1, ((10, 4.0),)), (2, 3, ((30, 2.5),))]
+
+
+def test_a_torn_last_write_loses_that_request_whole_and_nothing_before(tmp_path):
+    store = RatingsStore(tmp_path / "live" / "ratings.db")
+    store.append(1, [(10, 4.0)])
+    store.append(2, [(20, 3.5), (21, 1.0)])
+    wal = tmp_path / "live" / "ratings.db-wal"
+    size_before_third = wal.stat().st_size
+    store.append(3, [(30, 5.0), (31, 0.5)])
+    # A power cut in the middle of the third commit: copy what is on disk and cut the WAL inside its frame.
+    (tmp_path / "crash").mkdir()
+    shutil.copy(tmp_path / "live" / "ratings.db", tmp_path / "crash" / "ratings.db")
+    torn = wal.read_bytes()[: size_before_third + (wal.stat().st_size - size_before_third) // 2]
+    (tmp_path / "crash" / "ratings.db-wal").write_bytes(torn)
+    store.close()
+    recovered = RatingsStore(tmp_path / "crash" / "ratings.db")
+    assert _pairs(recovered) == [(1, 1, ((10, 4.0),)), (2, 2, ((20, 3.5), (21, 1.0)))]
+    assert recovered.append(4, [(40, 2.0)]).seq == 3
+
+
+def test_commits_are_fsynced_and_the_new_store_is_in_its_folder_for_good(tmp_path, monkeypatch):
+    synced_dirs = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced_dirs.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = RatingsStore(tmp_path / "fresh" / "ratings.db")
+    assert str(tmp_path / "fresh") in synced_dirs  # a fresh folder's first acknowledged rating survives
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: the WAL is fsync'd per commit
+    store.close()
+
+
+def _old_line(seq: int, user: int, ratings: list) -> bytes:
+    body = json.dumps({"seq": seq, "user": user, "ratings": ratings, "time": 1.0e9 + seq},
+                      separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def test_an_old_ratings_log_is_imported_once_losing_nothing(tmp_path):
+    old = tmp_path / "ratings.log"
+    old.write_bytes(_old_line(1, 5, [[1, 4]]) + _old_line(2, 6, [[2, 3.5], [3, 1.0]]) + _old_line(3, 5, [[1, 2.0]])
+                    + b'1f2e3d4c {"seq":4,"user":7,"ratin')  # a torn last line was never acknowledged
+    store = RatingsStore(tmp_path / "ratings.db")
+    assert _pairs(store) == [(1, 5, ((1, 4.0),)), (2, 6, ((2, 3.5), (3, 1.0))), (3, 5, ((1, 2.0),))]
+    assert store.user_ratings(5) == [(1, 2.0)] and store.last_seq == 3
+    assert not old.exists() and (tmp_path / "ratings.log.migrated").exists()
+    store.close()
+    old.write_bytes((tmp_path / "ratings.log.migrated").read_bytes())  # a crash before the rename
+    again = RatingsStore(tmp_path / "ratings.db")
+    assert len(again.entries()) == 3 and not old.exists()
+
+
+def test_sqlite_errors_other_than_commit_failures_are_not_swallowed(tmp_path):
+    store = RatingsStore(tmp_path / "ratings.db")
+    store.close()
+    with pytest.raises((sqlite3.ProgrammingError, StoreError)):
+        store.append(1, [(1, 1.0)])
