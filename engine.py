@@ -531,8 +531,7 @@ class RecommendationEngine:
             self._snapshot.folded[user] = self._snapshot.fold(after.rows, after.ratings)
             version = self._snapshot.version
         result = {"user": user, "accepted": len(pairs), "model_version": version}
-        if self.retrain_mode != "off":
-            self._dirty.set()
+        self.request_retrain()
         if self.retrain_mode == "sync":
             problem = self._wait_for_model(entry.seq, SYNC_WAIT_SECONDS)
             result["model_version"] = self._snapshot.version

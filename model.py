@@ -325,7 +325,7 @@ class Models:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, directory / "model.json")
-        _fsync_dir(directory)
+        fsync_dir(directory)
         for old in directory.glob("model-*.npz"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -387,7 +387,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a folder's entries (files created or renamed in it) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from model import fsync_dir
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -63,15 +65,6 @@ class Entry:
     user: int
     ratings: tuple[tuple[int, float], ...]
     time: float
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (files created or renamed in it) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RatingsStore:
@@ -171,11 +164,10 @@ class RatingsStore:
 
     def user_ratings(self, user: int) -> list[tuple[int, float]]:
         """The user's posted ratings, newest per movie, by movie id."""
-        rows = self._reader().execute(
+        return self._reader().execute(
             "SELECT movie, rating FROM ratings AS r WHERE user = ? AND seq = "
             "(SELECT max(seq) FROM ratings AS n WHERE n.user = r.user AND n.movie = r.movie) ORDER BY movie",
             (user,)).fetchall()
-        return rows
 
     def latest(self, upto: int) -> Iterator[tuple[int, list[tuple[int, float]], int]]:
         """Every posting user's newest ratings as of request ``upto``: (user, [(movie, rating)], last seq)."""

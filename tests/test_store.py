@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import stat
 import zlib
 
@@ -115,10 +114,3 @@ def test_an_old_ratings_log_is_imported_once_losing_nothing(tmp_path):
     old.write_bytes((tmp_path / "ratings.log.migrated").read_bytes())  # a crash before the rename
     again = RatingsStore(tmp_path / "ratings.db")
     assert len(again.entries()) == 3 and not old.exists()
-
-
-def test_sqlite_errors_other_than_commit_failures_are_not_swallowed(tmp_path):
-    store = RatingsStore(tmp_path / "ratings.db")
-    store.close()
-    with pytest.raises((sqlite3.ProgrammingError, StoreError)):
-        store.append(1, [(1, 1.0)])
