@@ -63,6 +63,32 @@ def materialized(rdd):
         rdd.unpersist()
 
 
+@contextmanager
+def checkpoints_removed(sc):
+    """Delete the checkpoint files ALS writes during the block (on any Hadoop file system).
+
+    ALS checkpoints its intermediate factors every few iterations and never
+    deletes them: without this a long-running service would fill its disk,
+    one set of files per retrain.
+    """
+    def listing() -> set[str]:
+        where = sc._jsc.sc().getCheckpointDir()
+        if where.isEmpty():
+            return set()
+        path = sc._jvm.org.apache.hadoop.fs.Path(where.get())
+        fs = path.getFileSystem(sc._jsc.hadoopConfiguration())
+        return {str(s.getPath().toString()) for s in fs.listStatus(path)} if fs.exists(path) else set()
+
+    before = listing()
+    try:
+        yield
+    finally:
+        hadoop = sc._jvm.org.apache.hadoop.fs.Path
+        for entry in listing() - before:
+            path = hadoop(entry)
+            path.getFileSystem(sc._jsc.hadoopConfiguration()).delete(path, True)
+
+
 def fit_rating_model(sc, ratings, params: RatingParams, scale: Scale) -> tuple[RatingModel, int]:
     """Fit the baseline with RDD operations, then ALS on the residuals (or on raw ratings).
 
@@ -97,7 +123,8 @@ def fit_rating_model(sc, ratings, params: RatingParams, scale: Scale) -> tuple[R
         targets = ratings.map(lambda t: Rating(t[0], t[1], t[2] - mu - bi.value[t[1]] - bu.value[t[0]]))
     else:
         targets = ratings.map(lambda t: Rating(t[0], t[1], t[2]))
-    with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations"), materialized(targets):
+    with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations"), materialized(targets), \
+            checkpoints_removed(sc):
         als = ALS.train(targets, rank=params.rank, iterations=params.iterations,
                         lambda_=params.reg, seed=params.seed)
     user_factors, movie_factors = _collect_factors(als, user_ids, movie_ids, params.rank)
@@ -117,7 +144,7 @@ def fit_ranking_model(sc, ratings, params: RankingParams, user_ids: np.ndarray,
     preferences = params.preferences
     interactions = ratings.map(lambda t: Rating(t[0], t[1], float(preferences(t[2]))))
     with phase(f"ranking model: implicit ALS rank {params.rank}, {params.iterations} iterations"), \
-            materialized(interactions):
+            materialized(interactions), checkpoints_removed(sc):
         als = ALS.trainImplicit(interactions, rank=params.rank, iterations=params.iterations,
                                 lambda_=float(params.reg), alpha=float(params.alpha), seed=params.seed)
     user_factors, movie_factors = _collect_factors(als, user_ids, movie_ids, params.rank)
@@ -136,32 +163,6 @@ def _collect_factors(als, user_ids: np.ndarray, movie_ids: np.ndarray, rank: int
     return user_factors, movie_factors
 
 
-@contextmanager
-def checkpoints_removed(sc):
-    """Delete the checkpoint files ALS writes during the block (on any Hadoop file system).
-
-    ALS checkpoints its intermediate factors every few iterations and never
-    deletes them: without this a long-running service would fill its disk,
-    one set of files per retrain.
-    """
-    def listing() -> set[str]:
-        where = sc._jsc.sc().getCheckpointDir()
-        if where.isEmpty():
-            return set()
-        path = sc._jvm.org.apache.hadoop.fs.Path(where.get())
-        fs = path.getFileSystem(sc._jsc.hadoopConfiguration())
-        return {str(s.getPath().toString()) for s in fs.listStatus(path)} if fs.exists(path) else set()
-
-    before = listing()
-    try:
-        yield
-    finally:
-        hadoop = sc._jvm.org.apache.hadoop.fs.Path
-        for entry in listing() - before:
-            path = hadoop(entry)
-            path.getFileSystem(sc._jsc.hadoopConfiguration()).delete(path, True)
-
-
 def fit_models(sc, ratings, params: ModelParams, scale: Scale, stop=None) -> Models:
     """Fit the rating and the ranking model on the same ratings; ``meta`` holds the seconds of each.
 
@@ -174,12 +175,11 @@ def fit_models(sc, ratings, params: ModelParams, scale: Scale, stop=None) -> Mod
     if owned:
         ratings = ratings.cache()
     try:
-        with checkpoints_removed(sc):
-            rating, count = fit_rating_model(sc, ratings, params.rating, scale)
-            rating_seconds = time.perf_counter() - start
-            if stop is not None and stop():
-                raise Cancelled("training stopped after the rating model")
-            ranking = fit_ranking_model(sc, ratings, params.ranking, rating.user_ids, rating.movie_ids)
+        rating, count = fit_rating_model(sc, ratings, params.rating, scale)
+        rating_seconds = time.perf_counter() - start
+        if stop is not None and stop():
+            raise Cancelled("training stopped after the rating model")
+        ranking = fit_ranking_model(sc, ratings, params.ranking, rating.user_ids, rating.movie_ids)
     finally:
         if owned:
             ratings.unpersist()
