@@ -219,20 +219,19 @@ def tune(sc, ratings, base: ModelParams, seed: int, ranks=TUNE_RANKS, regs=TUNE_
     scale = infer_scale(train_rdd)
     ranking_space = TUNE_RANKING if ranking_space is None else ranking_space
 
-    table = []
+    table, rating, best_rmse = [], None, float("inf")
     print(f"{'rank':>5} {'lambda':>7} {'valid_rmse':>11} {'seconds':>8}", file=out)
     for rank, reg in product(ranks, regs):
         params = replace(base.rating, rank=rank, reg=reg)
         start = time.perf_counter()
-        rating, _ = fit_rating_model(sc, train_rdd, params, scale)
+        model, _ = fit_rating_model(sc, train_rdd, params, scale)
         seconds = time.perf_counter() - start
-        rmse = rating_metrics(sc, rating, valid_rdd)["rmse"]
+        rmse = rating_metrics(sc, model, valid_rdd)["rmse"]
         table.append({"rank": rank, "reg": reg, "valid_rmse": rmse, "seconds": round(seconds, 2)})
+        if rmse < best_rmse:  # the ranking model's lists are judged with the picked rating model
+            rating, best_rmse = model, rmse
         print(f"{rank:>5} {reg:>7g} {rmse:>11.5f} {seconds:>8.2f}", file=out, flush=True)
-    best = min(table, key=lambda row: row["valid_rmse"])
-    rating_pick = replace(base.rating, rank=best["rank"], reg=best["reg"])
-
-    rating, _ = fit_rating_model(sc, train_rdd, rating_pick, scale)
+    rating_pick = rating.params
 
     def valid_ndcg(ranking: RankingModel) -> float:
         lists, state = served_lists(sc, Models(rating, ranking), train_rdd, valid_rdd)

@@ -145,6 +145,12 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
                        ("spark.sql.ui.retainedExecutions", "10")):
         spark_conf.setIfMissing(key, value)
     spark_conf.setIfMissing("spark.driver.memory", os.environ.get("SPARK_DRIVER_MEMORY", "4g"))
+    if spark_conf.get("spark.master", "").startswith("local") and not spark_conf.contains("spark.python.daemon.module"):
+        # Local workers start from this project's daemon (spark_worker.py: ~100 ms less CPU per task);
+        # a cluster's executors do not have the project's folder, so they keep pyspark's own.
+        spark_conf.set("spark.python.daemon.module", "spark_worker")
+        path = os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH")) if p)
+        spark_conf.setIfMissing("spark.executorEnv.PYTHONPATH", path)
     for key, value in (conf or {}).items():
         spark_conf.set(key, value)
     # The JVM's own logging config, so Spark's start-up warnings never print (set before the JVM starts).
@@ -158,6 +164,10 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
     atexit.register(shutil.rmtree, work, True)  # checkpoints and the modules zip go with the process
     checkpoint = os.environ.get("SPARK_CHECKPOINT_DIR") or str(work / "checkpoints")
     sc.setCheckpointDir(checkpoint)
+    # Spark checkpoints into a fresh sub-folder of a given directory: that one is this process's to remove.
+    own = sc._jsc.sc().getCheckpointDir().get()
+    if own.startswith("file:"):
+        atexit.register(shutil.rmtree, own.removeprefix("file:"), True)
     modules = _project_zip(work)
     sc.addPyFile(str(modules))
     # addPyFile also puts the zip on the driver's sys.path; the driver keeps using the project's files.

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
+from datasets.progress import Ticker
 from model import ModelParams, Models, RankingModel, RankingParams, RatingModel, RatingParams, Scale
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,11 @@ class Cancelled(RuntimeError):
 
 
 @contextmanager
-def phase(name: str):
-    """Log how long a phase of loading or training took."""
+def phase(name: str, live: bool = False):
+    """Log how long a phase of loading or training took; ``live``: tick its running time on a terminal."""
     start = time.perf_counter()
-    yield
+    with Ticker(name) if live else nullcontext():
+        yield
     log.info("%s took %.2f s", name, time.perf_counter() - start)
 
 
@@ -43,7 +45,7 @@ def _factors_to_arrays(features, ids: np.ndarray, rank: int) -> np.ndarray:
     out = np.zeros((len(ids), rank))
     if features:
         fid = np.array([f[0] for f in features], dtype=np.int64)
-        out[np.searchsorted(ids, fid)] = np.frombuffer(b"".join(f[1].tobytes() for f in features)).reshape(-1, rank)
+        out[np.searchsorted(ids, fid)] = np.array([f[1] for f in features], dtype=np.float64).reshape(-1, rank)
     return out
 
 
@@ -96,7 +98,7 @@ def fit_rating_model(sc, ratings, params: RatingParams, scale: Scale) -> tuple[R
     """
     from pyspark.mllib.recommendation import ALS, Rating
 
-    with phase("baseline"):
+    with phase("baseline", live=True):
         total, count = ratings.map(lambda t: (t[2], 1)).reduce(lambda a, b: (a[0] + b[0], a[1] + b[1]))
         if count == 0:
             raise ValueError("cannot train on zero ratings")
@@ -123,7 +125,8 @@ def fit_rating_model(sc, ratings, params: RatingParams, scale: Scale) -> tuple[R
         targets = ratings.map(lambda t: Rating(t[0], t[1], t[2] - mu - bi.value[t[1]] - bu.value[t[0]]))
     else:
         targets = ratings.map(lambda t: Rating(t[0], t[1], t[2]))
-    with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations"), materialized(targets), \
+    with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations", live=True), \
+            materialized(targets), \
             checkpoints_removed(sc):
         als = ALS.train(targets, rank=params.rank, iterations=params.iterations,
                         lambda_=params.reg, seed=params.seed)
@@ -143,7 +146,7 @@ def fit_ranking_model(sc, ratings, params: RankingParams, user_ids: np.ndarray,
 
     preferences = params.preferences
     interactions = ratings.map(lambda t: Rating(t[0], t[1], float(preferences(t[2]))))
-    with phase(f"ranking model: implicit ALS rank {params.rank}, {params.iterations} iterations"), \
+    with phase(f"ranking model: implicit ALS rank {params.rank}, {params.iterations} iterations", live=True), \
             materialized(interactions), checkpoints_removed(sc):
         als = ALS.trainImplicit(interactions, rank=params.rank, iterations=params.iterations,
                                 lambda_=float(params.reg), alpha=float(params.alpha), seed=params.seed)
@@ -154,9 +157,10 @@ def fit_ranking_model(sc, ratings, params: RankingParams, user_ids: np.ndarray,
 
 def _collect_factors(als, user_ids: np.ndarray, movie_ids: np.ndarray, rank: int):
     """Collect an mllib model's factors into matrices aligned with the ids, then free them in Spark."""
+    # mllib's userFeatures() adds a Python map over the rows; the JVM's rows, unpickled in the driver, need none.
     with phase("collect factors"):
-        user_factors = _factors_to_arrays(als.userFeatures().collect(), user_ids, rank)
-        movie_factors = _factors_to_arrays(als.productFeatures().collect(), movie_ids, rank)
+        user_factors = _factors_to_arrays(als.call("getUserFeatures").collect(), user_ids, rank)
+        movie_factors = _factors_to_arrays(als.call("getProductFeatures").collect(), movie_ids, rank)
     # Free what Spark keeps per training, so a long-running service does not accumulate it.
     als._java_model.userFeatures().unpersist(False)
     als._java_model.productFeatures().unpersist(False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import subprocess
 import sys
@@ -49,13 +50,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(dataset: str, model_dir: str, *extra: str, timeout: float = 900) -> tuple[subprocess.Popen, int]:
-    """Start server.py on a free loopback port with its own model folder; wait until it serves."""
+def start_server(dataset: str, model_dir: str, *extra: str, timeout: float = 900,
+                 env: dict | None = None, log: str | None = None) -> tuple[subprocess.Popen, int]:
+    """Start server.py on a free loopback port with its own model folder; wait until it serves.
+
+    ``env`` adds to (or overrides) this process's environment for the server; its
+    output (the access log included) goes to ``log``, by default server.out in the model folder.
+    """
     port = free_port()
-    out = Path(model_dir) / "server.out"
+    out = Path(log or Path(model_dir) / "server.out")
     proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--dataset", dataset, "--port", str(port),
                              "--model-dir", model_dir, *extra],
-                            cwd=ROOT, stdout=open(out, "w"), stderr=subprocess.STDOUT)
+                            cwd=ROOT, stdout=open(out, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -6,7 +6,8 @@ Starts server.py on ml-latest-small with a temporary model folder (background
 retraining on), drives it from several keep-alive clients, and prints one JSON
 object: requests, errors, latency percentiles, the ratings log's entries against
 the acknowledged POSTs (and every acknowledged rating read back), and the
-server's resident memory each minute.
+server's resident memory and disk use (model folder, Spark checkpoint folder)
+each minute.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ratings_store import RatingsStore  # noqa: E402
 
 
+def folder_mb(folder: str) -> float:
+    """What the files under ``folder`` take on disk, in MB (files removed while walking count as gone)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:
+            pass
+    return round(total / 2**20, 2)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description="Mixed-load soak test of the recommendation service.")
     p.add_argument("--minutes", type=float, default=10)
@@ -43,8 +55,12 @@ def main() -> int:
     with open(Path(args.dataset) / "movies.csv", newline="") as fh:
         movies = [int(row[0]) for row in list(csv.reader(fh))[1:]]
     post_movies = movies[:args.pool] if args.pool else movies
-    with tempfile.TemporaryDirectory(prefix="soak-") as model_dir:
-        proc, port = start_server(args.dataset, model_dir, *args.server_args.split())
+    with tempfile.TemporaryDirectory(prefix="soak-") as model_dir, \
+            tempfile.TemporaryDirectory(prefix="soak-checkpoints-") as checkpoints, \
+            tempfile.TemporaryDirectory(prefix="soak-log-") as logs:
+        # The access log grows with every request by design: it is kept out of the folders measured for disk.
+        proc, port = start_server(args.dataset, model_dir, *args.server_args.split(),
+                                  env={"SPARK_CHECKPOINT_DIR": checkpoints}, log=str(Path(logs) / "server.out"))
         latencies: dict[str, list[float]] = {"get": [], "post": []}
         errors: list[str] = []
         acknowledged: Counter = Counter()  # (user, pairs) of every POST answered 201
@@ -93,8 +109,7 @@ def main() -> int:
             time.sleep(min(60, args.minutes * 60 - (time.monotonic() - start)))
             n_ratings = json.loads(Client("127.0.0.1", port).call("GET", "/health")[2])["n_ratings"]
             memory.append({"minute": round((time.monotonic() - start) / 60, 2), "n_ratings": n_ratings,
-                           "model_dir_mb": round(sum(f.stat().st_size for f in Path(model_dir).rglob("*")
-                                                     if f.is_file()) / 2**20, 2),
+                           "model_dir_mb": folder_mb(model_dir), "checkpoint_dir_mb": folder_mb(checkpoints),
                            **tree_rss_mb(proc.pid)})
         stop.set()
         for t in threads:
@@ -118,7 +133,10 @@ def main() -> int:
         proc.terminate()
         proc.wait(120)
 
+    for m in memory:
+        m["disk_mb"] = round(m["model_dir_mb"] + m["checkpoint_dir_mb"], 2)
     after_first = [m["total_mb"] for m in memory if m["minute"] > 1.01] or [memory[-1]["total_mb"]]
+    disk_after_first = [m["disk_mb"] for m in memory if m["minute"] > 1.01] or [memory[-1]["disk_mb"]]
     result = {
         "minutes": round(elapsed / 60, 2),
         "clients": args.clients,
@@ -138,6 +156,7 @@ def main() -> int:
         "final_model_version": health["model_version"],
         "memory": memory,
         "rss_growth_after_first_minute_mb": round(max(after_first) - memory[0]["total_mb"], 1),
+        "disk_growth_after_first_minute_mb": round(max(disk_after_first) - memory[0]["disk_mb"], 2),
     }
     print(json.dumps(result))
     return 0 if not errors and not missing and not lost_posts else 1

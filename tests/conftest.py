@@ -64,19 +64,18 @@ def fixture_model(sc, csv_fixture, tmp_path_factory):
 def make_engine(sc, tmp_path, csv_fixture, fixture_model):
     """Build engines on a dataset; all are closed at the end.
 
-    Without a model folder, an engine on the CSV fixture with the FAST
-    parameters starts from a copy of the session's saved models (it loads
-    instead of training); other engines get a fresh folder and train.
+    An engine on the CSV fixture with the FAST parameters whose model folder
+    does not exist yet (by default a fresh one) starts from a copy of the
+    session's saved models: it loads instead of training.  Other engines train.
     """
     from engine import RecommendationEngine
 
     engines = []
 
     def build(dataset, model_dir=None, params=FAST, retrain="off"):
-        if model_dir is None:
-            model_dir = tmp_path / f"model-{len(engines)}"
-            if str(dataset) == str(csv_fixture.path) and params == FAST:
-                copy_model(fixture_model, model_dir)
+        model_dir = Path(model_dir or tmp_path / f"model-{len(engines)}")
+        if not model_dir.exists() and str(dataset) == str(csv_fixture.path) and params == FAST:
+            copy_model(fixture_model, model_dir)
         engine = RecommendationEngine(sc, str(dataset), model_dir, params=params, retrain=retrain)
         engines.append(engine)
         return engine
@@ -190,9 +189,11 @@ def copy_model(source: Path, target: Path) -> Path:
 SLOW_MODULES = {"test_cluster", "test_server", "test_browser"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (its hook would run first)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__ in SLOW_MODULES or "real_model" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
         if "real_model" in item.fixturenames:  # under pytest -n, one worker trains ml-latest-small's models
             item.add_marker(pytest.mark.xdist_group("real-model"))
+

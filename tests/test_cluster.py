@@ -77,26 +77,33 @@ def _submit(master: str, script: str, *args: str, cwd: Path, env: dict, timeout:
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_cluster_evaluation_matches_local(cluster, csv_fixture, tmp_path):
+def test_cluster_evaluation_matches_local(cluster, sc, csv_fixture, tmp_path):
+    import evaluate
+    from datasets import movielens
+    from model import ModelParams
+
     train = [r for i, r in enumerate(csv_fixture.ratings) if i % 5]
     test = [r for i, r in enumerate(csv_fixture.ratings) if not i % 5]
     write_ratings_csv(tmp_path / "train.csv", train)
     write_ratings_csv(tmp_path / "test.csv", test)
     elsewhere = tmp_path / "elsewhere"  # not the project folder: executors get the modules from Spark
     elsewhere.mkdir()
-    env = _spark_env(tmp_path)
     args = ("--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
-            "--rank", "4", "--iterations", "8", "--ranking-rank", "4", "--ranking-iterations", "8",
+            "--rank", "4", "--iterations", "5", "--ranking-rank", "4", "--ranking-iterations", "5",
             "--min-count", "0", "--json")
-    results = {}
-    for name, master in (("cluster", cluster), ("local", "local[2]")):
-        out = _submit(master, "evaluate.py", *args, cwd=elsewhere, env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    assert results["cluster"]["coverage"] == results["local"]["coverage"] == 1.0
-    assert results["cluster"]["n_test"] == results["local"]["n_test"] == len(test)
-    assert abs(results["cluster"]["rmse"] - results["local"]["rmse"]) <= 0.005
-    assert abs(results["cluster"]["ndcg_at_10"] - results["local"]["ndcg_at_10"]) <= 0.05
+    out = _submit(cluster, "evaluate.py", *args, cwd=elsewhere, env=_spark_env(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    on_cluster = json.loads(out.stdout.strip().splitlines()[-1])
+    # The same evaluation on this process's local[2] context, with the parameters the command line gave.
+    params = evaluate.params_from_args(evaluate.build_parser().parse_args(list(args)), ModelParams())
+    train_rdd, _ = movielens.load_ratings(sc, movielens.Layout("csv", str(tmp_path / "train.csv"), ""))
+    test_rdd, _ = movielens.load_ratings(sc, movielens.Layout("csv", str(tmp_path / "test.csv"), ""))
+    local = evaluate.evaluate(sc, train_rdd, test_rdd, params, min_count=0)
+    assert on_cluster["params"] == local["params"]
+    assert on_cluster["coverage"] == local["coverage"] == 1.0
+    assert on_cluster["n_test"] == local["n_test"] == len(test)
+    assert abs(on_cluster["rmse"] - local["rmse"]) <= 0.005
+    assert abs(on_cluster["ndcg_at_10"] - local["ndcg_at_10"]) <= 0.05
     master_log = (tmp_path / "master.log").read_text()
     assert "Registered app recommender-evaluate" in master_log  # the cluster really ran it
 

