@@ -7,7 +7,7 @@ DATASET ?= ml-latest-small
 PORT ?= 5432
 PYTEST_ARGS ?=
 
-.PHONY: setup data run test test-fast lint chromium clean
+.PHONY: setup data run test test-fast lint blas chromium clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -22,11 +22,20 @@ setup: $(VENV)/.installed
 data: setup
 	$(PY) -m datasets.fetch $(DATASET)
 
-run: data
+run: data blas
 	$(PY) server.py --dataset datasets/$(DATASET) --port $(PORT)
 
 lint: setup
 	$(PY) -m ruff check .
+
+# Native BLAS (OpenBLAS) roughly halves ALS training; Spark falls back to Java BLAS without it.
+# Installed from Debian packages when missing and we may; otherwise a hint, and everything still works.
+blas:
+	@ldconfig -p 2>/dev/null | grep -q 'libblas\.so\.3' || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  echo "installing OpenBLAS from Debian packages for faster training (apt-get, once)" && \
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null; } || \
+		echo "note: no native BLAS, training uses Java BLAS (about 2x slower): sudo apt-get install libopenblas0-pthread"
 
 # The browser test drives Debian's Chromium; install it when missing and we may.
 chromium:
@@ -37,12 +46,12 @@ chromium:
 		{ echo "the browser test needs Chromium: sudo apt-get install chromium"; exit 1; }
 
 # Everything, on two pytest workers (each with its own local[2] SparkContext); the slowest tests listed at the end.
-test: data lint chromium
+test: data lint blas chromium
 	@echo "running the whole suite: real servers, a Spark cluster, a browser and ml-latest-small training (about 4 minutes)"
 	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # What needs no real processes, cluster, browser or full-size training: under a minute.
-test-fast: data lint
+test-fast: data lint blas
 	$(PY) -m pytest -m "not slow" -n 2 --durations=10 $(PYTEST_ARGS)
 
 clean:
