@@ -327,7 +327,8 @@ def fail(message: str) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sc=None) -> int:
+    """The command line; ``sc``: run on this SparkContext (and leave it running) instead of starting one."""
     args = build_parser().parse_args(argv)
     if bool(args.train) != bool(args.test) or bool(args.dataset) == bool(args.train):
         return fail("give either --dataset DIR, or both --train FILE and --test FILE")
@@ -348,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as exc:
         return fail(str(exc))
 
+    owned = sc is None
     try:
-        sc = create_context(args.master, app_name="recommender-evaluate")
+        sc = create_context(args.master, app_name="recommender-evaluate") if owned else sc
     except RuntimeError as exc:
         return fail(str(exc))
     try:
@@ -379,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return fail(first)
     finally:
-        sc.stop()
+        if owned:
+            sc.stop()
     if "malformed_lines" not in result and not args.tune:
         result["malformed_lines"] = bad.value
     if args.json:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyspark
 import pytest
-from conftest import ROOT, free_port
+from conftest import FAST, ROOT, copy_model, free_port
 from fixtures import write_ratings_csv
 
 from sparkctx import ensure_java
@@ -89,7 +89,7 @@ def test_cluster_evaluation_matches_local(cluster, sc, csv_fixture, tmp_path):
     elsewhere = tmp_path / "elsewhere"  # not the project folder: executors get the modules from Spark
     elsewhere.mkdir()
     args = ("--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
-            "--rank", "4", "--iterations", "5", "--ranking-rank", "4", "--ranking-iterations", "5",
+            "--rank", "4", "--iterations", "3", "--ranking-rank", "4", "--ranking-iterations", "3",
             "--min-count", "0", "--json")
     out = _submit(cluster, "evaluate.py", *args, cwd=elsewhere, env=_spark_env(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -108,13 +108,11 @@ def test_cluster_evaluation_matches_local(cluster, sc, csv_fixture, tmp_path):
     assert "Registered app recommender-evaluate" in master_log  # the cluster really ran it
 
 
-def test_spark_submit_serves(csv_fixture, tmp_path):
+def test_spark_submit_serves(csv_fixture, fixture_model, tmp_path):
     env = _spark_env(tmp_path)
     port = free_port()
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "params.json").write_text(json.dumps({"rating": {"rank": 4, "iterations": 8},
-                                                       "ranking": {"rank": 4, "iterations": 8}}))
+    model_dir = copy_model(fixture_model, tmp_path / "model")  # loads, as a restarted service does
+    (model_dir / "params.json").write_text(json.dumps(FAST.as_dict()))
     out_path = tmp_path / "server.out"
     proc = subprocess.Popen([str(SPARK_BIN / "spark-submit"), "--master", "local[2]", str(ROOT / "server.py"),
                              "--dataset", str(csv_fixture.path), "--port", str(port), "--model-dir", str(model_dir)],

@@ -23,8 +23,7 @@ FIELDS = {"rmse", "mae", "coverage", "baseline_rmse", "n_train", "n_test", "fit_
           "ranked_users", *LIST_FIELDS, *{f"popularity_{f}" for f in LIST_FIELDS}}
 
 
-@pytest.mark.slow
-def test_cli_on_split_files_prints_the_json_contract(csv_fixture, tmp_path):
+def test_cli_on_split_files_prints_the_json_contract(sc, csv_fixture, tmp_path, capsys):
     ratings = csv_fixture.ratings
     train = [r for i, r in enumerate(ratings) if i % 5]
     test = [r for i, r in enumerate(ratings) if not i % 5]
@@ -32,13 +31,13 @@ def test_cli_on_split_files_prints_the_json_contract(csv_fixture, tmp_path):
     write_ratings_csv(tmp_path / "train.csv", train)
     write_ratings_csv(tmp_path / "test.csv", test)
     recs = tmp_path / "recs.csv"
-    out = subprocess.run(
-        [sys.executable, "evaluate.py", "--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
-         "--rank", "4", "--iterations", "8", "--ranking-rank", "4", "--min-count", "0", "--recs-out", str(recs),
-         "--master", "local[2]", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # In this process, on the session's context (the real-data test below runs evaluate.py as a process).
+    status = evaluate.main(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
+                            "--rank", "4", "--iterations", "8", "--ranking-rank", "4", "--min-count", "0",
+                            "--recs-out", str(recs), "--json"], sc=sc)
+    out = capsys.readouterr()
+    assert status == 0, out.err[-2000:]
+    result = json.loads(out.out.strip().splitlines()[-1])
     assert FIELDS <= set(result)
     assert (result["n_train"], result["n_test"]) == (len(train), len(test))
     assert result["params"]["rating"]["rank"] == 4 and result["params"]["rating"]["iterations"] == 8
@@ -73,11 +72,10 @@ def test_cli_argument_errors_are_one_line(capsys, args, message):
     assert err.count("\n") == 1 and message in err
 
 
-def test_cli_missing_dataset_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "evaluate.py", "--dataset", str(tmp_path / "none"), "--json"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("evaluate.py: no MovieLens dataset")
+def test_cli_missing_dataset_is_one_line(sc, tmp_path, capsys):
+    assert evaluate.main(["--dataset", str(tmp_path / "none"), "--json"], sc=sc) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("evaluate.py: no MovieLens dataset")
 
 
 @pytest.mark.slow
