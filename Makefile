@@ -50,7 +50,7 @@ test: data lint blas chromium
 	@echo "running the whole suite: real servers, a Spark cluster, a browser and ml-latest-small training (about 4 minutes)"
 	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
-# What needs no real processes, cluster, browser or full-size training: under a minute.
+# What needs no real processes, cluster, browser, full-size training or several retrains: under a minute.
 test-fast: data lint blas
 	$(PY) -m pytest -m "not slow" -n 2 --durations=10 $(PYTEST_ARGS)
 

@@ -109,6 +109,7 @@ def test_sync_retrain_bumps_the_version_and_keeps_results(make_engine, csv_fixtu
     assert engine.health()["pending_ratings"] == 0
 
 
+@pytest.mark.slow  # several trainings
 def test_async_retrain_runs_in_the_background_and_coalesces(make_engine, csv_fixture):
     engine = make_engine(csv_fixture.path, retrain="async")
     for i in range(5):
@@ -134,6 +135,7 @@ def test_restart_keeps_acknowledged_ratings_and_reuses_the_model(make_engine, cs
     assert "fallback" not in second.recommend(8000, 3, min_count=0)
 
 
+@pytest.mark.slow  # several trainings
 def test_saved_model_is_retrained_when_params_or_data_change(make_engine, csv_fixture, tmp_path):
     model_dir = tmp_path / "m"
     make_engine(csv_fixture.path, model_dir).close()

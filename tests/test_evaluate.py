@@ -23,6 +23,7 @@ FIELDS = {"rmse", "mae", "coverage", "baseline_rmse", "n_train", "n_test", "fit_
           "ranked_users", *LIST_FIELDS, *{f"popularity_{f}" for f in LIST_FIELDS}}
 
 
+@pytest.mark.slow  # several trainings
 def test_cli_on_split_files_prints_the_json_contract(sc, csv_fixture, tmp_path, capsys):
     ratings = csv_fixture.ratings
     train = [r for i, r in enumerate(ratings) if i % 5]

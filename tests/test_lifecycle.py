@@ -17,6 +17,7 @@ from conftest import FAST, ROOT
 from model import ModelParams
 
 
+@pytest.mark.slow  # several trainings
 def test_the_engines_cached_ratings_survive_retrains_and_the_source_is_read_once(make_engine, csv_fixture, tmp_path):
     dataset = tmp_path / "with-a-bad-line"
     shutil.copytree(csv_fixture.path, dataset)
@@ -32,6 +33,7 @@ def test_the_engines_cached_ratings_survive_retrains_and_the_source_is_read_once
     assert engine.malformed.value == 1  # so the source was parsed once, not once per training
 
 
+@pytest.mark.slow  # several trainings
 def test_checkpoints_are_deleted_after_each_training(sc, make_engine, csv_fixture):
     from training import checkpoints_removed, fit_rating_model
 

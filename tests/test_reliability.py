@@ -79,6 +79,7 @@ def test_retrain_failure_is_visible_while_the_old_model_serves(make_engine, csv_
     assert engine.predict(4200, 1)["user_rating"] == 4.5
 
 
+@pytest.mark.slow  # several trainings
 def test_concurrent_writers_during_retrain_lose_and_duplicate_nothing(make_engine, csv_fixture):
     engine = make_engine(csv_fixture.path, retrain="async")
     server = LiveServer(engine)
