@@ -71,3 +71,18 @@ def test_native_blas_serves_als_when_the_system_has_it(sc):
     blas = sc._jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getSimpleName()
     assert (blas == "JNIBLAS") == ("libblas.so.3" in listed)
     assert sc._jvm.System.getenv("OPENBLAS_NUM_THREADS") == "1"
+
+
+def test_a_worker_whose_task_was_cancelled_ends_without_a_traceback():
+    import spark_worker
+
+    def closed(sock, authenticated):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def broken(sock, authenticated):
+        raise ValueError("a real failure")
+
+    assert spark_worker.quiet_on_closed_socket(closed)(None, True) == 1
+    assert spark_worker.quiet_on_closed_socket(lambda sock, authenticated: 0)(None, True) == 0
+    with pytest.raises(ValueError):  # anything else is still pyspark's to report
+        spark_worker.quiet_on_closed_socket(broken)(None, True)
