@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,8 @@ class RecommendationEngine:
         self._busy = False  # the retrain thread is training or backing off
         self.last_error: str | None = None
         self._training_seq = self._failed_seq = 0  # the request the running / last failed retrain went up to
+        # This engine's retrain jobs; closing cancels the group for good, so it is never shared.
+        self._job_group = f"{RETRAIN_JOB_GROUP}-{uuid.uuid4().hex[:12]}"
 
         with phase("load dataset"):
             self._load_dataset()
@@ -299,7 +302,7 @@ class RecommendationEngine:
 
     def _retrain_loop(self) -> None:
         # Jobs of this thread form one group, so close() can cancel them and nothing else.
-        self.sc.setJobGroup(RETRAIN_JOB_GROUP, "background retrain", interruptOnCancel=True)
+        self.sc.setJobGroup(self._job_group, "background retrain", interruptOnCancel=True)
         backoff = RETRY_SECONDS
         while not self._stopping.is_set():
             self._dirty.wait()
@@ -364,10 +367,7 @@ class RecommendationEngine:
         self._dirty.set()
         if self.training:
             log.info("cancelling the running retrain")
-            try:
-                self.sc.cancelJobGroup(RETRAIN_JOB_GROUP)
-            except Exception:  # the JVM may have had the signal too (process-group kill)
-                log.info("Spark had already stopped")
+            self._cancel_retrain_jobs()
         with self._swapped:
             self._swapped.notify_all()
         if self._thread is not None:
@@ -376,6 +376,19 @@ class RecommendationEngine:
                 log.warning("the retrain thread did not stop within %.0f s; leaving it", timeout)
                 return
         self.store.close()
+
+    def _cancel_retrain_jobs(self) -> None:
+        """Cancel the retrain's running Spark job and every job it would start after it.
+
+        Plain ``cancelJobGroup`` cancels only the jobs running at that instant:
+        ALS runs dozens of short jobs, and one asked between two of them went on
+        training for many seconds after shutdown began.  The group is this
+        engine's own: another engine on the same context keeps retraining.
+        """
+        try:
+            self.sc._jsc.sc().cancelJobGroupAndFutureJobs(self._job_group)
+        except Exception:  # the JVM may have had the signal too (process-group kill)
+            log.info("Spark had already stopped")
 
     # --- queries -------------------------------------------------------------------------
 

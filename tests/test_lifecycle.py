@@ -103,6 +103,37 @@ def test_closing_during_a_retrain_stops_it_before_its_next_spark_job(make_engine
     assert any("shutting down" in r.getMessage() for r in caplog.records)
 
 
+def test_closing_cancels_the_retrains_later_spark_jobs_too(make_engine, csv_fixture, monkeypatch):
+    import engine as engine_module
+    import training
+
+    started, cancelled, outcome = threading.Event(), threading.Event(), []
+    real_cancel = engine_module.RecommendationEngine._cancel_retrain_jobs
+
+    def cancel(self):
+        real_cancel(self)
+        cancelled.set()
+
+    def two_jobs(sc, ratings, *args, **kwargs):  # a fit is many jobs; close() comes between two of them
+        ratings.count()
+        started.set()
+        assert cancelled.wait(60)
+        try:
+            ratings.map(lambda t: t).count()
+            outcome.append("ran")
+        except Exception:
+            outcome.append("cancelled")
+            raise
+
+    monkeypatch.setattr(engine_module.RecommendationEngine, "_cancel_retrain_jobs", cancel)
+    monkeypatch.setattr(training, "fit_rating_model", two_jobs)
+    engine = make_engine(csv_fixture.path, retrain="async")
+    engine.add_ratings(7450, [(1, 4.0)])
+    assert started.wait(60)
+    engine.close()
+    assert outcome == ["cancelled"] and engine.model_version == 1
+
+
 def test_closing_an_idle_engine_says_nothing_about_cancelling(make_engine, csv_fixture, caplog):
     engine = make_engine(csv_fixture.path, retrain="async")
     with caplog.at_level("INFO"):

@@ -101,14 +101,17 @@ def _java_command_lines(pid: int) -> list[str]:
     return found
 
 
-def test_sigterm_stops_cleanly_and_restart_keeps_ratings(servers, csv_fixture, tmp_path):
-    first = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off", "--heap", "512m")
+def test_sigterm_during_a_retrain_stops_cleanly_and_restart_keeps_ratings(servers, csv_fixture, tmp_path):
+    first = servers(csv_fixture.path, tmp_path / "m", "--heap", "512m")
     java = _java_command_lines(first.proc.pid)
     assert len(java) == 1 and "-Xmx512m" in java[0] and "-Xms512m" in java[0]  # --heap reached the JVM
     assert "log4j2.configurationFile" in java[0]
     work = Path(re.search(r"checkpoints in (\S+)\)", first.output()).group(1)).parent
     assert work.is_dir()
     assert first.post(31337, "1,4.5\n2,1\n")[0] == 201
+    deadline = time.monotonic() + 60  # the POST started a retrain: stop the service in the middle of it
+    while not first.get("/health")[1]["training"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert first.stop(signal.SIGTERM) == 0
     assert "Bus EXITED" in first.output()
     assert not work.exists()  # checkpoints and the shipped modules go with the process
