@@ -25,6 +25,9 @@ from model import ModelParams, RankingParams, RatingParams  # noqa: E402
 # Small and quick, but enough to recover the fixtures' planted taste groups.
 FAST = ModelParams(RatingParams(rank=4, iterations=10, reg=0.05, seed=7), RankingParams(rank=4, iterations=10, seed=7))
 REAL_DATASET = ROOT / "datasets" / "ml-latest-small"
+# C1 only: the tests' many small jobs never repay C2's compile threads on two cores (measured: the
+# ml-latest-small evaluation 30.0 s -> 26.9 s, the fixture's first fit 12.5 s -> 7.5 s, same figures).
+C1_ONLY = "-XX:TieredStopAtLevel=1"
 
 
 def free_port() -> int:
@@ -39,11 +42,9 @@ def sc(tmp_path_factory):
     from sparkctx import create_context
 
     os.environ.setdefault("SPARK_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))
-    # C1 only: the tests' many small jobs never repay C2's compile threads on two cores (measured: the
-    # ml-latest-small evaluation 30.0 s -> 26.9 s, the fixture's first fit 12.5 s -> 7.5 s, same figures).
     context = create_context("local[2]", app_name="recommender-tests",
                              conf={"spark.default.parallelism": "2", "spark.sql.shuffle.partitions": "2",
-                                   "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"})
+                                   "spark.driver.extraJavaOptions": C1_ONLY})
     yield context
     context.stop()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyspark
 import pytest
-from conftest import FAST, ROOT, copy_model, free_port
+from conftest import C1_ONLY, FAST, ROOT, copy_model, free_port
 from fixtures import write_ratings_csv
 
 from sparkctx import ensure_java
@@ -73,6 +73,9 @@ def cluster(tmp_path):
 def _submit(master: str, script: str, *args: str, cwd: Path, env: dict, timeout: float = 600):
     return subprocess.run([str(SPARK_BIN / "spark-submit"), "--master", master,
                            "--conf", "spark.executor.memory=1g", "--conf", "spark.driver.host=127.0.0.1",
+                           # C1 only, as in the tests' own context
+                           "--conf", f"spark.driver.extraJavaOptions={C1_ONLY}",
+                           "--conf", f"spark.executor.extraJavaOptions={C1_ONLY}",
                            str(ROOT / script), *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
