@@ -47,7 +47,7 @@ chromium:
 
 # Everything, on two pytest workers (each with its own local[2] SparkContext); the slowest tests listed at the end.
 test: data lint blas chromium
-	@echo "running the whole suite: real servers, a Spark cluster, a browser and ml-latest-small training (about 4 minutes)"
+	@echo "running the whole suite: real servers, a Spark cluster, a browser and ml-latest-small training (under 4 minutes on 2 cores)"
 	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # What needs no real processes, cluster, browser, full-size training or several retrains: under a minute.
