@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -67,7 +68,8 @@ def test_local_workers_run_the_projects_daemon(sc):
 
 def test_native_blas_serves_als_when_the_system_has_it(sc):
     """make installs OpenBLAS where it may (ALS about 2x faster); the JVM then uses it, one thread per task."""
-    listed = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"  # not on a non-root user's PATH everywhere
+    listed = subprocess.run([ldconfig, "-p"], capture_output=True, text=True).stdout
     blas = sc._jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getSimpleName()
     assert (blas == "JNIBLAS") == ("libblas.so.3" in listed)
     assert sc._jvm.System.getenv("OPENBLAS_NUM_THREADS") == "1"
