@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,15 @@ from model import ModelParams, RankingParams, RatingParams  # noqa: E402
 # Small and quick, but enough to recover the fixtures' planted taste groups.
 FAST = ModelParams(RatingParams(rank=4, iterations=10, reg=0.05, seed=7), RankingParams(rank=4, iterations=10, seed=7))
 REAL_DATASET = ROOT / "datasets" / "ml-latest-small"
+
+
+def quick(iterations: int = 2, rating_rank: int | None = None) -> ModelParams:
+    """FAST with fewer iterations (and optionally another rating rank): for tests where only the
+    mechanics count (train or load, caching, what a tuning reports), not what the models learn."""
+    rating = replace(FAST.rating, iterations=iterations, rank=rating_rank or FAST.rating.rank)
+    return ModelParams(rating, replace(FAST.ranking, iterations=iterations))
+
+
 # C1 only: the tests' many small jobs never repay C2's compile threads on two cores (measured: the
 # ml-latest-small evaluation 30.0 s -> 26.9 s, the fixture's first fit 12.5 s -> 7.5 s, same figures).
 C1_ONLY = "-XX:TieredStopAtLevel=1"
@@ -193,11 +203,10 @@ def copy_model(source: Path, target: Path) -> Path:
 SLOW_MODULES = {"test_cluster", "test_server", "test_browser"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (its hook would run first)
+@pytest.hookimpl(tryfirst=True)  # the marks must exist before pytest-xdist's own hook reads xdist_group
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__ in SLOW_MODULES or "real_model" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
         if "real_model" in item.fixturenames:  # under pytest -n, one worker trains ml-latest-small's models
             item.add_marker(pytest.mark.xdist_group("real-model"))
-

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import FAST, copy_model
+from conftest import FAST, copy_model, quick
 from fixtures import write_dataset
 
 from engine import InputError, NotFound
@@ -141,9 +141,7 @@ def test_saved_model_is_retrained_when_params_or_data_change(make_engine, csv_fi
     make_engine(csv_fixture.path, model_dir).close()
     assert make_engine(csv_fixture.path, model_dir).model_source == "loaded"
     assert make_engine(csv_fixture.path, model_dir).model_source == "loaded"
-    # Few iterations: what matters here is only whether the engine trains or loads.
-    other_rating = replace(FAST, rating=replace(FAST.rating, rank=3, iterations=2),
-                           ranking=replace(FAST.ranking, iterations=2))
+    other_rating = quick(rating_rank=3)  # only whether the engine trains or loads matters here
     assert make_engine(csv_fixture.path, model_dir, params=other_rating).model_source == "trained"
     other_ranking = replace(other_rating, ranking=replace(other_rating.ranking, alpha=1.0))
     assert make_engine(csv_fixture.path, model_dir, params=other_ranking).model_source == "trained"

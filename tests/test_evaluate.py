@@ -8,15 +8,13 @@ import json
 import re
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
-from conftest import FAST, ROOT
+from conftest import ROOT, quick
 from fixtures import write_ratings_csv
 
 import evaluate
 from datasets import movielens
-from model import ModelParams
 
 LIST_FIELDS = {"precision_at_10", "recall_at_10", "ndcg_at_10", "catalog_coverage"}
 FIELDS = {"rmse", "mae", "coverage", "baseline_rmse", "n_train", "n_test", "fit_seconds", "params", "min_count",
@@ -83,8 +81,7 @@ def test_cli_missing_dataset_is_one_line(sc, tmp_path, capsys):
 def test_tune_reports_every_candidate_and_picks_the_best(sc, csv_fixture):
     ratings, _ = movielens.load_ratings(sc, movielens.detect_layout(sc, str(csv_fixture.path)))
     printed = io.StringIO()
-    few = ModelParams(replace(FAST.rating, iterations=4), replace(FAST.ranking, iterations=4))  # quick, not good
-    result = evaluate.tune(sc, ratings, few, seed=1, ranks=(2, 4), regs=(0.05,),
+    result = evaluate.tune(sc, ratings, quick(4), seed=1, ranks=(2, 4), regs=(0.05,),
                            ranking_space={"confidence": ("binary", "signed")}, blends=(0.0, 1.0), out=printed)
     assert [(row["rank"], row["reg"]) for row in result["table"]] == [(2, 0.05), (4, 0.05)]
     best = min(result["table"], key=lambda row: row["valid_rmse"])

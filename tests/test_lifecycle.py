@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, quick
 
 from model import ModelParams
 
@@ -23,8 +23,7 @@ def test_the_engines_cached_ratings_survive_retrains_and_the_source_is_read_once
     shutil.copytree(csv_fixture.path, dataset)
     with open(dataset / "ratings.csv", "a") as fh:
         fh.write("1,2,not-a-rating,0\n")
-    quick = ModelParams(replace(FAST.rating, iterations=2), replace(FAST.ranking, iterations=2))  # only caching counts
-    engine = make_engine(dataset, retrain="sync", params=quick)
+    engine = make_engine(dataset, retrain="sync", params=quick())
     assert engine.malformed.value == 1
     for round_ in range(2):
         answer = engine.add_ratings(7100 + round_, [(m, 4.5) for m in csv_fixture.comedies[:4]])
