@@ -60,6 +60,13 @@ class ServerProcess:
     def get(self, path: str):
         return _request(self.port, "GET", path)
 
+    def wait_until_training(self, timeout: float = 60) -> None:
+        """Return once the server says a retrain runs (another process: its health is all there is to watch)."""
+        deadline = time.monotonic() + timeout
+        while not self.get("/health")[1]["training"]:
+            assert time.monotonic() < deadline, "no retrain started"
+            time.sleep(0.05)
+
     def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig) if sig == signal.SIGKILL else self.proc.send_signal(sig)
@@ -109,9 +116,7 @@ def test_sigterm_during_a_retrain_stops_cleanly_and_restart_keeps_ratings(server
     work = Path(re.search(r"checkpoints in (\S+)\)", first.output()).group(1)).parent
     assert work.is_dir()
     assert first.post(31337, "1,4.5\n2,1\n")[0] == 201
-    deadline = time.monotonic() + 60  # the POST started a retrain: stop the service in the middle of it
-    while not first.get("/health")[1]["training"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    first.wait_until_training()  # the POST started a retrain: stop the service in the middle of it
     assert first.stop(signal.SIGTERM) == 0
     assert "Bus EXITED" in first.output()
     assert not work.exists()  # checkpoints and the shipped modules go with the process
@@ -133,10 +138,7 @@ def test_sigkill_after_201s_during_a_retrain_loses_nothing_and_keeps_the_old_mod
         status, _ = first.post(user, f"{user % 40 + 1},3.5\n{(user + 7) % 40 + 1},4.5\n")
         assert status == 201
         acknowledged += [(user, user % 40 + 1, 3.5), (user, (user + 7) % 40 + 1, 4.5)]
-    deadline = time.monotonic() + 60  # another process: its health is all there is to watch
-    while not first.get("/health")[1]["training"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert first.get("/health")[1]["training"]
+    first.wait_until_training()
     first.stop(signal.SIGKILL)  # process group: the JVM dies too, in the middle of the retrain
     second = servers(csv_fixture.path, tmp_path / "m", "--retrain", "off")
     health = second.get("/health")[1]
