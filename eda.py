@@ -142,8 +142,9 @@ def write_report(data: dict, out: Path, name: str, tune: dict | None) -> list[tu
         made.append((filename, caption))
     if tune:
         plot_tuning(tune, out / "tuning.png")
-        made.append(("tuning.png", f"Validation RMSE of each candidate; chosen: rank {tune['chosen']['rank']}, "
-                                   f"lambda {tune['chosen']['reg']:g}."))
+        chosen = tune["chosen"].get("rating", tune["chosen"])  # {"rating": {...}, ...}, or a flat pick of old
+        made.append(("tuning.png", f"Validation RMSE of each candidate; chosen: rank {chosen['rank']}, "
+                                   f"lambda {chosen['reg']:g}."))
     n_ratings = sum(c for _, (_, c) in data["per_movie"])
     mean = sum(s for _, (s, _) in data["per_movie"]) / n_ratings
     n_movies = len(data["per_movie"])

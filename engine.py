@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+import tuning
 from datasets import movielens
-from model import ModelError, ModelParams, Models, Scale
+from model import ModelError, ModelParams, Models, Scale, fsync_dir
 from ratings_store import RatingsStore, StoreError
 from serving import Snapshot, candidates
 from training import Cancelled, collect_ratings, fit_models, phase
@@ -57,18 +60,23 @@ class UserRatings:
     ratings: np.ndarray
 
 
+def _pairs(ratings: UserRatings | None) -> tuple[np.ndarray, np.ndarray] | None:
+    return None if ratings is None else (ratings.rows, ratings.ratings)
+
+
 def default_model_dir(dataset: str) -> Path:
     return PROJECT_DIR / "models" / movielens.dataset_name(dataset)
 
 
-def load_params(model_dir: Path) -> ModelParams:
-    """The dataset's tuned parameters (written by ``evaluate.py --tune --save``), else the defaults.
+def saved_params(model_dir: Path) -> ModelParams | None:
+    """The dataset's tuned parameters (written by the first training's tuning or ``evaluate.py --tune
+    --save``), or None when it has none.
 
     Raises ModelError with a one-line message when the file cannot be used.
     """
     path = model_dir / "params.json"
     if not path.exists():
-        return ModelParams()
+        return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -76,12 +84,37 @@ def load_params(model_dir: Path) -> ModelParams:
     return ModelParams.from_dict(data, str(path))
 
 
+def load_params(model_dir: Path) -> ModelParams:
+    """The dataset's saved parameters, else the defaults."""
+    return saved_params(model_dir) or ModelParams()
+
+
+def save_params(model_dir: Path, params: ModelParams, report: dict | None = None) -> Path:
+    """Write ``params.json`` for good (temporary file, fsync, rename), and the tuning ``report``
+    beside it as ``tune.json``; return the params file's path."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / "params.json"
+    for target, data in ((model_dir / "tune.json", report), (path, params.as_dict())):
+        if data is None:
+            continue
+        tmp = target.with_suffix(".json.tmp")
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(data, indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    fsync_dir(model_dir)
+    return path
+
+
 class RecommendationEngine:
     """Loads a MovieLens dataset with Spark, keeps a trained model, answers queries from memory."""
 
     def __init__(self, sc, dataset: str, model_dir: str | Path | None = None,
                  params: ModelParams | None = None, retrain: str = "async",
-                 scale: Scale | None = None):
+                 scale: Scale | None = None, tune_budget: float | None = None):
+        """``params`` None: the dataset's saved parameters; when it has none and ``tune_budget`` (seconds)
+        is given, they are tuned on the first training's ratings and saved, else the defaults."""
         if retrain not in RETRAIN_MODES:
             raise ValueError(f"retrain must be one of {RETRAIN_MODES}")
         self.sc = sc
@@ -89,7 +122,9 @@ class RecommendationEngine:
         self.scale = scale  # None: inferred from the ratings
         self.retrain_mode = retrain
         self.model_dir = Path(model_dir) if model_dir else default_model_dir(dataset)
-        self.params = params or load_params(self.model_dir)
+        saved = None if params is not None else saved_params(self.model_dir)
+        self.params = params or saved or ModelParams()
+        self._tune_budget = tune_budget if params is None and saved is None else None
         self._write_lock = threading.RLock()
         self._train_lock = threading.Lock()
         self._dirty = threading.Event()
@@ -211,7 +246,19 @@ class RecommendationEngine:
             return models, meta["store_seq"]
         return None
 
+    def _tune(self) -> None:
+        """Tune the parameters on the current ratings (a validation split of them), save and use them."""
+        with self._ratings_up_to(self.store.last_seq) as ratings:
+            params, report = tuning.tune(self.sc, ratings, self.params, self.scale, self._tune_budget)
+        try:
+            save_params(self.model_dir, params, report)
+        except OSError as exc:  # serving goes on with the pick; the next start tunes again
+            log.error("could not save the tuned parameters to %s: %s", self.model_dir, exc)
+        self.params = params
+
     def _initial_snapshot(self) -> Snapshot:
+        if self._tune_budget is not None:
+            self._tune()
         saved = self._load_saved()
         self.model_source = "loaded" if saved is not None else "trained"
         if saved is None:
@@ -226,13 +273,19 @@ class RecommendationEngine:
 
     def _train(self, seq: int) -> Models:
         """Train on the dataset with every rating posted up to request ``seq`` merged in."""
+        with self._ratings_up_to(seq) as ratings:
+            return fit_models(self.sc, ratings, self.params, self.scale, stop=self._stopping.is_set)
+
+    @contextmanager
+    def _ratings_up_to(self, seq: int):
+        """The dataset's ratings with every rating posted up to request ``seq`` merged in, as an RDD."""
         overlay = {user: self._merge(user, posted) for user, posted, _ in self.store.latest(seq)}
         if not overlay:
-            return fit_models(self.sc, self.base_ratings, self.params, self.scale, stop=self._stopping.is_set)
+            yield self.base_ratings
+            return
         replaced = self.sc.broadcast(set(overlay))
         try:
-            ratings = self.base_ratings.filter(lambda t: t[0] not in replaced.value).union(self._posted_rdd(overlay))
-            return fit_models(self.sc, ratings, self.params, self.scale, stop=self._stopping.is_set)
+            yield self.base_ratings.filter(lambda t: t[0] not in replaced.value).union(self._posted_rdd(overlay))
         finally:
             replaced.destroy()
 
@@ -428,7 +481,7 @@ class RecommendationEngine:
         rows = candidates(self.counts, min_count, rated.rows if rated is not None else None, self._genre_mask(genre))
         vectors = snapshot.user_vectors(user)
         rows, scores = snapshot.top_n(vectors, rows, count, self.counts)
-        predicted = snapshot.predicted_ratings(vectors, rows)
+        predicted = snapshot.predicted_ratings(vectors, rows, rated=_pairs(rated))
         movies = [self._movie(r, p, s) for r, p, s in zip(rows.tolist(), predicted.tolist(), scores.tolist())]
         result = {"user": user, "movies": movies, "model_version": snapshot.version}
         if vectors is None:
@@ -439,8 +492,8 @@ class RecommendationEngine:
         """The predicted rating of one movie for one user, and the user's own rating if any."""
         row = self.movie_row(movie)
         snapshot = self._snapshot
-        score = float(snapshot.predicted_ratings(snapshot.user_vectors(user), slice(row, row + 1))[0])
         rated = self.user_ratings_of(user)
+        score = float(snapshot.predicted_ratings(snapshot.user_vectors(user), np.array([row]), rated=_pairs(rated))[0])
         own = None
         if rated is not None:
             hit = np.flatnonzero(rated.rows == row)

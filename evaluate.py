@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+import tuning
 from datasets import movielens
 from model import (
     CONFIDENCES,
@@ -39,20 +40,18 @@ from model import (
     Models,
     RankingModel,
     RankingParams,
-    RatingModel,
     RatingParams,
     Scale,
 )
 from serving import Snapshot, candidates, top_k
-from training import fit_models, fit_ranking_model, fit_rating_model, infer_scale
+from training import fit_models, fit_ranking_model, fit_rating_model, infer_scale, packed
+from tuning import pair_ingredients
 
 log = logging.getLogger("evaluate")
 
 RELEVANT = 4.0
 TOP_K = 10
 MIN_COUNT = 25  # the service's default
-TUNE_RANKS = (8, 12, 16, 24)
-TUNE_REGS = (0.05, 0.1, 0.15, 0.2, 0.3)
 # The ranking grid: mllib scales lambda by each user's/movie's count and applies alpha inside, so its
 # best settings are its own (wide ranks, small alpha); the defaults won on ml-latest-small.
 TUNE_RANKING = {"rank": (64, 128, 200), "reg": (0.05, 0.1, 0.2), "alpha": (0.1, 0.3, 1.0),
@@ -60,44 +59,49 @@ TUNE_RANKING = {"rank": (64, 128, 200), "reg": (0.05, 0.1, 0.2), "alpha": (0.1, 
 TUNE_BLENDS = (0.0, 0.25, 0.5, 1.0)
 
 
-def _predict_partition(rating_bc):
-    def predict(rows):
-        rows = list(rows)
-        if not rows:
-            return
-        model: RatingModel = rating_bc.value
-        users = np.array([r[0] for r in rows], dtype=np.int64)
-        movies = np.array([r[1] for r in rows], dtype=np.int64)
-        full = model.predict_pairs(users, movies)
-        base = model.baseline_pairs(users, movies)
-        for r, p, b in zip(rows, full.tolist(), base.tolist()):
-            yield float(p), float(r[2]), float(b)
-    return predict
+PARTS = ("baseline", "als", "neighbourhood", "blend")
 
 
-def rating_metrics(sc, rating: RatingModel, test_rdd) -> dict:
-    """RMSE, MAE and coverage of the rating model over every pair of ``test_rdd``, and the baseline's RMSE.
+def rating_metrics(sc, models: Models, train_rdd, test_rdd) -> dict:
+    """RMSE, MAE and coverage of the predicted ratings over every pair of ``test_rdd`` (users'
+    neighbourhoods from their ``train_rdd`` ratings), and the same for each part in ``models``:
+    the baseline, ALS, the neighbourhood alone and the blend the service predicts.
 
     Sums of squared and absolute errors in one pass (mllib's RegressionMetrics
     would build a deprecated SQLContext just for this).
     """
-    bc = sc.broadcast(rating)
+    rdd, models_bc = pair_ingredients(sc, models, train_rdd, test_rdd)
+    scale = models.scale
 
-    def errors(t):
-        prediction, actual, base = t
-        finite = math.isfinite(prediction)
-        err = prediction - actual if finite else 0.0
-        return (1, int(finite), err * err, abs(err), (base - actual) ** 2)
+    def errors(row):
+        actual, parts = row
+        out = []
+        for predicted in models_bc.value.compare(parts).values():
+            finite = np.isfinite(predicted)
+            err = np.where(finite, np.clip(predicted, scale.low, scale.high) - actual, 0.0)
+            out.append([len(actual), int(finite.sum()), float(err @ err), float(np.abs(err).sum())])
+        return np.array(out)
 
-    n_test, predicted, sq, ab, base_sq = test_rdd.mapPartitions(_predict_partition(bc)).map(errors).fold(
-        (0, 0, 0.0, 0.0, 0.0), lambda a, b: tuple(x + y for x, y in zip(a, b)))
-    bc.destroy()
-    if not n_test:
-        return {"rmse": float("nan"), "mae": float("nan"), "coverage": 0.0, "baseline_rmse": float("nan")}
-    return {"rmse": round(math.sqrt(sq / predicted), 5) if predicted else float("nan"),
-            "mae": round(ab / predicted, 5) if predicted else float("nan"),
-            "coverage": predicted / n_test,
-            "baseline_rmse": round(math.sqrt(base_sq / n_test), 5)}
+    try:
+        totals = rdd.map(errors).fold(np.zeros((len(PARTS), 4)), lambda a, b: a + b)
+    finally:
+        models_bc.destroy()
+    table = {}
+    for name, (n, predicted, sq, ab) in zip(PARTS, totals.tolist()):
+        table[name] = {"rmse": round(math.sqrt(sq / predicted), 5) if predicted else float("nan"),
+                       "mae": round(ab / predicted, 5) if predicted else float("nan"),
+                       "coverage": predicted / n if n else 0.0}
+    served = table["blend"]
+    return {"rmse": served["rmse"], "mae": served["mae"], "coverage": served["coverage"],
+            "baseline_rmse": table["baseline"]["rmse"], "models": table}
+
+
+def comparison(result: dict) -> str:
+    """The comparison table of the parts' accuracy on the split, as printed before the JSON."""
+    lines = [f"{'model':<14} {'rmse':>8} {'mae':>8} {'coverage':>9}"]
+    for name, row in result["models"].items():
+        lines.append(f"{name:<14} {row['rmse']:>8.5f} {row['mae']:>8.5f} {row['coverage']:>9.3f}")
+    return "\n".join(lines)
 
 
 def _lists_partition(state_bc, k: int, min_count: int):
@@ -169,11 +173,15 @@ def write_recs(lists, path: Path) -> int:
 
 
 def evaluate(sc, train_rdd, test_rdd, params: ModelParams, scale: Scale | None = None,
-             ranking: bool = True, min_count: int = MIN_COUNT, recs_out: Path | None = None) -> dict:
-    """Train both models on ``train_rdd`` and measure them on ``test_rdd``.
+             ranking: bool = True, min_count: int = MIN_COUNT, recs_out: Path | None = None,
+             tune_budget: float | None = None) -> dict:
+    """Train the models on ``train_rdd`` and measure them on ``test_rdd``.
 
-    Ratings: every test pair.  Lists (``ranking``): the served top-10 of every
-    training user, and the most-popular list from the same candidates.
+    With ``tune_budget`` (seconds), the parameters are first tuned as the
+    service tunes them, on a validation split carved from ``train_rdd``: the
+    test split is never seen before the final measurement.  Ratings: every
+    test pair.  Lists (``ranking``): the served top-10 of every training user,
+    and the most-popular list from the same candidates.
     """
     train_rdd = train_rdd.cache()
     test_rdd = test_rdd.cache()
@@ -181,8 +189,15 @@ def evaluate(sc, train_rdd, test_rdd, params: ModelParams, scale: Scale | None =
     if n_train == 0 or n_test == 0:
         raise movielens.DatasetError(f"need ratings on both sides: {n_train} train, {n_test} test")
     scale = scale or infer_scale(train_rdd)
+    tuned = None
+    if tune_budget is not None:
+        params, report = tuning.tune(sc, train_rdd, params, scale, tune_budget)
+        tuned = {k: report[k] for k in ("seconds", "budget_seconds", "default_valid_rmse", "valid_rmse", "n_valid")}
+        tuned["fits"] = len(report["table"])
     models = fit_models(sc, train_rdd, params, scale)
-    result = rating_metrics(sc, models.rating, test_rdd)
+    result = rating_metrics(sc, models, train_rdd, test_rdd)
+    if tuned:
+        result["tuned"] = tuned
     if ranking:
         lists, state = served_lists(sc, models, train_rdd, test_rdd, TOP_K, min_count)
         n_movies = train_rdd.map(lambda t: t[1]).union(test_rdd.map(lambda t: t[1])).distinct().count()
@@ -207,67 +222,78 @@ def _grid(space: dict) -> list[dict]:
     return [dict(zip(space, values)) for values in product(*space.values())]
 
 
-def tune(sc, ratings, base: ModelParams, seed: int, ranks=TUNE_RANKS, regs=TUNE_REGS,
+def tune(sc, ratings, base: ModelParams, seed: int, budget: float = tuning.BUDGET_SECONDS,
          ranking_space: dict | None = None, blends=TUNE_BLENDS, out=sys.stdout) -> dict:
-    """Pick each model's parameters on a validation split (60/20/20), then report the pick on the test split.
+    """Pick every model's parameters on validation data (60/20/20), then report the pick on the test split.
 
-    The rating model by validation RMSE over rank x lambda; the ranking model by
-    validation NDCG@10 of the lists as served, over ``ranking_space`` and then
-    over the blend weights.
+    The rating model and the rating blend as the service tunes them
+    (tuning.tune, on a validation split of the 60% part, within ``budget``
+    seconds); the ranking model by validation NDCG@10 of the lists as served
+    (on the 20% validation part), over ``ranking_space`` and then over the
+    blend weights.
     """
     train_rdd, valid_rdd, test_rdd = (r.cache() for r in ratings.randomSplit([0.6, 0.2, 0.2], seed=seed))
     scale = infer_scale(train_rdd)
     ranking_space = TUNE_RANKING if ranking_space is None else ranking_space
 
-    table, rating, best_rmse = [], None, float("inf")
-    print(f"{'rank':>5} {'lambda':>7} {'valid_rmse':>11} {'seconds':>8}", file=out)
-    for rank, reg in product(ranks, regs):
-        params = replace(base.rating, rank=rank, reg=reg)
-        start = time.perf_counter()
-        model, _ = fit_rating_model(sc, train_rdd, params, scale)
-        seconds = time.perf_counter() - start
-        rmse = rating_metrics(sc, model, valid_rdd)["rmse"]
-        table.append({"rank": rank, "reg": reg, "valid_rmse": rmse, "seconds": round(seconds, 2)})
-        if rmse < best_rmse:  # the ranking model's lists are judged with the picked rating model
-            rating, best_rmse = model, rmse
-        print(f"{rank:>5} {reg:>7g} {rmse:>11.5f} {seconds:>8.2f}", file=out, flush=True)
-    rating_pick = rating.params
+    picked, report = tuning.tune(sc, train_rdd, base, scale, budget, seed)
+    table = report["table"]
+    print(f"{'rank':>5} {'lambda':>7} {'iter':>5} {'damping':>9} {'valid_rmse':>11} {'seconds':>8}", file=out)
+    for row in table:
+        damping = f"{row['user_damping']:g}/{row['movie_damping']:g}"
+        print(f"{row['rank']:>5} {row['reg']:>7g} {row['iterations']:>5} {damping:>9} {row['valid_rmse']:>11.5f} "
+              f"{row['seconds']:>8.2f}", file=out, flush=True)
+    for row in report["blend_table"]:
+        print(f"rating blend: support {row['support']:g}: {row['intercept']:+.4f} + {row['als_weight']:.4f} als "
+              f"+ {row['knn_weight']:.4f} knn, valid_rmse {row['valid_rmse']:.5f}", file=out, flush=True)
+    rating_pick = picked.rating
+    with packed(train_rdd) as arrays:
+        rating, _ = fit_rating_model(sc, arrays, rating_pick, scale)  # judges the ranking model's lists
+        ranking_table, best_model = _tune_ranking(sc, arrays, rating, base.ranking, ranking_space, train_rdd,
+                                                  valid_rdd, out)
 
-    def valid_ndcg(ranking: RankingModel) -> float:
-        lists, state = served_lists(sc, Models(rating, ranking), train_rdd, valid_rdd)
-        ndcg = ranking_metrics(lists, len(rating.movie_ids))["ndcg_at_10"]
-        state.destroy()
-        return ndcg
-
-    ranking_table, best_model, best_ndcg = [], None, -1.0
-    print(f"{'rank':>5} {'lambda':>7} {'alpha':>6} {'confidence':>10} {'valid_ndcg10':>13} {'seconds':>8}", file=out)
-    for cell in _grid(ranking_space):
-        params = replace(base.ranking, **cell)
-        start = time.perf_counter()
-        ranking = fit_ranking_model(sc, train_rdd, params, rating.user_ids, rating.movie_ids)
-        seconds = time.perf_counter() - start
-        ndcg = valid_ndcg(ranking)
-        ranking_table.append({**cell, "valid_ndcg_at_10": ndcg, "seconds": round(seconds, 2)})
-        if ndcg > best_ndcg:
-            best_model, best_ndcg = ranking, ndcg
-        print(f"{params.rank:>5} {params.reg:>7g} {params.alpha:>6g} {params.confidence:>10} {ndcg:>13.5f} "
-              f"{seconds:>8.2f}", file=out, flush=True)
     # The blend weight changes no factor: score the best ranking model's lists with each weight.
     blend_table = []
     print(f"{'blend':>6} {'valid_ndcg10':>13}", file=out)
     for blend in blends:
-        ndcg = valid_ndcg(replace(best_model, params=replace(best_model.params, blend=blend)))
+        ndcg = _valid_ndcg(sc, rating, replace(best_model, params=replace(best_model.params, blend=blend)),
+                           train_rdd, valid_rdd)
         blend_table.append({"blend": blend, "valid_ndcg_at_10": ndcg})
         print(f"{blend:>6g} {ndcg:>13.5f}", file=out, flush=True)
     best_blend = max(blend_table, key=lambda row: row["valid_ndcg_at_10"])["blend"]
     ranking_pick = replace(best_model.params, blend=best_blend)
 
-    chosen = ModelParams(rating_pick, ranking_pick)
+    chosen = ModelParams(rating_pick, ranking_pick, picked.neighbours)
     test = evaluate(sc, train_rdd.union(valid_rdd), test_rdd, chosen, scale)
     for rdd in (train_rdd, valid_rdd, test_rdd):
         rdd.unpersist()
-    return {"table": table, "ranking_table": ranking_table, "blend_table": blend_table, "chosen": chosen.as_dict(),
-            "test": test}
+    return {"table": table, "rating_blend_table": report["blend_table"], "ranking_table": ranking_table,
+            "blend_table": blend_table, "chosen": chosen.as_dict(), "test": test}
+
+
+def _valid_ndcg(sc, rating, ranking: RankingModel, train_rdd, valid_rdd) -> float:
+    lists, state = served_lists(sc, Models(rating, ranking), train_rdd, valid_rdd)
+    ndcg = ranking_metrics(lists, len(rating.movie_ids))["ndcg_at_10"]
+    state.destroy()
+    return ndcg
+
+
+def _tune_ranking(sc, arrays, rating, base: RankingParams, space: dict, train_rdd, valid_rdd, out):
+    """Fit the ranking model for every cell of ``space``; the table, and the model with the best validation NDCG@10."""
+    table, best_model, best_ndcg = [], None, -1.0
+    print(f"{'rank':>5} {'lambda':>7} {'alpha':>6} {'confidence':>10} {'valid_ndcg10':>13} {'seconds':>8}", file=out)
+    for cell in _grid(space):
+        params = replace(base, **cell)
+        start = time.perf_counter()
+        ranking = fit_ranking_model(sc, arrays, params, rating.user_ids, rating.movie_ids)
+        seconds = time.perf_counter() - start
+        ndcg = _valid_ndcg(sc, rating, ranking, train_rdd, valid_rdd)
+        table.append({**cell, "valid_ndcg_at_10": ndcg, "seconds": round(seconds, 2)})
+        if ndcg > best_ndcg:
+            best_model, best_ndcg = ranking, ndcg
+        print(f"{params.rank:>5} {params.reg:>7g} {params.alpha:>6g} {params.confidence:>10} {ndcg:>13.5f} "
+              f"{seconds:>8.2f}", file=out, flush=True)
+    return table, best_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,8 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--alpha", type=float, help=f"confidence scale (default: tuned, else {ranking.alpha})")
     r.add_argument("--confidence", choices=CONFIDENCES,
                    help=f"what a rating tells the model (default: tuned, else {ranking.confidence})")
+    n = p.add_argument_group("neighbourhood (item neighbours on the baseline residuals, blended into the rating)")
+    n.add_argument("--no-neighbourhood", action="store_true", help="predict ratings with ALS alone")
+    p.add_argument("--no-tune", action="store_true",
+                   help="with no saved parameters and no model flags, use the defaults instead of tuning "
+                        "on a validation split carved from the training part (as the service does)")
+    p.add_argument("--tune-budget", type=float, default=float(os.environ.get("RECOMMENDER_TUNE_BUDGET",
+                                                                             tuning.BUDGET_SECONDS)),
+                   help=f"seconds the tuning may start new fits for (env RECOMMENDER_TUNE_BUDGET; "
+                        f"default {tuning.BUDGET_SECONDS:g})")
     p.add_argument("--tune", action="store_true",
-                   help="pick both models' parameters on a validation split carved from the training data")
+                   help="pick every model's parameters, the ranking model's too, on a 60/20/20 split and report "
+                        "the pick on the test part")
     p.add_argument("--save", action="store_true", help="with --tune: save the picks as the dataset's defaults")
     p.add_argument("--model-dir", help="where --save writes params.json (default models/<dataset name>)")
     p.add_argument("--master", default=os.environ.get("SPARK_MASTER"),
@@ -318,7 +354,11 @@ def params_from_args(args, base: ModelParams) -> ModelParams:
     ranking = replace(base.ranking, **given((("rank", "ranking_rank"), ("iterations", "ranking_iterations"),
                                              ("reg", "ranking_lambda"), ("alpha", "alpha"),
                                              ("confidence", "confidence"))))
-    return ModelParams(rating, ranking)
+    neighbours = replace(base.neighbours, enabled=False) if args.no_neighbourhood else base.neighbours
+    return ModelParams(rating, ranking, neighbours)
+
+
+RATING_FLAGS = ("rank", "iterations", "reg", "als_seed", "plain")
 
 
 def fail(message: str) -> int:
@@ -340,14 +380,21 @@ def main(argv: list[str] | None = None, sc=None) -> int:
         return fail("--min-count must be 0 or more")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from engine import default_model_dir, load_params
+    if args.tune_budget < 0:
+        return fail("--tune-budget must be 0 or more seconds")
+
+    from engine import default_model_dir, load_params, save_params, saved_params
     from sparkctx import create_context
 
     model_dir = Path(args.model_dir) if args.model_dir else (default_model_dir(args.dataset) if args.dataset else None)
     try:
-        params = params_from_args(args, load_params(model_dir) if model_dir else ModelParams())
+        saved = saved_params(model_dir) if model_dir else None
+        params = params_from_args(args, saved or ModelParams())
     except ModelError as exc:
         return fail(str(exc))
+    # Like the service: a dataset without saved parameters is tuned, here on the training part only.
+    explicit = any(getattr(args, flag) not in (None, False) for flag in RATING_FLAGS)
+    budget = None if args.no_tune or saved is not None or explicit else args.tune_budget
 
     owned = sc is None
     try:
@@ -359,21 +406,22 @@ def main(argv: list[str] | None = None, sc=None) -> int:
             layout = movielens.detect_layout(sc, args.dataset)
             ratings, bad = movielens.load_ratings(sc, layout)
             if args.tune:
-                result = tune(sc, ratings, params, args.seed)
-                model_dir.mkdir(parents=True, exist_ok=True)
-                (model_dir / "tune.json").write_text(json.dumps(result, indent=2) + "\n")  # for eda.py
+                result = tune(sc, ratings, params, args.seed, budget=args.tune_budget)
+                chosen = ModelParams.from_dict(result["chosen"])
                 if args.save:
-                    (model_dir / "params.json").write_text(json.dumps(result["chosen"], indent=2) + "\n")
-                    print(f"saved {result['chosen']} to {model_dir / 'params.json'}")
+                    print(f"saved {result['chosen']} to {save_params(model_dir, chosen, result)}")
+                else:
+                    save_params(model_dir, load_params(model_dir), result)  # the report alone, for eda.py
             else:
                 train_rdd, test_rdd = ratings.randomSplit([1 - args.test_fraction, args.test_fraction],
                                                           seed=args.seed)
                 result = evaluate(sc, train_rdd, test_rdd, params, min_count=args.min_count,
-                                  recs_out=args.recs_out)
+                                  recs_out=args.recs_out, tune_budget=budget)
         else:
             train_rdd, bad = movielens.load_ratings(sc, movielens.Layout("csv", args.train, ""))
             test_rdd, bad_test = movielens.load_ratings(sc, movielens.Layout("csv", args.test, ""))
-            result = evaluate(sc, train_rdd, test_rdd, params, min_count=args.min_count, recs_out=args.recs_out)
+            result = evaluate(sc, train_rdd, test_rdd, params, min_count=args.min_count, recs_out=args.recs_out,
+                              tune_budget=budget)
             result["malformed_lines"] = bad.value + bad_test.value
     except (movielens.DatasetError, OSError) as exc:
         return fail(str(exc))
@@ -385,6 +433,8 @@ def main(argv: list[str] | None = None, sc=None) -> int:
             sc.stop()
     if "malformed_lines" not in result and not args.tune:
         result["malformed_lines"] = bad.value
+    measured = result["test"] if args.tune else result
+    print(comparison(measured))
     if args.json:
         print(json.dumps(result))
     else:

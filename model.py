@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 2  # 2: rating and ranking model in one file
+FORMAT_VERSION = 3  # 2: rating and ranking model in one file; 3: and the item neighbourhoods
 
 
 class ModelError(Exception):
@@ -90,33 +90,65 @@ class RankingParams:
 
 
 @dataclass(frozen=True)
+class NeighbourParams:
+    """The item-neighbourhood model, and how it and ALS blend into the predicted rating.
+
+    Each movie keeps ``neighbours`` candidates (the movies the ranking model
+    scores closest to it) with the Pearson correlation of the baseline
+    residuals over their common raters, shrunk by ``(n - 1) / (n - 1 + shrinkage)``.
+    A prediction takes the ``k`` most similar (positive) neighbours the user
+    rated: ``knn = sum(s * x) / (sum(s) + support)``, ``x`` the user's
+    residuals.  The predicted rating is ``baseline + intercept + als_weight *
+    (u . v) + knn_weight * knn``; the weights are least squares on a
+    validation split (the defaults were fitted on ml-latest-small's).
+    Only a rating model with the bias baseline has residuals to blend.
+    """
+
+    enabled: bool = True
+    neighbours: int = 200
+    shrinkage: float = 100.0
+    k: int = 40
+    # Fitted on a validation split carved from ml-latest-small's seed-42 training part, default rating model.
+    support: float = 0.5
+    intercept: float = -0.0452
+    als_weight: float = 0.5472
+    knn_weight: float = 1.366
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class ModelParams:
-    """The parameters of both models."""
+    """The parameters of every model."""
 
     rating: RatingParams = field(default_factory=RatingParams)
     ranking: RankingParams = field(default_factory=RankingParams)
+    neighbours: NeighbourParams = field(default_factory=NeighbourParams)
 
     def as_dict(self) -> dict:
-        return {"rating": self.rating.as_dict(), "ranking": self.ranking.as_dict()}
+        return {"rating": self.rating.as_dict(), "ranking": self.ranking.as_dict(),
+                "neighbours": self.neighbours.as_dict()}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "params") -> ModelParams:
-        """Read ``{"rating": {...}, "ranking": {...}}``; partial dicts keep the defaults for the rest.
+        """Read ``{"rating": {...}, "ranking": {...}, "neighbours": {...}}``; missing parts and keys keep
+        the defaults.
 
         A flat dict of rating-model keys (what ``--tune --save`` wrote before
         there was a ranking model) is read as the rating model's.
         """
+        parts = {"rating": RatingParams, "ranking": RankingParams, "neighbours": NeighbourParams}
+        expected = '{"rating": {...}, "ranking": {...}, "neighbours": {...}}'
         if not isinstance(data, dict):
-            raise ModelError(f'{where}: expected {{"rating": {{...}}, "ranking": {{...}}}}')
-        if data and not set(data) & {"rating", "ranking"} and set(data) <= set(RatingParams().as_dict()):
+            raise ModelError(f"{where}: expected {expected}")
+        if data and not set(data) & set(parts) and set(data) <= set(RatingParams().as_dict()):
             data = {"rating": data}
-        if set(data) - {"rating", "ranking"}:
-            raise ModelError(f'{where}: expected {{"rating": {{...}}, "ranking": {{...}}}}, '
-                             f'not the key(s) {", ".join(sorted(set(data) - {"rating", "ranking"}))}')
-        rating = {**RatingParams().as_dict(), **data.get("rating", {})}
-        ranking = {**RankingParams().as_dict(), **data.get("ranking", {})}
-        return cls(_from_dict(RatingParams, rating, f"{where} rating"),
-                   _from_dict(RankingParams, ranking, f"{where} ranking"))
+        if set(data) - set(parts):
+            unknown = ", ".join(sorted(set(data) - set(parts)))
+            raise ModelError(f"{where}: expected {expected}, not the key(s) {unknown}")
+        return cls(*(_from_dict(kind, {**kind().as_dict(), **data.get(name, {})}, f"{where} {name}")
+                     for name, kind in parts.items()))
 
 
 @dataclass(frozen=True)
@@ -213,14 +245,19 @@ class RatingModel(_Ids):
                          self.movie_factors[np.maximum(mpos, 0)])
         return self.combine(baseline, dots, both)
 
-    def combine(self, baseline, dots, has_factors, clip: bool = True):
+    def combine(self, baseline, dots, has_factors, clip: bool = True, knn=None,
+                blend: NeighbourParams | None = None):
         """The prediction rule, in one place: baseline plus factors (or factors alone for plain ALS);
-        the baseline alone where the user or movie has no factors; clipped to the scale unless ``clip``
-        is false (for ranking, where clipping would tie the movies it cuts)."""
-        if self.params.bias:
+        the baseline alone where the user or movie has no factors; with ``blend`` and the neighbourhood
+        term ``knn``, ``baseline + intercept + als_weight * dots + knn_weight * knn``.  Clipped to the
+        scale unless ``clip`` is false (for ranking, where clipping would tie the movies it cuts)."""
+        if not self.params.bias:
+            raw = np.where(has_factors, dots, baseline)
+        elif blend is None or knn is None:
             raw = baseline + np.where(has_factors, dots, 0.0)
         else:
-            raw = np.where(has_factors, dots, baseline)
+            raw = baseline + blend.intercept + blend.als_weight * np.where(has_factors, dots, 0.0) \
+                + blend.knn_weight * knn
         return self.clip(raw) if clip else raw
 
     def fold_in(self, movie_rows: np.ndarray, ratings: np.ndarray) -> tuple[float, np.ndarray]:
@@ -282,21 +319,111 @@ class RankingModel(_Ids):
         return np.linalg.solve(A, b)
 
 
+def neighbour_sums(neighbours: np.ndarray, similarity: np.ndarray, rows: np.ndarray, residuals: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For one user and each of ``rows``: ``sum(s * x)`` and ``sum(s)`` over the ``k`` most similar
+    positive neighbours the user rated (``residuals[j]``, NaN where the user did not rate ``j``).
+
+    ``neighbours``/``similarity`` hold each row's neighbours most similar first, -1 where there are
+    fewer; the serving snapshot (catalogue rows) and the offline evaluation (model rows) share this.
+    """
+    nb = neighbours[rows]
+    s = similarity[rows]
+    x = residuals[np.maximum(nb, 0)]
+    use = (nb >= 0) & (s > 0) & ~np.isnan(x)
+    use &= np.cumsum(use, axis=1) <= k
+    return np.where(use, s * x, 0.0).sum(axis=1), np.where(use, s, 0.0).sum(axis=1)
+
+
+@dataclass
+class NeighbourModel:
+    """Each movie's most similar movies on the baseline residuals (see NeighbourParams), rows aligned
+    with the rating model's ``movie_ids``; zero columns when the neighbourhood is off."""
+
+    neighbours: np.ndarray  # (movies, L) int32 rows, most similar first, -1 padding
+    similarity: np.ndarray  # (movies, L) float32, shrunk correlations
+    params: NeighbourParams
+
+    @classmethod
+    def empty(cls, n_movies: int, params: NeighbourParams) -> NeighbourModel:
+        return cls(np.zeros((n_movies, 0), np.int32), np.zeros((n_movies, 0), np.float32), params)
+
+    @property
+    def active(self) -> bool:
+        return self.params.enabled and self.neighbours.shape[1] > 0
+
+
+@dataclass
+class Ingredients:
+    """What one user's predictions are made of (unclipped), so each part can be scored on its own."""
+
+    baseline: np.ndarray  # mu + b_user + b_movie
+    dots: np.ndarray  # u . v, zero where the user or the movie has no factors
+    has_factors: np.ndarray
+    sx: np.ndarray  # neighbourhood sums (see neighbour_sums); zero without neighbours
+    ss: np.ndarray
+
+
 @dataclass
 class Models:
-    """The rating and the ranking model, trained together on the same ratings and saved as one."""
+    """The rating, ranking and neighbourhood models, trained together on the same ratings and saved as one."""
 
     rating: RatingModel
     ranking: RankingModel
+    neighbours: NeighbourModel | None = None  # None: built empty (off) for the rating model's movies
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.neighbours is None:
+            self.neighbours = NeighbourModel.empty(len(self.rating.movie_ids), NeighbourParams(enabled=False))
 
     @property
     def params(self) -> ModelParams:
-        return ModelParams(self.rating.params, self.ranking.params)
+        return ModelParams(self.rating.params, self.ranking.params, self.neighbours.params)
 
     @property
     def scale(self) -> Scale:
         return self.rating.scale
+
+    @property
+    def blend(self) -> NeighbourParams | None:
+        """The blend's weights when predictions use the neighbourhood, else None."""
+        return self.neighbours.params if self.neighbours.active and self.rating.params.bias else None
+
+    def ingredients(self, user: int, movies: np.ndarray, rated_movies: np.ndarray,
+                    rated_values: np.ndarray) -> Ingredients:
+        """The parts of the predictions of ``movies`` for a user who rated ``rated_movies`` (ids) with
+        ``rated_values``; unseen users and movies fall back to the baseline."""
+        r = self.rating
+        movies = np.asarray(movies, dtype=np.int64)
+        baseline, upos, mpos = r._baseline(np.full(len(movies), user, dtype=np.int64), movies)
+        has_factors = (upos >= 0) & (mpos >= 0)
+        dots = np.zeros(len(movies))
+        sx, ss = np.zeros(len(movies)), np.zeros(len(movies))
+        if not len(movies) or upos[0] < 0:
+            return Ingredients(baseline, dots, has_factors, sx, ss)
+        dots = np.where(has_factors, r.movie_factors[np.maximum(mpos, 0)] @ r.user_factors[upos[0]], 0.0)
+        if self.blend is not None:
+            residuals = np.full(len(r.movie_ids), np.nan)
+            rows = r.movie_rows(rated_movies)
+            known = rows >= 0
+            residuals[rows[known]] = (np.asarray(rated_values, dtype=np.float64)[known] - r.mu
+                                      - r.user_bias[upos[0]] - r.movie_bias[rows[known]])
+            sx, ss = neighbour_sums(self.neighbours.neighbours, self.neighbours.similarity, np.maximum(mpos, 0),
+                                    residuals, self.blend.k)
+            sx, ss = np.where(mpos >= 0, sx, 0.0), np.where(mpos >= 0, ss, 0.0)
+        return Ingredients(baseline, dots, has_factors, sx, ss)
+
+    def compare(self, parts: Ingredients) -> dict[str, np.ndarray]:
+        """Unclipped predictions by each part: the baseline, the rating model without the neighbourhood
+        (``als``), the neighbourhood alone (baseline plus ``sum(s x) / sum(s)``, KNNBaseline's rule) and
+        the blend the service predicts."""
+        r, blend = self.rating, self.blend
+        als = r.combine(parts.baseline, parts.dots, parts.has_factors, clip=False)
+        mean = np.divide(parts.sx, parts.ss, out=np.zeros_like(parts.sx), where=parts.ss > 0)
+        served = als if blend is None else r.combine(parts.baseline, parts.dots, parts.has_factors, clip=False,
+                                                     knn=parts.sx / (parts.ss + blend.support), blend=blend)
+        return {"baseline": parts.baseline, "als": als, "neighbourhood": parts.baseline + mean, "blend": served}
 
     def save(self, directory: Path, meta: dict) -> None:
         """Write arrays and metadata so that a crash at any point leaves the old model intact."""
@@ -308,7 +435,8 @@ class Models:
             np.savez(fh, mu=np.array(r.mu), user_ids=r.user_ids, user_bias=r.user_bias,
                      user_factors=r.user_factors, movie_ids=r.movie_ids, movie_bias=r.movie_bias,
                      movie_factors=r.movie_factors, rank_user_ids=k.user_ids, rank_user_factors=k.user_factors,
-                     rank_movie_ids=k.movie_ids, rank_movie_factors=k.movie_factors)
+                     rank_movie_ids=k.movie_ids, rank_movie_factors=k.movie_factors,
+                     neighbours=self.neighbours.neighbours, similarity=self.neighbours.similarity)
             fh.flush()
             os.fsync(fh.fileno())
         full_meta = {
@@ -355,13 +483,16 @@ class Models:
             ranking = RankingModel(user_ids=a["rank_user_ids"], user_factors=a["rank_user_factors"],
                                    movie_ids=a["rank_movie_ids"], movie_factors=a["rank_movie_factors"],
                                    params=params.ranking)
+            neighbours = NeighbourModel(a["neighbours"], a["similarity"], params.neighbours)
         except ModelError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"damaged model in {directory}: {exc}") from exc
-        if not (_shapes_agree(rating) and _shapes_agree(ranking)):
+        if not (_shapes_agree(rating) and _shapes_agree(ranking)
+                and neighbours.neighbours.shape == neighbours.similarity.shape
+                and len(neighbours.neighbours) == len(rating.movie_ids)):
             raise ModelError(f"damaged model in {directory}: array shapes disagree")
-        return cls(rating, ranking, meta)
+        return cls(rating, ranking, neighbours, meta)
 
 
 def _shapes_agree(model: _Ids) -> bool:

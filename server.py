@@ -25,8 +25,9 @@ import cherrypy
 from paste.translogger import TransLogger
 from threadpoolctl import threadpool_limits
 
+import tuning
 from app import create_app
-from engine import RETRAIN_MODES, RecommendationEngine, default_model_dir, load_params
+from engine import RETRAIN_MODES, RecommendationEngine, default_model_dir, saved_params
 from model import ModelError, Scale
 
 log = logging.getLogger("server")
@@ -76,6 +77,25 @@ def whole(low: int, high: int):
     return parse
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, not {text!r}")
+    return value
+
+
+def yes_no(text: str) -> bool:
+    """An argparse type: 1/true/yes/on or 0/false/no/off."""
+    value = text.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise argparse.ArgumentTypeError(f"expected 1 or 0 (true/false, yes/no, on/off), not {text!r}")
+    return value in ("1", "true", "yes", "on")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="server.py", description="Serve movie recommendations over HTTP.")
     p.add("--dataset", env="RECOMMENDER_DATASET", default="datasets/ml-latest-small",
@@ -102,6 +122,11 @@ def build_parser() -> Parser:
           help="give Spark's driver JVM a fixed, pre-touched heap of this size (e.g. 1g, 6g) so the "
                "service's memory stays flat under retraining (env RECOMMENDER_HEAP; default: the JVM "
                "grows its heap as needed up to SPARK_DRIVER_MEMORY, 4g)")
+    p.add("--tune-budget", env="RECOMMENDER_TUNE_BUDGET", type=seconds, default=tuning.BUDGET_SECONDS,
+          help="a dataset without saved parameters (params.json) is tuned on its first training: the seconds "
+               f"the search may start new fits for (env RECOMMENDER_TUNE_BUDGET; default {tuning.BUDGET_SECONDS:g})")
+    p.add("--no-tune", env="RECOMMENDER_NO_TUNE", type=yes_no, nargs="?", const=True, default=False,
+          help="use the default parameters instead of tuning (env RECOMMENDER_NO_TUNE=1)")
     p.add("--threads", env="RECOMMENDER_THREADS", type=whole(1, 1024), default=16,
           help="CherryPy worker threads (env RECOMMENDER_THREADS; default 16)")
     return p
@@ -225,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = Path(args.model_dir) if args.model_dir else default_model_dir(args.dataset)
     try:  # a bad params.json is reported before Spark spends seconds starting
-        params = load_params(model_dir)
+        params = saved_params(model_dir)
     except ModelError as exc:
         print(f"server.py: {exc}", file=sys.stderr)
         return 2
@@ -236,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         engine = RecommendationEngine(sc, args.dataset, model_dir, params=params, retrain=args.retrain,
-                                      scale=args.scale)
+                                      scale=args.scale, tune_budget=None if args.no_tune else args.tune_budget)
     except DatasetError as exc:
         sc.stop()
         print(f"server.py: {exc}", file=sys.stderr)

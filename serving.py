@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model import Models
+from model import Models, neighbour_sums
 
 
 def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
@@ -96,6 +96,8 @@ class Snapshot:
     has_rank: np.ndarray  # ranking model: which rows have factors
     rank_moments: Moments  # of rank_factors
     rating_moments: Moments | None  # of [movie_bias, movie_factors], for a model with the bias baseline
+    neighbours: np.ndarray  # each catalogue row's neighbours as catalogue rows (-1: none); (rows, 0) when off
+    similarity: np.ndarray  # and their similarities
     version: int = 0
     seq: int = 0
     trained_at: str = ""
@@ -115,10 +117,17 @@ class Snapshot:
         rank_unit = np.divide(rank_factors, norms, out=np.zeros_like(rank_factors), where=norms > 0)
         trained_at = models.meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rating_moments = Moments.of(np.column_stack([movie_bias, movie_factors])) if rating.params.bias else None
+        width = models.neighbours.neighbours.shape[1] if models.blend is not None else 0
+        neighbours = np.full((len(movie_ids), width), -1, dtype=np.int32)
+        similarity = np.zeros((len(movie_ids), width), dtype=np.float32)
+        if width:
+            model_nb = models.neighbours.neighbours[rows[seen]]
+            catalogue_row = np.searchsorted(movie_ids, rating.movie_ids).astype(np.int32)
+            neighbours[seen] = np.where(model_nb >= 0, catalogue_row[np.maximum(model_nb, 0)], -1)
+            similarity[seen] = models.neighbours.similarity[rows[seen]]
         return cls(models, movie_ids, movie_bias, movie_factors, movie_factors.any(axis=1),
                    rank_factors.astype(np.float32), rank_unit.astype(np.float32), norms[:, 0] > 0,
-                   Moments.of(rank_factors),
-                   rating_moments, version, seq, trained_at)
+                   Moments.of(rank_factors), rating_moments, neighbours, similarity, version, seq, trained_at)
 
     def user_vectors(self, user: int) -> UserVectors | None:
         """The user's vectors: folded in since the last training, else trained; None for a stranger."""
@@ -138,8 +147,10 @@ class Snapshot:
         ranking = self.models.ranking.fold_in(self.models.ranking.movie_rows(ids), ratings)
         return UserVectors(bias, factors, ranking)
 
-    def predicted_ratings(self, user: UserVectors | None, rows=slice(None), clip: bool = True) -> np.ndarray:
-        """Stars from the rating model for catalogue ``rows``, clipped to the scale unless ``clip`` is false.
+    def predicted_ratings(self, user: UserVectors | None, rows=slice(None), clip: bool = True,
+                          rated: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Stars for catalogue ``rows``, clipped to the scale unless ``clip`` is false: the rating model,
+        blended with the neighbourhood of the movies the user ``rated`` (catalogue rows, ratings).
 
         A stranger gets each movie's damped mean (the baseline without a user bias).
         """
@@ -147,8 +158,18 @@ class Snapshot:
         if user is None:
             baseline = model.mu + self.movie_bias[rows]
             return model.clip(baseline) if clip else baseline
-        return model.combine(model.mu + user.bias + self.movie_bias[rows], self.movie_factors[rows] @ user.factors,
-                             self.has_factors[rows], clip)
+        baseline = model.mu + user.bias + self.movie_bias[rows]
+        dots = self.movie_factors[rows] @ user.factors
+        blend = self.models.blend
+        if blend is None or rated is None:
+            return model.combine(baseline, dots, self.has_factors[rows], clip)
+        residuals = np.full(len(self.movie_ids), np.nan)
+        rated_rows, ratings = rated
+        residuals[rated_rows] = ratings - model.mu - user.bias - self.movie_bias[rated_rows]
+        index = np.arange(len(self.movie_ids))[rows] if isinstance(rows, slice) else rows
+        sx, ss = neighbour_sums(self.neighbours, self.similarity, index, residuals, blend.k)
+        return model.combine(baseline, dots, self.has_factors[rows], clip, knn=sx / (ss + blend.support),
+                             blend=blend)
 
     def ranking_scores(self, user: UserVectors) -> np.ndarray:
         """The score every catalogue row is ranked by for this user (never clipped, so no ties from clipping).

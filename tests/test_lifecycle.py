@@ -146,12 +146,26 @@ def test_labels_must_match_the_pairs(make_engine, csv_fixture):
         engine.check_ratings([(1, 4.0), (424242, 4.0)], ["line 1"])
 
 
+def test_tuning_flags_and_their_environment_fallbacks(monkeypatch):
+    from server import build_parser
+
+    args = build_parser().parse_args(["--no-tune", "--tune-budget", "30"])
+    assert (args.no_tune, args.tune_budget) == (True, 30.0)
+    monkeypatch.setenv("RECOMMENDER_NO_TUNE", "1")
+    monkeypatch.setenv("RECOMMENDER_TUNE_BUDGET", "45")
+    assert (build_parser().parse_args([]).no_tune, build_parser().parse_args([]).tune_budget) == (True, 45.0)
+    monkeypatch.setenv("RECOMMENDER_NO_TUNE", "off")
+    assert build_parser().parse_args([]).no_tune is False
+
+
 @pytest.mark.parametrize("variable,value,message", [
     ("RECOMMENDER_RETRAIN", "sometimes", "RECOMMENDER_RETRAIN='sometimes': choose from async, sync, off"),
     ("RECOMMENDER_PORT", "http", "RECOMMENDER_PORT='http': expected a whole number"),
     ("RECOMMENDER_THREADS", "0", "RECOMMENDER_THREADS='0': expected a whole number from 1"),
     ("RECOMMENDER_HEAP", "lots", "RECOMMENDER_HEAP='lots': expected a size such as 512m"),
     ("RECOMMENDER_SCALE", "1-5", "RECOMMENDER_SCALE='1-5': expected LOW,HIGH,STEP"),
+    ("RECOMMENDER_TUNE_BUDGET", "-5", "RECOMMENDER_TUNE_BUDGET='-5': expected a number of seconds"),
+    ("RECOMMENDER_NO_TUNE", "maybe", "RECOMMENDER_NO_TUNE='maybe': expected 1 or 0"),
 ])
 def test_bad_environment_settings_are_one_line_errors(monkeypatch, capsys, variable, value, message):
     from server import build_parser

@@ -9,7 +9,7 @@ import pytest
 from conftest import FAST
 
 from datasets import movielens
-from model import ModelError, ModelParams, Models, RankingParams, Scale
+from model import ModelError, ModelParams, Models, RankingParams, Scale, neighbour_sums
 from training import fit_models
 
 
@@ -91,6 +91,9 @@ def test_save_load_round_trip_gives_identical_models(models, tmp_path):
     assert np.array_equal(loaded.rating.predict_pairs(users, movies), models.rating.predict_pairs(users, movies))
     assert np.array_equal(loaded.ranking.movie_factors, models.ranking.movie_factors)
     assert np.array_equal(loaded.ranking.user_factors, models.ranking.user_factors)
+    assert models.neighbours.active and models.neighbours.neighbours.shape == (len(models.rating.movie_ids), 39)
+    assert np.array_equal(loaded.neighbours.neighbours, models.neighbours.neighbours)
+    assert np.array_equal(loaded.neighbours.similarity, models.neighbours.similarity)
     assert loaded.params == models.params == FAST and loaded.scale == models.scale
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["dataset_fingerprint"] == "abc" and "created_at" in meta
@@ -100,6 +103,9 @@ def test_save_load_round_trip_gives_identical_models(models, tmp_path):
 def test_params_files_name_what_is_wrong():
     assert ModelParams.from_dict({"rating": {"rank": 9}}).rating.rank == 9
     assert ModelParams.from_dict({"ranking": {"alpha": 2.0}}).ranking.alpha == 2.0
+    assert ModelParams.from_dict({"neighbours": {"k": 20}}).neighbours.k == 20
+    with pytest.raises(ModelError, match="neighbours: unknown parameter.*kk"):
+        ModelParams.from_dict({"neighbours": {"kk": 20}})
     legacy = ModelParams.from_dict({"rank": 16, "reg": 0.2})  # params.json as --tune --save wrote it before
     assert (legacy.rating.rank, legacy.rating.reg, legacy.ranking) == (16, 0.2, ModelParams().ranking)
     with pytest.raises(ModelError, match="unknown parameter.*rnak"):
@@ -131,3 +137,36 @@ def test_scale_inference_and_checks():
     half = Scale.infer(np.array([0.5, 3.5, 5.0]))
     assert half == Scale(0.5, 5.0, 0.5)
     assert half.allows(4.5) and not half.allows(4.25) and not half.allows(5.5) and not half.allows(float("nan"))
+
+
+def test_neighbourhood_from_spark_is_the_shrunk_residual_correlation_of_common_raters(models, csv_fixture):
+    """Every stored similarity equals a direct computation over the users who rated both movies
+    (with 40 movies, every other movie is a candidate), and the planted taste groups come out."""
+    r, nb = models.rating, models.neighbours
+    users, movies, values = (np.array(c) for c in zip(*csv_fixture.ratings))
+    rows = np.searchsorted(r.movie_ids, movies)
+    residuals = np.full((len(r.user_ids), len(r.movie_ids)), np.nan)
+    user_rows = np.searchsorted(r.user_ids, users)
+    residuals[user_rows, rows] = values - r.mu - r.user_bias[user_rows] - r.movie_bias[rows]
+    shrinkage = models.params.neighbours.shrinkage
+    for i in range(len(r.movie_ids)):
+        assert sorted(nb.neighbours[i].tolist()) == [j for j in range(len(r.movie_ids)) if j != i]
+        assert np.all(np.diff(nb.similarity[i]) <= 0)  # most similar first
+        for j, stored in zip(nb.neighbours[i].tolist(), nb.similarity[i].tolist()):
+            both = ~np.isnan(residuals[:, i]) & ~np.isnan(residuals[:, j])
+            x, y = residuals[both, i], residuals[both, j]
+            n = both.sum()
+            direct = x @ y / np.sqrt((x @ x) * (y @ y)) * (n - 1) / (n - 1 + shrinkage)
+            assert stored == pytest.approx(direct, abs=1e-6)
+        group = set(csv_fixture.comedies if r.movie_ids[i] in csv_fixture.comedies else csv_fixture.dramas)
+        assert set(r.movie_ids[nb.neighbours[i, :10]].tolist()) <= group
+
+
+def test_neighbour_sums_use_the_k_most_similar_positive_neighbours_the_user_rated():
+    neighbours = np.array([[1, 2, 3, 4, -1], [0, 2, 3, 4, -1]], dtype=np.int32)
+    similarity = np.array([[0.9, 0.8, 0.5, -0.4, 0.0], [0.7, 0.6, 0.2, 0.1, 0.0]], dtype=np.float32)
+    residuals = np.array([1.0, np.nan, -2.0, 0.5, 3.0])  # the user did not rate movie 1
+    sx, ss = neighbour_sums(neighbours, similarity, np.array([0, 1]), residuals, k=2)
+    # movie 0: 1 unrated, so 2 and 3 (4 is dissimilar); movie 1: 0 and 2, the two most similar rated
+    assert sx == pytest.approx([0.8 * -2.0 + 0.5 * 0.5, 0.7 * 1.0 + 0.6 * -2.0])
+    assert ss == pytest.approx([0.8 + 0.5, 0.7 + 0.6])

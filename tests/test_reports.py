@@ -26,7 +26,7 @@ def test_eda_writes_every_plot_with_title_and_labelled_axes(sc, csv_fixture, tmp
     monkeypatch.setattr(eda, "_save", inspecting_save)
     data = eda.aggregate(sc, str(csv_fixture.path))
     tune = {"table": [{"rank": r, "reg": g, "valid_rmse": 0.9 - r / 100 + g} for r in (4, 8) for g in (0.1, 0.2)],
-            "chosen": {"rank": 8, "reg": 0.1}}
+            "chosen": {"rating": {"rank": 8, "reg": 0.1}}}
     made = eda.write_report(data, tmp_path / "report", "ml-fixture", tune)
     assert {name for name, _ in made} == PLOTS | {"tuning.png"} == set(drawn)
     for name, axes in drawn.items():
