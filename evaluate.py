@@ -6,7 +6,10 @@
 
 Every test pair gets a predicted rating (unseen users and movies fall back to
 the baseline), so ``coverage`` is the fraction of test pairs predicted and must
-be 1.0; RMSE and MAE come from ``pyspark.mllib.evaluation.RegressionMetrics``.
+be 1.0; RMSE and MAE are those of the rating as served (ALS blended with the
+neighbourhood of the user's training ratings), and of each part on its own,
+printed as a table before the JSON.  A dataset without saved parameters is
+tuned first as the service tunes it, on the training part only (``--no-tune``).
 The top-10 lists are made by the service's own code (serving.Snapshot: the
 candidates are the movies the user did not rate in training with at least
 ``--min-count`` training ratings), and so is a most-popular list from the same

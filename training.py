@@ -57,13 +57,8 @@ def _factors_to_arrays(features, ids: np.ndarray, rank: int) -> np.ndarray:
 
 @contextmanager
 def materialized(rdd):
-    """Cache ``rdd`` and compute it whole before mllib's ALS looks at it, and free it afterwards.
-
-    ``ALS.train`` starts with ``ratings.first()``: a Spark job that stops
-    reading a Python worker after one row, and the worker, finding its socket
-    closed, prints a BrokenPipeError traceback.  Read from the cache, the first
-    row needs no Python worker.
-    """
+    """Cache ``rdd`` and compute it whole before ALS reads it, and free it afterwards: the Python side
+    (the pickled ratings) is computed once, in its own job, and ALS's jobs read the cache."""
     rdd.cache().count()
     try:
         yield rdd
@@ -125,12 +120,59 @@ def _merge_sums(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return keys, np.bincount(inverse, sums, len(keys)), np.bincount(inverse, counts, len(keys))
 
 
-def _ratings_of(users: np.ndarray, movies: np.ndarray, values) -> list:
-    """mllib Rating objects (what ALS takes from Python) for arrays of users, movies and values."""
-    from pyspark.mllib.recommendation import Rating
+# mllib's ALS takes Rating objects pickled by Python; pickling them one by one (pyspark's
+# Rating.__reduce__) cost 35 s a model at 20M ratings on 2 cores.  This writes the same pickle
+# (protocol 2: a list of Rating(user, movie, value) calls) for a whole batch with NumPy.
+_PICKLE_HEAD = b"\x80\x02]cpyspark.mllib.recommendation\nRating\nq\x000("  # list, Rating in memo 0, MARK
+_PICKLE_TAIL = b"e."  # APPENDS, STOP
+_PICKLE_RECORD = np.dtype([("get", "S2"), ("user_op", "S1"), ("user", "<i4"), ("movie_op", "S1"), ("movie", "<i4"),
+                           ("value_op", "S1"), ("value", ">f8"), ("call", "S2")])
+PICKLE_BATCH = 10_000  # ratings per pickled list
 
-    values = np.broadcast_to(np.asarray(values, dtype=np.float64), users.shape)
-    return [Rating(u, m, v) for u, m, v in zip(users.tolist(), movies.tolist(), values.tolist())]
+
+def pickled_ratings(users: np.ndarray, movies: np.ndarray, values) -> bytes:
+    """``[Rating(user, movie, value), ...]`` pickled as Python's pickle would (BININT ids, BINFLOAT value)."""
+    record = np.empty(len(users), dtype=_PICKLE_RECORD)
+    record["get"], record["user_op"], record["movie_op"], record["value_op"] = b"h\x00", b"J", b"J", b"G"
+    record["user"], record["movie"] = users, movies
+    record["value"] = values
+    record["call"] = b"\x87R"  # TUPLE3, REDUCE
+    return _PICKLE_HEAD + record.tobytes() + _PICKLE_TAIL
+
+
+def _als(sc, arrays, values_of, implicit: bool, rank: int, iterations: int, reg: float, seed: int,
+         alpha: float = 0.0):
+    """Train mllib's ALS (``trainALSModel`` or ``trainImplicitALSModel``, what ``ALS.train`` and
+    ``ALS.trainImplicit`` call) on Ratings pickled in batches from ``arrays``; ``values_of(users, movies,
+    ratings)`` gives each rating's value.  Returns a ``MatrixFactorizationModel``."""
+    from pyspark.mllib.common import callMLlibFunc
+    from pyspark.mllib.recommendation import MatrixFactorizationModel
+    from pyspark.serializers import NoOpSerializer
+
+    def batches(part):
+        users, movies, ratings = part
+        values = np.broadcast_to(np.asarray(values_of(users, movies, ratings), dtype=np.float64), users.shape)
+        return [pickled_ratings(users[s:s + PICKLE_BATCH], movies[s:s + PICKLE_BATCH], values[s:s + PICKLE_BATCH])
+                for s in range(0, len(users), PICKLE_BATCH)]
+
+    pickled = arrays.flatMap(batches)
+    pickled._jrdd_deserializer = NoOpSerializer()  # each element goes to the JVM as its bytes
+    with materialized(pickled):
+        java_ratings = sc._jvm.org.apache.spark.mllib.api.python.SerDe.pythonToJava(pickled._jrdd, True)
+        if implicit:
+            model = callMLlibFunc("trainImplicitALSModel", java_ratings, rank, iterations, float(reg), _blocks(sc),
+                                  float(alpha), False, seed)
+        else:
+            model = callMLlibFunc("trainALSModel", java_ratings, rank, iterations, float(reg), _blocks(sc), False,
+                                  seed)
+    return MatrixFactorizationModel(model)
+
+
+def _blocks(sc) -> int:
+    """ALS's user and movie blocks: one per core.  mllib's default, half the input's partitions, gave 8
+    blocks for 20M ratings on 2 cores, and more shuffling per iteration (rating model 74 -> 65 s,
+    ranking model 116 -> 111 s with one block per core)."""
+    return max(1, sc.defaultParallelism)
 
 
 def fit_rating_model(sc, arrays, params: RatingParams, scale: Scale) -> tuple[RatingModel, int]:
@@ -139,7 +181,6 @@ def fit_rating_model(sc, arrays, params: RatingParams, scale: Scale) -> tuple[Ra
 
     Returns the model and the number of ratings it was fitted on.
     """
-    from pyspark.mllib.recommendation import ALS
 
     with phase("baseline", live=True):
         parts = arrays.map(lambda p: (float(p[2].sum()), len(p[2]), *_sums_by(p[1], p[2]))).collect()
@@ -161,19 +202,15 @@ def fit_rating_model(sc, arrays, params: RatingParams, scale: Scale) -> tuple[Ra
 
     with_bias = params.bias
 
-    def targets_of(p):
-        users, movies, values = p
-        if with_bias:
-            (mids, mbias), (uids, ubias) = movie_bc.value, user_bc.value
-            values = values - mu - mbias[np.searchsorted(mids, movies)] - ubias[np.searchsorted(uids, users)]
-        return _ratings_of(users, movies, values)
+    def targets(users, movies, values):
+        if not with_bias:
+            return values
+        (mids, mbias), (uids, ubias) = movie_bc.value, user_bc.value
+        return values - mu - mbias[np.searchsorted(mids, movies)] - ubias[np.searchsorted(uids, users)]
 
-    targets = arrays.flatMap(targets_of)
     with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations", live=True), \
-            materialized(targets), \
             checkpoints_removed(sc):
-        als = ALS.train(targets, rank=params.rank, iterations=params.iterations,
-                        lambda_=params.reg, seed=params.seed)
+        als = _als(sc, arrays, targets, False, params.rank, params.iterations, params.reg, params.seed)
     user_factors, movie_factors = _collect_factors(als, user_ids.astype(np.int64), movie_ids.astype(np.int64),
                                                    params.rank)
     movie_bc.destroy()
@@ -188,21 +225,20 @@ def fit_ranking_model(sc, arrays, params: RankingParams, user_ids: np.ndarray,
                       movie_ids: np.ndarray) -> RankingModel:
     """Fit implicit-feedback ALS on every rating as an interaction (see ``RankingParams.preferences``);
     ``arrays``: the ratings as ``packed`` gives them."""
-    from pyspark.mllib.recommendation import ALS
 
     preferences = params.preferences
-    interactions = arrays.flatMap(lambda p: _ratings_of(p[0], p[1], preferences(p[2])))
     with phase(f"ranking model: implicit ALS rank {params.rank}, {params.iterations} iterations", live=True), \
-            materialized(interactions), checkpoints_removed(sc):
-        als = ALS.trainImplicit(interactions, rank=params.rank, iterations=params.iterations,
-                                lambda_=float(params.reg), alpha=float(params.alpha), seed=params.seed)
+            checkpoints_removed(sc):
+        als = _als(sc, arrays, lambda users, movies, ratings: preferences(ratings), True, params.rank,
+                   params.iterations, params.reg, params.seed, params.alpha)
     user_factors, movie_factors = _collect_factors(als, user_ids, movie_ids, params.rank)
     return RankingModel(user_ids=user_ids, user_factors=user_factors, movie_ids=movie_ids,
                         movie_factors=movie_factors, params=params)
 
 
 BLOCK_CELLS = 1 << 24  # scores a candidate task holds at once (64 MB of float32)
-FLUSH_HITS = 1 << 22  # co-rated pairs gathered before they are added up
+FLUSH_HITS = 1 << 24  # co-rated pairs gathered (12 bytes each) before they are added up: each adding-up
+# costs a pass over the (movies x width) sums, 97 of them a task at 20M ratings with 1 << 22
 
 
 def fit_neighbour_model(sc, arrays, rating: RatingModel, ranking: RankingModel,
@@ -291,13 +327,15 @@ def _residual_sums(sc, arrays, rating: RatingModel, candidates: np.ndarray):
         bounds = np.concatenate(([0], edges, [len(users)])).tolist()
         cand = candidates_bc.value
         total = np.zeros((4, n * width))
-        position = np.full(n, -1, dtype=np.int64)
+        position = np.full(n, -1, dtype=np.int32)
+        flat_type = np.int32 if n * width < 2**31 else np.int64
         pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         held = 0
 
         def flush():
             if pending:
                 flat, xi, xj = (np.concatenate(a) for a in zip(*pending))
+                xi, xj = xi.astype(np.float64), xj.astype(np.float64)
                 total[0] += np.bincount(flat, minlength=n * width)
                 total[1] += np.bincount(flat, xi * xj, minlength=n * width)
                 total[2] += np.bincount(flat, xi * xi, minlength=n * width)
@@ -306,11 +344,13 @@ def _residual_sums(sc, arrays, rating: RatingModel, candidates: np.ndarray):
 
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             rows, xs = movie_rows[lo:hi], x[lo:hi]
-            position[rows] = np.arange(hi - lo)
+            position[rows] = np.arange(hi - lo, dtype=np.int32)
             other = position[cand[rows]]  # (ratings of the user, width): where the user rated the candidate
-            i, slot = np.nonzero(other >= 0)
+            hit = other >= 0
+            i, slot = np.nonzero(hit)
             if len(i):
-                pending.append((rows[i].astype(np.int64) * width + slot, xs[i], xs[other[i, slot]]))
+                pending.append(((rows[i].astype(flat_type) * width + slot).astype(flat_type),
+                                xs[i].astype(np.float32), xs[other[hit]].astype(np.float32)))
                 held += len(i)
             position[rows] = -1
             if held > FLUSH_HITS:

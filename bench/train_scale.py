@@ -5,11 +5,11 @@
 For each size, a synthetic MovieLens-shaped dataset (datasets/synthetic.py) is
 written once under datasets/synthetic-<size>/, then a fresh process starts
 Spark (local[2] unless --master), loads and counts the ratings, splits 80/20,
-trains both models (rating model rank 10, 10 iterations; ranking model rank
---ranking-rank, default 128, 10 iterations) and measures RMSE on every test
-pair.  Each size prints one JSON line with the load seconds, the training
-seconds of each model, the driver's peak RSS and the JVM's peak RSS (sampled
-from /proc).
+trains the models (rating model rank 10, 10 iterations; ranking model rank
+--ranking-rank, default 128, 10 iterations; the neighbourhood) and measures
+RMSE on every test pair, of the blend and of each part.  Each size prints one
+JSON line with the load seconds, the training seconds of each model, the
+driver's peak RSS and the JVM's peak RSS (sampled from /proc).
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def measure(dataset: str, rank: int, iterations: int, ranking_rank: int, master:
     return {
         "ratings": n, "malformed": bad.value, "partitions": ratings.getNumPartitions(),
         "load_seconds": round(load_seconds, 2), "train_seconds": result["fit_seconds"],
-        "rmse": result["rmse"], "baseline_rmse": result["baseline_rmse"], "n_train": result["n_train"],
+        "rmse": result["rmse"], "baseline_rmse": result["baseline_rmse"],
+        "rmse_by_part": {part: row["rmse"] for part, row in result["models"].items()},
+        "n_train": result["n_train"],
         "driver_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "jvm_peak_mb": round(peak["jvm_mb"], 1), "rank": rank, "iterations": iterations,
         "ranking_rank": ranking_rank, "master": master,
