@@ -34,7 +34,7 @@ def test_the_engines_cached_ratings_survive_retrains_and_the_source_is_read_once
 
 @pytest.mark.slow  # several trainings
 def test_checkpoints_are_deleted_after_each_training(sc, make_engine, csv_fixture):
-    from training import checkpoints_removed, fit_rating_model
+    from training import checkpoints_removed, fit_rating_model, packed
 
     where = Path(sc._jsc.sc().getCheckpointDir().get().removeprefix("file:"))
 
@@ -48,7 +48,8 @@ def test_checkpoints_are_deleted_after_each_training(sc, make_engine, csv_fixtur
     engine.add_ratings(7200, [(m, 4.0) for m in csv_fixture.dramas[:3]])
     assert engine.model_version == 2
     # evaluate.py's tuning fits one model at a time, outside any engine: that leaves nothing either
-    fit_rating_model(sc, engine.base_ratings, params.rating, engine.scale)
+    with packed(engine.base_ratings) as arrays:
+        fit_rating_model(sc, arrays, params.rating, engine.scale)
     assert listing() - before == set()
     with checkpoints_removed(sc):  # and the guard deletes what is written inside it
         rdd = sc.parallelize(range(10))
