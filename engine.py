@@ -1,9 +1,10 @@
-"""RecommendationEngine: MovieLens data in Spark, two ALS models, answers from in-memory factors.
+"""RecommendationEngine: MovieLens data in Spark, two ALS models and item neighbourhoods, answers from memory.
 
-Spark loads the dataset and trains the rating and the ranking model
-(training.py); their factors are kept as NumPy arrays in the driver
-(serving.Snapshot), so every query is answered in milliseconds without a Spark
-job.  Posted ratings are committed to a SQLite store (ratings_store.py), folded
+Spark loads the dataset and trains the rating and the ranking model and the
+item neighbourhoods (training.py), after tuning the parameters on the first
+training of a dataset that has none saved (tuning.py); the models are kept as
+NumPy arrays in the driver (serving.Snapshot), so every query is answered in
+milliseconds without a Spark job.  Posted ratings are committed to a SQLite store (ratings_store.py), folded
 into the user's vectors at once, and trigger a full retrain in the background
 that swaps the snapshot atomically when done.
 """
@@ -471,8 +472,9 @@ class RecommendationEngine:
     def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None) -> dict:
         """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings.
 
-        The ranking model orders them (``score``, unclipped); each shows the
-        rating model's ``predicted_rating``, clipped to the scale.  A user the
+        The ranking model orders them (``score``, unclipped); each shows its
+        ``predicted_rating`` (ALS blended with the neighbourhood of the user's
+        ratings), clipped to the scale.  A user the
         models know nothing about gets the most-rated movies (``score`` is the
         rating count), marked ``fallback: popular``.
         """
