@@ -90,12 +90,12 @@ def load_params(model_dir: Path) -> ModelParams:
     return saved_params(model_dir) or ModelParams()
 
 
-def save_params(model_dir: Path, params: ModelParams, report: dict | None = None) -> Path:
-    """Write ``params.json`` for good (temporary file, fsync, rename), and the tuning ``report``
-    beside it as ``tune.json``; return the params file's path."""
+def save_params(model_dir: Path, params: ModelParams | None, report: dict | None = None) -> Path:
+    """Write ``params.json`` (unless ``params`` is None) for good (temporary file, fsync, rename), and the
+    tuning ``report`` beside it as ``tune.json``; return the params file's path."""
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / "params.json"
-    for target, data in ((model_dir / "tune.json", report), (path, params.as_dict())):
+    for target, data in ((model_dir / "tune.json", report), (path, params and params.as_dict())):
         if data is None:
             continue
         tmp = target.with_suffix(".json.tmp")

@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None, sc=None) -> int:
     if args.tune_budget < 0:
         return fail("--tune-budget must be 0 or more seconds")
 
-    from engine import default_model_dir, load_params, save_params, saved_params
+    from engine import default_model_dir, save_params, saved_params
     from sparkctx import create_context
 
     model_dir = Path(args.model_dir) if args.model_dir else (default_model_dir(args.dataset) if args.dataset else None)
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None, sc=None) -> int:
                 if args.save:
                     print(f"saved {result['chosen']} to {save_params(model_dir, chosen, result)}")
                 else:
-                    save_params(model_dir, load_params(model_dir), result)  # the report alone, for eda.py
+                    save_params(model_dir, None, result)  # the report alone (for eda.py): no params.json
             else:
                 train_rdd, test_rdd = ratings.randomSplit([1 - args.test_fraction, args.test_fraction],
                                                           seed=args.seed)

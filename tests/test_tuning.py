@@ -14,7 +14,7 @@ from fixtures import write_ratings_csv
 
 import evaluate
 import tuning
-from engine import RecommendationEngine, saved_params
+from engine import RecommendationEngine, save_params, saved_params
 from model import Ingredients, ModelParams, NeighbourParams, RatingParams, Scale
 
 
@@ -114,3 +114,14 @@ def test_evaluate_tunes_on_the_training_part_only(sc, csv_fixture, tmp_path, mon
     assert [line.split()[0] for line in out[-5:-1]] == list(evaluate.PARTS) == list(result["models"])
     assert float(out[-2].split()[1]) == result["rmse"] == result["models"]["blend"]["rmse"]
     assert result["models"]["blend"]["rmse"] < result["models"]["baseline"]["rmse"]
+
+
+def test_a_tuning_report_alone_leaves_the_dataset_untuned(tmp_path):
+    """``evaluate.py --tune`` without ``--save`` keeps its report but must not write params.json: that
+    file's absence is what makes the service tune on its first training."""
+    save_params(tmp_path, None, {"table": []})
+    assert json.loads((tmp_path / "tune.json").read_text()) == {"table": []}
+    assert saved_params(tmp_path) is None
+    picked = ModelParams(replace(FAST.rating, reg=0.3))
+    save_params(tmp_path, picked)
+    assert saved_params(tmp_path) == picked and not list(tmp_path.glob("*.tmp"))
