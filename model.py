@@ -322,17 +322,26 @@ class RankingModel(_Ids):
 def neighbour_sums(neighbours: np.ndarray, similarity: np.ndarray, rows: np.ndarray, residuals: np.ndarray,
                    k: int) -> tuple[np.ndarray, np.ndarray]:
     """For one user and each of ``rows``: ``sum(s * x)`` and ``sum(s)`` over the ``k`` most similar
-    positive neighbours the user rated (``residuals[j]``, NaN where the user did not rate ``j``).
+    positive neighbours the user rated.
 
-    ``neighbours``/``similarity`` hold each row's neighbours most similar first, -1 where there are
-    fewer; the serving snapshot (catalogue rows) and the offline evaluation (model rows) share this.
+    ``residuals`` holds the user's residual of every row, NaN where the user did not rate it, plus one
+    NaN at the end that the -1 padding of ``neighbours`` (rows with fewer neighbours) points at.
+    ``neighbours``/``similarity`` hold each row's neighbours most similar first.  The serving snapshot
+    (catalogue rows) and the offline evaluation (model rows) share this; a request calls it for one
+    row or a list's ten, so it is kept to few NumPy calls.
     """
-    nb = neighbours[rows]
     s = similarity[rows]
-    x = residuals[np.maximum(nb, 0)]
-    use = (nb >= 0) & (s > 0) & ~np.isnan(x)
-    use &= np.cumsum(use, axis=1) <= k
-    return np.where(use, s * x, 0.0).sum(axis=1), np.where(use, s, 0.0).sum(axis=1)
+    x = residuals[neighbours[rows]]
+    use = (s > 0) & (x == x)  # x == x: rated (not NaN)
+    if k < use.shape[1]:
+        use &= np.cumsum(use, axis=1) <= k
+    weights = np.where(use, s, 0.0)
+    return (weights * np.where(use, x, 0.0)).sum(axis=1), weights.sum(axis=1)
+
+
+def user_residuals(n_rows: int) -> np.ndarray:
+    """An all-NaN residual vector for ``neighbour_sums`` (``n_rows`` rows and the padding's NaN)."""
+    return np.full(n_rows + 1, np.nan)
 
 
 @dataclass
@@ -404,7 +413,7 @@ class Models:
             return Ingredients(baseline, dots, has_factors, sx, ss)
         dots = np.where(has_factors, r.movie_factors[np.maximum(mpos, 0)] @ r.user_factors[upos[0]], 0.0)
         if self.blend is not None:
-            residuals = np.full(len(r.movie_ids), np.nan)
+            residuals = user_residuals(len(r.movie_ids))
             rows = r.movie_rows(rated_movies)
             known = rows >= 0
             residuals[rows[known]] = (np.asarray(rated_values, dtype=np.float64)[known] - r.mu

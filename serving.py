@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model import Models, neighbour_sums
+from model import Models, neighbour_sums, user_residuals
 
 
 def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
@@ -163,7 +163,7 @@ class Snapshot:
         blend = self.models.blend
         if blend is None or rated is None:
             return model.combine(baseline, dots, self.has_factors[rows], clip)
-        residuals = np.full(len(self.movie_ids), np.nan)
+        residuals = user_residuals(len(self.movie_ids))
         rated_rows, ratings = rated
         residuals[rated_rows] = ratings - model.mu - user.bias - self.movie_bias[rated_rows]
         index = np.arange(len(self.movie_ids))[rows] if isinstance(rows, slice) else rows

@@ -165,7 +165,7 @@ def test_neighbourhood_from_spark_is_the_shrunk_residual_correlation_of_common_r
 def test_neighbour_sums_use_the_k_most_similar_positive_neighbours_the_user_rated():
     neighbours = np.array([[1, 2, 3, 4, -1], [0, 2, 3, 4, -1]], dtype=np.int32)
     similarity = np.array([[0.9, 0.8, 0.5, -0.4, 0.0], [0.7, 0.6, 0.2, 0.1, 0.0]], dtype=np.float32)
-    residuals = np.array([1.0, np.nan, -2.0, 0.5, 3.0])  # the user did not rate movie 1
+    residuals = np.array([1.0, np.nan, -2.0, 0.5, 3.0, np.nan])  # the user did not rate movie 1; padding
     sx, ss = neighbour_sums(neighbours, similarity, np.array([0, 1]), residuals, k=2)
     # movie 0: 1 unrated, so 2 and 3 (4 is dissimilar); movie 1: 0 and 2, the two most similar rated
     assert sx == pytest.approx([0.8 * -2.0 + 0.5 * 0.5, 0.7 * 1.0 + 0.6 * -2.0])
