@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -25,7 +24,7 @@ import numpy as np
 
 import tuning
 from datasets import movielens
-from model import ModelError, ModelParams, Models, Scale, fsync_dir
+from model import ModelError, ModelParams, Models, Scale, write_json_durably
 from ratings_store import RatingsStore, StoreError
 from serving import Snapshot, candidates
 from training import Cancelled, collect_ratings, fit_models, phase
@@ -95,16 +94,10 @@ def save_params(model_dir: Path, params: ModelParams | None, report: dict | None
     tuning ``report`` beside it as ``tune.json``; return the params file's path."""
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / "params.json"
-    for target, data in ((model_dir / "tune.json", report), (path, params and params.as_dict())):
-        if data is None:
-            continue
-        tmp = target.with_suffix(".json.tmp")
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(data, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    fsync_dir(model_dir)
+    if report is not None:
+        write_json_durably(model_dir / "tune.json", report)
+    if params is not None:
+        write_json_durably(path, params.as_dict())
     return path
 
 

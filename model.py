@@ -457,12 +457,7 @@ class Models:
             "scale": self.scale.__dict__,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        tmp = directory / "model.json.tmp"
-        tmp.write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / "model.json")
-        fsync_dir(directory)
+        write_json_durably(directory / "model.json", full_meta)
         for old in directory.glob("model-*.npz"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -525,6 +520,18 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_json_durably(path: Path, data) -> None:
+    """Replace ``path`` with ``data`` as JSON so that a crash leaves the old file or the new one, whole:
+    a temporary file, fsync'd, renamed over it, and the folder fsync'd."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:
