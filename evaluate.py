@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -48,7 +47,7 @@ from model import (
 )
 from serving import Snapshot, candidates, top_k
 from training import fit_models, fit_ranking_model, fit_rating_model, infer_scale, packed
-from tuning import pair_ingredients
+from tuning import PARTS, pair_ingredients, part_errors, part_table
 
 log = logging.getLogger("evaluate")
 
@@ -62,9 +61,6 @@ TUNE_RANKING = {"rank": (64, 128, 200), "reg": (0.05, 0.1, 0.2), "alpha": (0.1, 
 TUNE_BLENDS = (0.0, 0.25, 0.5, 1.0)
 
 
-PARTS = ("baseline", "als", "neighbourhood", "blend")
-
-
 def rating_metrics(sc, models: Models, train_rdd, test_rdd) -> dict:
     """RMSE, MAE and coverage of the predicted ratings over every pair of ``test_rdd`` (users'
     neighbourhoods from their ``train_rdd`` ratings), and the same for each part in ``models``:
@@ -74,26 +70,12 @@ def rating_metrics(sc, models: Models, train_rdd, test_rdd) -> dict:
     would build a deprecated SQLContext just for this).
     """
     rdd, models_bc = pair_ingredients(sc, models, train_rdd, test_rdd)
-    scale = models.scale
-
-    def errors(row):
-        actual, parts = row
-        out = []
-        for predicted in models_bc.value.compare(parts).values():
-            finite = np.isfinite(predicted)
-            err = np.where(finite, np.clip(predicted, scale.low, scale.high) - actual, 0.0)
-            out.append([len(actual), int(finite.sum()), float(err @ err), float(np.abs(err).sum())])
-        return np.array(out)
-
     try:
-        totals = rdd.map(errors).fold(np.zeros((len(PARTS), 4)), lambda a, b: a + b)
+        totals = rdd.map(lambda row: part_errors(models_bc.value, *row)).fold(np.zeros((len(PARTS), 4)),
+                                                                             lambda a, b: a + b)
     finally:
         models_bc.destroy()
-    table = {}
-    for name, (n, predicted, sq, ab) in zip(PARTS, totals.tolist()):
-        table[name] = {"rmse": round(math.sqrt(sq / predicted), 5) if predicted else float("nan"),
-                       "mae": round(ab / predicted, 5) if predicted else float("nan"),
-                       "coverage": predicted / n if n else 0.0}
+    table = part_table(totals)
     served = table["blend"]
     return {"rmse": served["rmse"], "mae": served["mae"], "coverage": served["coverage"],
             "baseline_rmse": table["baseline"]["rmse"], "models": table}

@@ -117,6 +117,10 @@ class NeighbourParams:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def knn(self, sx, ss):
+        """The neighbourhood term from ``neighbour_sums``: their weighted mean, shrunk towards 0 by ``support``."""
+        return sx / (ss + self.support)
+
 
 @dataclass(frozen=True)
 class ModelParams:
@@ -158,6 +162,9 @@ class Scale:
     low: float
     high: float
     step: float
+
+    def clip(self, values):
+        return np.clip(values, self.low, self.high)
 
     def allows(self, rating: float) -> bool:
         if not (self.low <= rating <= self.high):
@@ -224,7 +231,7 @@ class RatingModel(_Ids):
         self._index()
 
     def clip(self, values):
-        return np.clip(values, self.scale.low, self.scale.high)
+        return self.scale.clip(values)
 
     def _baseline(self, users, movies):
         upos = _rows(self.user_ids, np.asarray(users, dtype=np.int64))
@@ -339,9 +346,13 @@ def neighbour_sums(neighbours: np.ndarray, similarity: np.ndarray, rows: np.ndar
     return (weights * np.where(use, x, 0.0)).sum(axis=1), weights.sum(axis=1)
 
 
-def user_residuals(n_rows: int) -> np.ndarray:
-    """An all-NaN residual vector for ``neighbour_sums`` (``n_rows`` rows and the padding's NaN)."""
-    return np.full(n_rows + 1, np.nan)
+def user_residuals(n_rows: int, rated_rows: np.ndarray, ratings: np.ndarray, offset: float,
+                   movie_bias: np.ndarray) -> np.ndarray:
+    """One user's residuals ``rating - offset - movie_bias[row]`` (``offset``: mu plus the user's bias) as the
+    vector ``neighbour_sums`` takes: ``n_rows`` entries, NaN where not rated, and the padding's NaN."""
+    residuals = np.full(n_rows + 1, np.nan)
+    residuals[rated_rows] = np.asarray(ratings, dtype=np.float64) - offset - movie_bias[rated_rows]
+    return residuals
 
 
 @dataclass
@@ -413,11 +424,10 @@ class Models:
             return Ingredients(baseline, dots, has_factors, sx, ss)
         dots = np.where(has_factors, r.movie_factors[np.maximum(mpos, 0)] @ r.user_factors[upos[0]], 0.0)
         if self.blend is not None:
-            residuals = user_residuals(len(r.movie_ids))
             rows = r.movie_rows(rated_movies)
             known = rows >= 0
-            residuals[rows[known]] = (np.asarray(rated_values, dtype=np.float64)[known] - r.mu
-                                      - r.user_bias[upos[0]] - r.movie_bias[rows[known]])
+            residuals = user_residuals(len(r.movie_ids), rows[known], np.asarray(rated_values)[known],
+                                       r.mu + r.user_bias[upos[0]], r.movie_bias)
             sx, ss = neighbour_sums(self.neighbours.neighbours, self.neighbours.similarity, np.maximum(mpos, 0),
                                     residuals, self.blend.k)
             sx, ss = np.where(mpos >= 0, sx, 0.0), np.where(mpos >= 0, ss, 0.0)
@@ -431,7 +441,7 @@ class Models:
         als = r.combine(parts.baseline, parts.dots, parts.has_factors, clip=False)
         mean = np.divide(parts.sx, parts.ss, out=np.zeros_like(parts.sx), where=parts.ss > 0)
         served = als if blend is None else r.combine(parts.baseline, parts.dots, parts.has_factors, clip=False,
-                                                     knn=parts.sx / (parts.ss + blend.support), blend=blend)
+                                                     knn=blend.knn(parts.sx, parts.ss), blend=blend)
         return {"baseline": parts.baseline, "als": als, "neighbourhood": parts.baseline + mean, "blend": served}
 
     def save(self, directory: Path, meta: dict) -> None:

@@ -163,13 +163,11 @@ class Snapshot:
         blend = self.models.blend
         if blend is None or rated is None:
             return model.combine(baseline, dots, self.has_factors[rows], clip)
-        residuals = user_residuals(len(self.movie_ids))
         rated_rows, ratings = rated
-        residuals[rated_rows] = ratings - model.mu - user.bias - self.movie_bias[rated_rows]
+        residuals = user_residuals(len(self.movie_ids), rated_rows, ratings, model.mu + user.bias, self.movie_bias)
         index = np.arange(len(self.movie_ids))[rows] if isinstance(rows, slice) else rows
         sx, ss = neighbour_sums(self.neighbours, self.similarity, index, residuals, blend.k)
-        return model.combine(baseline, dots, self.has_factors[rows], clip, knn=sx / (ss + blend.support),
-                             blend=blend)
+        return model.combine(baseline, dots, self.has_factors[rows], clip, knn=blend.knn(sx, ss), blend=blend)
 
     def ranking_scores(self, user: UserVectors) -> np.ndarray:
         """The score every catalogue row is ranked by for this user (never clipped, so no ties from clipping).

@@ -77,17 +77,41 @@ def collect_ingredients(sc, models: Models, train_rdd, pairs_rdd) -> tuple[np.nd
     return actual, parts
 
 
+PARTS = ("baseline", "als", "neighbourhood", "blend")  # what Models.compare gives, in this order
+
+
+def part_errors(models: Models, actual: np.ndarray, parts: Ingredients) -> np.ndarray:
+    """For each of PARTS: pairs, pairs predicted (finite), and the sums of squared and absolute errors of
+    the predictions clipped to the scale, as a (parts, 4) array that adds up over users."""
+    out = []
+    for predicted in models.compare(parts).values():
+        finite = np.isfinite(predicted)
+        err = np.where(finite, models.rating.clip(predicted) - actual, 0.0)
+        out.append([len(actual), finite.sum(), err @ err, np.abs(err).sum()])
+    return np.array(out, dtype=np.float64)
+
+
+def part_table(totals: np.ndarray) -> dict[str, dict]:
+    """RMSE, MAE and coverage of each part from ``part_errors`` totals."""
+    table = {}
+    for name, (n, predicted, sq, ab) in zip(PARTS, totals.tolist()):
+        table[name] = {"rmse": round(math.sqrt(sq / predicted), 5) if predicted else float("nan"),
+                       "mae": round(ab / predicted, 5) if predicted else float("nan"),
+                       "coverage": predicted / n if n else 0.0}
+    return table
+
+
 def fit_blend(actual: np.ndarray, parts: Ingredients, scale: Scale, base: NeighbourParams,
               supports=SUPPORTS) -> tuple[NeighbourParams, list[dict]]:
     """The blend's weights by least squares on validation pairs, for each ``support``; the one with the
     lowest validation RMSE (after clipping to the scale) is picked.  Returns the pick and the table."""
     target = actual - parts.baseline
-    dots = np.where(parts.has_factors, parts.dots, 0.0)
     table, best, best_rmse = [], base, math.inf
     for support in supports:
-        features = np.column_stack([np.ones_like(dots), dots, parts.sx / (parts.ss + support)])
+        knn = replace(base, support=support).knn(parts.sx, parts.ss)
+        features = np.column_stack([np.ones_like(parts.dots), parts.dots, knn])
         weights = np.linalg.lstsq(features, target, rcond=None)[0]
-        predicted = np.clip(parts.baseline + features @ weights, scale.low, scale.high)
+        predicted = scale.clip(parts.baseline + features @ weights)
         rmse = float(np.sqrt(np.mean((predicted - actual) ** 2)))
         intercept, als_weight, knn_weight = (round(float(w), 4) for w in weights)
         table.append({"support": support, "intercept": intercept, "als_weight": als_weight,
@@ -196,6 +220,5 @@ def _tune_blend(sc, arrays, train, valid, rating: RatingModel, base: ModelParams
     actual, parts = collect_ingredients(sc, models, train, valid)
     pick, table = fit_blend(actual, parts, scale, base.neighbours)
     models.neighbours = replace(neighbours, params=pick)
-    rmse = {name: round(float(np.sqrt(np.mean((np.clip(p, scale.low, scale.high) - actual) ** 2))), 5)
-            for name, p in models.compare(parts).items()}
+    rmse = {name: row["rmse"] for name, row in part_table(part_errors(models, actual, parts)).items()}
     return pick, table, rmse
