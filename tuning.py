@@ -124,7 +124,8 @@ def fit_blend(actual: np.ndarray, parts: Ingredients, scale: Scale, base: Neighb
 
 @dataclass
 class Search:
-    """The coordinate search over the rating model's parameters, each candidate fitted once."""
+    """The coordinate search over the rating model's parameters, each candidate fitted once; the model
+    with the lowest validation RMSE so far is kept (``best_model``), so the pick is not fitted again."""
 
     sc: object
     train: object  # the training part, as training.packed gives it
@@ -133,6 +134,7 @@ class Search:
     deadline: float
     table: list[dict] = field(default_factory=list)
     scores: dict[RatingParams, float] = field(default_factory=dict)
+    best_model: RatingModel | None = None
 
     def score(self, params: RatingParams) -> float:
         if params not in self.scores:
@@ -140,6 +142,8 @@ class Search:
             model, _ = fit_rating_model(self.sc, self.train, params, self.scale)
             users, movies, actual = self.valid
             rmse = float(np.sqrt(np.mean((model.predict_pairs(users, movies) - actual) ** 2)))
+            if not self.scores or rmse < min(self.scores.values()):
+                self.best_model = model
             self.scores[params] = rmse
             self.table.append({**{k: getattr(params, k) for k in STEPS}, "valid_rmse": round(rmse, 5),
                                "seconds": round(time.perf_counter() - start, 2)})
@@ -151,6 +155,7 @@ class Search:
         return time.perf_counter() < self.deadline
 
     def run(self, start: RatingParams) -> RatingParams:
+        """Walk from ``start`` until no step improves or the budget is spent; the best candidate fitted."""
         best = start
         best_rmse = self.score(best)
         moved = True
@@ -167,7 +172,7 @@ class Search:
                         if rmse > best_rmse - IMPROVEMENT:
                             break
                         best, best_rmse, moved = candidate, rmse, True
-        return best
+        return min(self.scores, key=self.scores.get)
 
 
 def _step(steps: tuple, value, direction: int):
@@ -195,8 +200,8 @@ def tune(sc, ratings, base: ModelParams, scale: Scale, budget: float = BUDGET_SE
             neighbours, blend_table, parts_rmse = base.neighbours, [], {}
             if base.neighbours.enabled and rating_params.bias:
                 with phase("tuning the blend"):
-                    rating, _ = fit_rating_model(sc, arrays, rating_params, scale)
-                    neighbours, blend_table, parts_rmse = _tune_blend(sc, arrays, train, valid, rating, base, scale)
+                    neighbours, blend_table, parts_rmse = _tune_blend(sc, arrays, train, valid, search.best_model,
+                                                                      base, scale)
     finally:
         train.unpersist()
         valid.unpersist()

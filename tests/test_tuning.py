@@ -59,10 +59,13 @@ def test_the_search_starts_no_fit_after_the_budget():
 
 @pytest.mark.slow  # tunes and trains
 def test_first_training_tunes_saves_and_logs_the_pick_and_the_next_start_reuses_it(sc, csv_fixture, tmp_path,
-                                                                                    caplog):
+                                                                                    caplog, monkeypatch):
     model_dir = tmp_path / "model"
     base = ModelParams()
     caplog.set_level(logging.INFO)
+    fits = []
+    real_fit = tuning.fit_rating_model
+    monkeypatch.setattr(tuning, "fit_rating_model", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
     engine = RecommendationEngine(sc, str(csv_fixture.path), model_dir, retrain="off", tune_budget=8)
     try:
         picked = saved_params(model_dir)
@@ -73,6 +76,7 @@ def test_first_training_tunes_saves_and_logs_the_pick_and_the_next_start_reuses_
         assert (first["rank"], first["reg"]) == (base.rating.rank, base.rating.reg)
         best = min(report["table"], key=lambda row: row["valid_rmse"])
         assert (picked.rating.rank, picked.rating.reg) == (best["rank"], best["reg"])
+        assert len(fits) == len(report["table"])  # each candidate fitted once; the pick is not fitted again
         # The blend's weights were fitted, and the blend beats ALS alone on the validation pairs.
         assert picked.neighbours != base.neighbours and report["valid_rmse"]["blend"] < report["valid_rmse"]["als"]
         assert any(r.message.startswith("tuned in") for r in caplog.records)
