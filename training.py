@@ -198,15 +198,12 @@ def fit_rating_model(sc, arrays, params: RatingParams, scale: Scale) -> tuple[Ra
 
         user_ids, sums, counts = _merge_sums(arrays.map(user_sums).collect())
         user_bias = sums / (counts + params.user_damping)
-        user_bc = sc.broadcast((user_ids, user_bias))
+        baseline_bc = sc.broadcast((mu, movie_ids, movie_bias, user_ids, user_bias))
 
     with_bias = params.bias
 
     def targets(users, movies, values):
-        if not with_bias:
-            return values
-        (mids, mbias), (uids, ubias) = movie_bc.value, user_bc.value
-        return values - mu - mbias[np.searchsorted(mids, movies)] - ubias[np.searchsorted(uids, users)]
+        return _residuals(users, movies, values, baseline_bc.value) if with_bias else values
 
     with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations", live=True), \
             checkpoints_removed(sc):
@@ -214,7 +211,7 @@ def fit_rating_model(sc, arrays, params: RatingParams, scale: Scale) -> tuple[Ra
     user_factors, movie_factors = _collect_factors(als, user_ids.astype(np.int64), movie_ids.astype(np.int64),
                                                    params.rank)
     movie_bc.destroy()
-    user_bc.destroy()
+    baseline_bc.destroy()
     model = RatingModel(mu=mu, user_ids=user_ids.astype(np.int64), user_bias=user_bias, user_factors=user_factors,
                         movie_ids=movie_ids.astype(np.int64), movie_bias=movie_bias, movie_factors=movie_factors,
                         params=params, scale=scale)
@@ -237,8 +234,7 @@ def fit_ranking_model(sc, arrays, params: RankingParams, user_ids: np.ndarray,
 
 
 BLOCK_CELLS = 1 << 24  # scores a candidate task holds at once (64 MB of float32)
-FLUSH_HITS = 1 << 24  # co-rated pairs gathered (12 bytes each) before they are added up: each adding-up
-# costs a pass over the (movies x width) sums, 97 of them a task at 20M ratings with 1 << 22
+FLUSH_HITS = 1 << 22  # co-rated pairs gathered (24 bytes each) before they are added up
 
 
 def fit_neighbour_model(sc, arrays, rating: RatingModel, ranking: RankingModel,
@@ -300,16 +296,15 @@ def _residual_sums(sc, arrays, rating: RatingModel, candidates: np.ndarray):
     """
     parts = max(1, sc.defaultParallelism)
     n, width = candidates.shape
-    model_bc = sc.broadcast((rating.mu, rating.user_ids, rating.user_bias, rating.movie_ids, rating.movie_bias))
+    model_bc = sc.broadcast((rating.mu, rating.movie_ids, rating.movie_bias, rating.user_ids, rating.user_bias))
     candidates_bc = sc.broadcast(candidates)
 
     def residuals(part):
         users, movies, values = part
         if not len(users):
             return
-        mu, user_ids, user_bias, movie_ids, movie_bias = model_bc.value
-        movie_rows = np.searchsorted(movie_ids, movies)
-        x = values - mu - user_bias[np.searchsorted(user_ids, users)] - movie_bias[movie_rows]
+        movie_rows = np.searchsorted(model_bc.value[1], movies)
+        x = _residuals(users, movies, values, model_bc.value)
         dest = users % parts
         for d in np.unique(dest).tolist():
             mine = dest == d
@@ -327,15 +322,13 @@ def _residual_sums(sc, arrays, rating: RatingModel, candidates: np.ndarray):
         bounds = np.concatenate(([0], edges, [len(users)])).tolist()
         cand = candidates_bc.value
         total = np.zeros((4, n * width))
-        position = np.full(n, -1, dtype=np.int32)
-        flat_type = np.int32 if n * width < 2**31 else np.int64
+        position = np.full(n, -1, dtype=np.int64)
         pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         held = 0
 
         def flush():
             if pending:
                 flat, xi, xj = (np.concatenate(a) for a in zip(*pending))
-                xi, xj = xi.astype(np.float64), xj.astype(np.float64)
                 total[0] += np.bincount(flat, minlength=n * width)
                 total[1] += np.bincount(flat, xi * xj, minlength=n * width)
                 total[2] += np.bincount(flat, xi * xi, minlength=n * width)
@@ -344,13 +337,12 @@ def _residual_sums(sc, arrays, rating: RatingModel, candidates: np.ndarray):
 
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             rows, xs = movie_rows[lo:hi], x[lo:hi]
-            position[rows] = np.arange(hi - lo, dtype=np.int32)
+            position[rows] = np.arange(hi - lo)
             other = position[cand[rows]]  # (ratings of the user, width): where the user rated the candidate
             hit = other >= 0
             i, slot = np.nonzero(hit)
             if len(i):
-                pending.append(((rows[i].astype(flat_type) * width + slot).astype(flat_type),
-                                xs[i].astype(np.float32), xs[other[hit]].astype(np.float32)))
+                pending.append((rows[i].astype(np.int64) * width + slot, xs[i], xs[other[hit]]))
                 held += len(i)
             position[rows] = -1
             if held > FLUSH_HITS:
@@ -366,6 +358,13 @@ def _residual_sums(sc, arrays, rating: RatingModel, candidates: np.ndarray):
         model_bc.destroy()
         candidates_bc.destroy()
     return tuple(t.reshape(n, width) for t in total)
+
+
+def _residuals(users: np.ndarray, movies: np.ndarray, values: np.ndarray, baseline: tuple) -> np.ndarray:
+    """``rating - (mu + b_movie + b_user)`` for ratings the baseline was fitted on; ``baseline``:
+    (mu, movie ids, movie biases, user ids, user biases), ids sorted."""
+    mu, movie_ids, movie_bias, user_ids, user_bias = baseline
+    return values - mu - movie_bias[np.searchsorted(movie_ids, movies)] - user_bias[np.searchsorted(user_ids, users)]
 
 
 def _pack(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
