@@ -1,8 +1,9 @@
-"""The HTTP API: Flask blueprints over a RecommendationEngine, JSON everywhere.
+"""The HTTP API: Flask blueprints over a Recommender (serving/), JSON everywhere.
 
-The app only calls the engine's query and write methods, which answer from
-in-memory factors; it never talks to Spark.  Every error is a JSON
-``{"error": "..."}`` with a 4xx status, and a rejected request stores nothing.
+The app calls the recommender's query and write methods, which answer from the
+published model version in memory; it never talks to Spark.  The JSON shapes
+are made here.  Every error is a JSON ``{"error": "..."}`` with a 4xx (or, for
+a passing condition, 503) status, and a rejected request stores nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import yaml
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from engine import MAX_ID, InputError, NotFound, RecommendationEngine
+from serving.errors import InputError, NotFound
+from serving.recommender import Movie, Recommender
+from serving.validation import MAX_ID
 from web import web_bp
 
 MAX_BODY = 1 << 20  # 1 MiB
@@ -28,10 +31,16 @@ DEFAULT_MIN_COUNT = 25
 ratings_bp = Blueprint("ratings", __name__)
 movies_bp = Blueprint("movies", __name__)
 status_bp = Blueprint("status", __name__)
+operator_bp = Blueprint("operator", __name__)
 
 
-def _engine() -> RecommendationEngine:
+def _recommender() -> Recommender:
     return current_app.extensions["recommender"]
+
+
+def movie_json(movie: Movie) -> dict:
+    return {"movieId": movie.movie_id, "title": movie.title, "genres": list(movie.genres),
+            "ratings_count": movie.ratings_count}
 
 
 def bounded(text: str, name: str, low: int, high: int) -> int:
@@ -132,7 +141,8 @@ def read_ratings_body() -> Parsed:
 
 
 def require_token() -> None:
-    """With an API token configured, posting and reading a user's ratings need ``Authorization: Bearer <token>``."""
+    """With an API token configured, posting and reading a user's ratings, and asking for a fit, need
+    ``Authorization: Bearer <token>``."""
     token = current_app.config.get("API_TOKEN")
     if not token:
         return
@@ -148,21 +158,32 @@ def top_ratings(user_id: str, count: str):
     user = parse_id(user_id, "user id")
     n = bounded(count, "count", 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
-    result = _engine().recommend(user, n, min_count, request.args.get("genre"))
-    return jsonify({**result, "min_count": min_count, "genre": request.args.get("genre")})
+    genre = request.args.get("genre")
+    top = _recommender().recommend(user, n, min_count, genre)
+    body = {"user": user, "movies": [{**movie_json(s.movie), "predicted_rating": s.predicted_rating,
+                                      "score": s.score} for s in top.movies],
+            "model_version": top.version}
+    if top.fallback:
+        body["fallback"] = top.fallback
+    return jsonify({**body, "min_count": min_count, "genre": genre})
 
 
 @ratings_bp.get("/<user_id>/ratings/<movie_id>")
 def movie_rating(user_id: str, movie_id: str):
     require_token()
-    return jsonify(_engine().predict(parse_id(user_id, "user id"), parse_id(movie_id, "movie id")))
+    p = _recommender().predict(parse_id(user_id, "user id"), parse_id(movie_id, "movie id"))
+    m = p.movie
+    return jsonify({"user": p.user, "movieId": m.movie_id, "title": m.title, "genres": list(m.genres),
+                    "predicted_rating": p.predicted_rating, "ratings_count": m.ratings_count,
+                    "user_rating": p.user_rating, "model_version": p.version})
 
 
 @ratings_bp.get("/<user_id>/ratings")
 def user_ratings(user_id: str):
     require_token()
     user = parse_id(user_id, "user id")
-    return jsonify({"user": user, "ratings": _engine().rated(user)})
+    rated = [{"movieId": m.movie_id, "title": m.title, "rating": r} for m, r in _recommender().rated(user)]
+    return jsonify({"user": user, "ratings": rated})
 
 
 @ratings_bp.post("/<user_id>/ratings")
@@ -170,7 +191,8 @@ def add_ratings(user_id: str):
     require_token()
     user = parse_id(user_id, "user id")
     pairs, labels = read_ratings_body()
-    return jsonify(_engine().add_ratings(user, pairs, labels)), 201
+    version = _recommender().add_ratings(user, pairs, labels)
+    return jsonify({"user": user, "accepted": len(pairs), "model_version": version}), 201
 
 
 @movies_bp.get("/recommend")
@@ -182,11 +204,11 @@ def recommend():
     user = parse_id(raw_user, "user")
     n = int_arg("n", 5, 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
-    result = _engine().recommend(user, n, min_count, request.args.get("genre"))
+    top = _recommender().recommend(user, n, min_count, request.args.get("genre"))
     body = {"user": user, "recommendations": [
-        {"movieId": m["movieId"], "title": m["title"], "score": m["predicted_rating"]} for m in result["movies"]]}
-    if "fallback" in result:
-        body["fallback"] = result["fallback"]
+        {"movieId": s.movie.movie_id, "title": s.movie.title, "score": s.predicted_rating} for s in top.movies]}
+    if top.fallback:
+        body["fallback"] = top.fallback
     return jsonify(body)
 
 
@@ -196,12 +218,13 @@ def search_movies():
     if query is None:
         raise InputError("q is required: /movies?q=<part of a title>")
     limit = int_arg("limit", 20, 1, MAX_COUNT)
-    return jsonify({"query": query, "movies": _engine().search(query, limit)})
+    return jsonify({"query": query, "movies": [movie_json(m) for m in _recommender().search(query, limit)]})
 
 
 @movies_bp.get("/movies/<movie_id>")
 def movie(movie_id: str):
-    return jsonify(_engine().movie(parse_id(movie_id, "movie id")))
+    entry, average = _recommender().movie(parse_id(movie_id, "movie id"))
+    return jsonify({**movie_json(entry), "average_rating": average})
 
 
 @movies_bp.get("/movies/<movie_id>/similar")
@@ -209,17 +232,27 @@ def similar_movies(movie_id: str):
     movie = parse_id(movie_id, "movie id")
     count = int_arg("count", 10, 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
-    return jsonify({"movieId": movie, "similar": _engine().similar(movie, count, min_count)})
+    similar = [{**movie_json(m), "similarity": s} for m, s in _recommender().similar(movie, count, min_count)]
+    return jsonify({"movieId": movie, "similar": similar})
 
 
 @status_bp.get("/health")
 def health():
-    return jsonify(_engine().health())
+    return jsonify(_recommender().status())
 
 
 @status_bp.get("/openapi.json")
 def openapi():
     return jsonify(current_app.config["OPENAPI"])
+
+
+@operator_bp.post("/admin/retrain")
+def retrain():
+    """Ask the trainer for a fit on every stored rating now (it starts within a second unless one runs)."""
+    require_token()
+    recommender = _recommender()
+    asked = recommender.request_retrain()
+    return jsonify({"requested_at": asked, "model_version": recommender.version}), 202
 
 
 def _error(message: str, status: int):
@@ -228,15 +261,16 @@ def _error(message: str, status: int):
     return response
 
 
-def create_app(engine: RecommendationEngine, api_token: str | None = None) -> Flask:
-    """Build the Flask app around an engine; ``api_token`` guards posting and reading users' ratings."""
+def create_app(recommender: Recommender, api_token: str | None = None) -> Flask:
+    """Build the Flask app around a recommender; ``api_token`` guards posting and reading users' ratings and
+    asking for a fit."""
     app = Flask(__name__)
     app.debug = False  # never the interactive debugger, whatever FLASK_DEBUG says: it runs code for anyone
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token,
                       OPENAPI=yaml.safe_load(OPENAPI_PATH.read_text()))
     app.json.sort_keys = False
-    app.extensions["recommender"] = engine
-    for blueprint in (ratings_bp, movies_bp, status_bp, web_bp):
+    app.extensions["recommender"] = recommender
+    for blueprint in (ratings_bp, movies_bp, status_bp, operator_bp, web_bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(InputError)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-import tuning
 from datasets import movielens
 from model import (
     CONFIDENCES,
@@ -45,9 +44,10 @@ from model import (
     RatingParams,
     Scale,
 )
-from serving import Snapshot, candidates, top_k
-from training import fit_models, fit_ranking_model, fit_rating_model, infer_scale, packed
-from tuning import PARTS, pair_ingredients, part_errors, part_table
+from serving.snapshot import Snapshot, candidates, top_k
+from trainer import tuning
+from trainer.training import fit_models, fit_ranking_model, fit_rating_model, infer_scale, packed
+from trainer.tuning import PARTS, pair_ingredients, part_errors, part_table
 
 log = logging.getLogger("evaluate")
 
@@ -368,8 +368,9 @@ def main(argv: list[str] | None = None, sc=None) -> int:
     if args.tune_budget < 0:
         return fail("--tune-budget must be 0 or more seconds")
 
-    from engine import default_model_dir, save_params, saved_params
-    from sparkctx import create_context
+    from settings import default_model_dir
+    from storage.params import save_params, saved_params
+    from trainer.sparkctx import create_context
 
     model_dir = Path(args.model_dir) if args.model_dir else (default_model_dir(args.dataset) if args.dataset else None)
     try:

@@ -1,25 +1,19 @@
-"""The trained models as NumPy arrays: scoring, one-user fold-in, saving and loading.
+"""The trained models as NumPy arrays: scoring and one-user fold-in.
 
 Two models divide the work.  The rating model (bias baseline plus explicit ALS
 on its residuals) predicts how many stars a user would give a movie; it is
 fitted to RMSE.  The ranking model (implicit-feedback ALS) scores which movies
 a user is likely to pick; it orders the top-N lists.  Spark fits both
-(training.py); everything that answers a request works on these arrays in the
-driver, so no request starts a Spark job.
+(trainer/training.py) and publishes them as a model version (storage/versions.py);
+API processes answer every request from these arrays, so no request starts a Spark
+job, and this module imports no Spark.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
-
-FORMAT_VERSION = 3  # 2: rating and ranking model in one file; 3: and the item neighbourhoods
 
 
 class ModelError(Exception):
@@ -444,110 +438,9 @@ class Models:
                                                      knn=blend.knn(parts.sx, parts.ss), blend=blend)
         return {"baseline": parts.baseline, "als": als, "neighbourhood": parts.baseline + mean, "blend": served}
 
-    def save(self, directory: Path, meta: dict) -> None:
-        """Write arrays and metadata so that a crash at any point leaves the old model intact."""
-        directory.mkdir(parents=True, exist_ok=True)
-        name = f"model-{time.time_ns()}.npz"
-        path = directory / name
-        r, k = self.rating, self.ranking
-        with open(path, "wb") as fh:
-            np.savez(fh, mu=np.array(r.mu), user_ids=r.user_ids, user_bias=r.user_bias,
-                     user_factors=r.user_factors, movie_ids=r.movie_ids, movie_bias=r.movie_bias,
-                     movie_factors=r.movie_factors, rank_user_ids=k.user_ids, rank_user_factors=k.user_factors,
-                     rank_movie_ids=k.movie_ids, rank_movie_factors=k.movie_factors,
-                     neighbours=self.neighbours.neighbours, similarity=self.neighbours.similarity)
-            fh.flush()
-            os.fsync(fh.fileno())
-        full_meta = {
-            **meta,
-            "format": FORMAT_VERSION,
-            "arrays": name,
-            "arrays_sha256": _sha256(path),
-            "params": self.params.as_dict(),
-            "scale": self.scale.__dict__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        write_json_durably(directory / "model.json", full_meta)
-        for old in directory.glob("model-*.npz"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
-        self.meta = full_meta
-
-    @classmethod
-    def load(cls, directory: Path) -> Models:
-        """Load saved models, raising ModelError when they are absent, damaged or of another format."""
-        meta_path = directory / "model.json"
-        if not meta_path.exists():
-            raise ModelError(f"no saved model in {directory}")
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("format") != FORMAT_VERSION:
-                raise ModelError(f"{meta_path} has format {meta.get('format')}, expected {FORMAT_VERSION}")
-            path = directory / meta["arrays"]
-            if _sha256(path) != meta["arrays_sha256"]:
-                raise ModelError(f"{path} does not match its checksum")
-            with np.load(path) as data:
-                a = {key: data[key] for key in data.files}
-            params = ModelParams.from_dict(meta["params"], str(meta_path))
-            scale = Scale(**meta["scale"])
-            rating = RatingModel(mu=float(a["mu"]), user_ids=a["user_ids"], user_bias=a["user_bias"],
-                                 user_factors=a["user_factors"], movie_ids=a["movie_ids"],
-                                 movie_bias=a["movie_bias"], movie_factors=a["movie_factors"],
-                                 params=params.rating, scale=scale)
-            ranking = RankingModel(user_ids=a["rank_user_ids"], user_factors=a["rank_user_factors"],
-                                   movie_ids=a["rank_movie_ids"], movie_factors=a["rank_movie_factors"],
-                                   params=params.ranking)
-            neighbours = NeighbourModel(a["neighbours"], a["similarity"], params.neighbours)
-        except ModelError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"damaged model in {directory}: {exc}") from exc
-        if not (_shapes_agree(rating) and _shapes_agree(ranking)
-                and neighbours.neighbours.shape == neighbours.similarity.shape
-                and len(neighbours.neighbours) == len(rating.movie_ids)):
-            raise ModelError(f"damaged model in {directory}: array shapes disagree")
-        return cls(rating, ranking, neighbours, meta)
-
-
-def _shapes_agree(model: _Ids) -> bool:
-    n_users, n_movies = len(model.user_ids), len(model.movie_ids)
-    ok = model.user_factors.shape[0] == n_users and model.movie_factors.shape[0] == n_movies
-    if isinstance(model, RatingModel):
-        ok = ok and len(model.user_bias) == n_users and len(model.movie_bias) == n_movies
-    return ok and model.user_factors.shape[1] == model.movie_factors.shape[1]
-
 
 def _rows(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     if len(sorted_ids) == 0:
         return np.full(len(ids), -1)
     pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
     return np.where(sorted_ids[pos] == ids, pos, -1)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_durably(path: Path, data) -> None:
-    """Replace ``path`` with ``data`` as JSON so that a crash leaves the old file or the new one, whole:
-    a temporary file, fsync'd, renamed over it, and the folder fsync'd."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a folder's entries (files created or renamed in it) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,18 +7,26 @@ app (no external CDN), and everything it shows comes from the JSON API.
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, send_from_directory
+from markupsafe import escape
 
 from datasets.movielens import dataset_name
+from serving.errors import Unavailable
 
 web_bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
                    static_url_path="/static")
 
+STARTING = ("<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=5><title>Movie recommender</title>"
+            "<p>The recommender is starting: {}. This page reloads itself.</p>")
+
 
 @web_bp.get("/")
 def index():
-    engine = current_app.extensions["recommender"]
-    return render_template("index.html", genres=engine.genre_names, scale=engine.scale,
-                           dataset=dataset_name(engine.dataset))
+    try:
+        served = current_app.extensions["recommender"].current()
+    except Unavailable as exc:
+        return STARTING.format(escape(exc.message)), 503, {"Content-Type": "text/html; charset=utf-8"}
+    return render_template("index.html", genres=served.catalogue.genre_names, scale=served.scale,
+                           dataset=dataset_name(served.version.meta.get("dataset", "")))
 
 
 @web_bp.get("/favicon.ico")

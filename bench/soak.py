@@ -26,7 +26,7 @@ from pathlib import Path
 from common import DEFAULT_DATASET, Client, start_server, summary, tree_rss_mb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ratings_store import RatingsStore  # noqa: E402
+from storage.ratings import RatingsStore  # noqa: E402
 
 
 def folder_mb(folder: str) -> float:

@@ -80,9 +80,20 @@ def _exists(sc, uri: str) -> bool:
 
 def detect_layout(sc, directory: str) -> Layout:
     """Find which MovieLens layout ``directory`` holds."""
+    return _find_layout(directory, lambda uri: _exists(sc, uri))
+
+
+def check_local(directory: str) -> None:
+    """For a local folder, raise the DatasetError :func:`detect_layout` would, without starting Spark
+    (a URI is checked once Spark runs)."""
+    if _local_path(directory) is not None:
+        _find_layout(directory, lambda uri: _local_path(uri).exists())
+
+
+def _find_layout(directory: str, exists) -> Layout:
     for kind, ratings, movies in LAYOUTS:
-        if _exists(sc, _join(directory, ratings)):
-            if not _exists(sc, _join(directory, movies)):
+        if exists(_join(directory, ratings)):
+            if not exists(_join(directory, movies)):
                 raise DatasetError(f"{directory} has {ratings} but no {movies}")
             return Layout(kind, _join(directory, ratings), _join(directory, movies))
     raise DatasetError(

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -49,7 +50,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def sc(tmp_path_factory):
-    from sparkctx import create_context
+    from trainer.sparkctx import create_context
 
     os.environ.setdefault("SPARK_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))
     context = create_context("local[2]", app_name="recommender-tests",
@@ -64,33 +65,44 @@ def csv_fixture(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("csv") / "ml-fixture", "csv")
 
 
+def publish(sc, dataset, model_dir: Path, params: ModelParams) -> Path:
+    """Fit ``params`` on ``dataset`` and publish version 1 into ``model_dir``, with the params saved, as a
+    trainer leaves it (a trainer or server started on a copy finds a version that matches and fits nothing)."""
+    from engine import RecommendationEngine
+    from storage.params import save_params
+
+    save_params(model_dir, params)
+    engine = RecommendationEngine(sc, str(dataset), model_dir, params=params)
+    try:
+        engine.fit_and_publish()
+    finally:
+        engine.close()
+    return model_dir
+
+
 @pytest.fixture(scope="session")
 def fixture_model(sc, csv_fixture, tmp_path_factory):
-    """The CSV fixture's models with the FAST parameters, trained once per session and saved."""
-    from engine import RecommendationEngine
-
-    model_dir = tmp_path_factory.mktemp("fixture-model") / "model"
-    RecommendationEngine(sc, str(csv_fixture.path), model_dir, params=FAST, retrain="off").close()
-    return model_dir
+    """The CSV fixture's models with the FAST parameters, fitted once per session and published."""
+    return publish(sc, csv_fixture.path, tmp_path_factory.mktemp("fixture-model") / "model", FAST)
 
 
 @pytest.fixture
 def make_engine(sc, tmp_path, csv_fixture, fixture_model):
-    """Build engines on a dataset; all are closed at the end.
+    """Build engines (the trainer's side) on a dataset; all are closed at the end.
 
     An engine on the CSV fixture with the FAST parameters whose model folder
     does not exist yet (by default a fresh one) starts from a copy of the
-    session's saved models: it loads instead of training.  Other engines train.
+    session's published version; others start from an empty folder.
     """
     from engine import RecommendationEngine
 
     engines = []
 
-    def build(dataset, model_dir=None, params=FAST, retrain="off"):
+    def build(dataset, model_dir=None, params=FAST, **kwargs):
         model_dir = Path(model_dir or tmp_path / f"model-{len(engines)}")
         if not model_dir.exists() and str(dataset) == str(csv_fixture.path) and params == FAST:
             copy_model(fixture_model, model_dir)
-        engine = RecommendationEngine(sc, str(dataset), model_dir, params=params, retrain=retrain)
+        engine = RecommendationEngine(sc, str(dataset), model_dir, params=params, **kwargs)
         engines.append(engine)
         return engine
 
@@ -99,16 +111,36 @@ def make_engine(sc, tmp_path, csv_fixture, fixture_model):
         engine.close()
 
 
+@pytest.fixture
+def make_recommender(tmp_path, fixture_model):
+    """Recommenders (the API's side, no Spark) on a model folder, by default a fresh copy of the fixture's
+    published version; all are closed at the end."""
+    from serving.recommender import Recommender
+
+    made = []
+
+    def build(model_dir=None, watch=False):
+        if model_dir is None:
+            model_dir = copy_model(fixture_model, tmp_path / f"served-{len(made)}")
+        recommender = Recommender(Path(model_dir)).start(watch=watch)
+        made.append(recommender)
+        return recommender
+
+    yield build
+    for recommender in made:
+        recommender.close()
+
+
 class LiveServer:
     """The project's WSGI pipeline (Flask app in Paste's TransLogger) on CherryPy's server, on loopback."""
 
-    def __init__(self, engine, api_token=None):
+    def __init__(self, recommender, api_token=None):
         from cheroot.wsgi import Server
 
         from server import build_wsgi
 
-        self.engine = engine
-        self.server = Server(("127.0.0.1", 0), build_wsgi(engine, api_token), numthreads=8)
+        self.recommender = recommender
+        self.server = Server(("127.0.0.1", 0), build_wsgi(recommender, api_token), numthreads=8)
         self.server.prepare()
         self.port = self.server.bind_addr[1]
         self.thread = threading.Thread(target=self.server.serve, daemon=True)
@@ -142,26 +174,26 @@ class LiveServer:
 
 
 @contextmanager
-def serving(sc, dataset, model_dir, params=FAST, retrain="off"):
-    """An engine on ``dataset`` behind a LiveServer, for module-scoped fixtures; stopped at the end."""
-    from engine import RecommendationEngine
+def serving(model_dir: Path, api_token=None):
+    """A recommender on ``model_dir`` behind a LiveServer, for module-scoped fixtures; stopped at the end."""
+    from serving.recommender import Recommender
 
-    engine = RecommendationEngine(sc, str(dataset), model_dir, params=params, retrain=retrain)
-    server = LiveServer(engine)
+    recommender = Recommender(model_dir).start(watch=False)
+    server = LiveServer(recommender, api_token)
     try:
         yield server
     finally:
         server.stop()
-        engine.close()
+        recommender.close()
 
 
 @pytest.fixture
-def live(make_engine, csv_fixture):
-    """A live server over an engine on the CSV fixture (retrain off unless a test makes its own)."""
+def live(make_recommender):
+    """A live server over a recommender on a fresh copy of the fixture's published version."""
     servers = []
 
-    def start(engine=None, api_token=None):
-        server = LiveServer(engine or make_engine(csv_fixture.path), api_token)
+    def start(recommender=None, api_token=None):
+        server = LiveServer(recommender or make_recommender(), api_token)
         servers.append(server)
         return server
 
@@ -182,25 +214,44 @@ def real_dataset():
 
 @pytest.fixture(scope="session")
 def real_model(sc, real_dataset, tmp_path_factory):
-    """ml-latest-small's models with the default parameters, trained once per session and saved.
+    """ml-latest-small's models with the default parameters, fitted once per session and published.
 
-    Tests copy the folder (``copy_model``) so each engine loads them instead of training again.
+    Tests copy the folder (``copy_model``) so each recommender or engine starts from it.
     """
-    from engine import RecommendationEngine
-
-    model_dir = tmp_path_factory.mktemp("real-model")
-    RecommendationEngine(sc, str(real_dataset), model_dir, params=ModelParams(), retrain="off").close()
-    return model_dir
+    return publish(sc, real_dataset, tmp_path_factory.mktemp("real-model") / "model", ModelParams())
 
 
 def copy_model(source: Path, target: Path) -> Path:
-    """A private copy of a saved model folder (ratings store included)."""
+    """A private copy of a model folder (versions, ratings store and params.json)."""
     shutil.copytree(source, target)
     return target
 
 
+@pytest.fixture
+def servers(csv_fixture, fixture_model):
+    """Start server.py processes (tests/processes.py); a model folder that does not exist yet starts as a copy
+    of the fixture's published version.  Any left running are killed at the end."""
+    from processes import ServerProcess
+
+    started = []
+
+    def start(model_dir: Path, *args: str, role: str = "all", dataset=None, **kwargs):
+        if not model_dir.exists():
+            copy_model(fixture_model, model_dir)
+        if role != "api" and dataset is None:
+            dataset = csv_fixture.path
+        server = ServerProcess(model_dir, *args, role=role, dataset=dataset, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop(signal.SIGKILL)
+
+
 # Real processes, clusters, a browser, full-size training: `make test` runs them, `make test-fast` does not.
-SLOW_MODULES = {"test_cluster", "test_server", "test_browser"}
+SLOW_MODULES = {"test_cluster", "test_server", "test_browser", "test_roles"}
 
 
 @pytest.hookimpl(tryfirst=True)  # the marks must exist before pytest-xdist's own hook reads xdist_group

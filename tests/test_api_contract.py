@@ -24,13 +24,13 @@ UNDOCUMENTED = {"/", "/static/<path:filename>", "/favicon.ico"}  # the web page 
 
 
 @pytest.fixture(scope="module")
-def api(sc, csv_fixture, fixture_model, tmp_path_factory):
-    with serving(sc, csv_fixture.path, copy_model(fixture_model, tmp_path_factory.mktemp("api") / "m")) as server:
+def api(fixture_model, tmp_path_factory):
+    with serving(copy_model(fixture_model, tmp_path_factory.mktemp("api") / "m")) as server:
         yield server
 
 
 def test_every_route_is_described_and_every_description_is_a_route(api):
-    app = create_app(api.engine)
+    app = create_app(api.recommender)
     routes = {}
     for rule in app.url_map.iter_rules():
         if rule.rule in UNDOCUMENTED:

@@ -7,18 +7,15 @@ import shutil
 import pytest
 from conftest import ROOT, copy_model, serving
 
-from model import ModelParams
-
 OUTPUT = ROOT / "test-output" / "browser"
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
-def page_server(sc, real_dataset, real_model, tmp_path_factory):
+def page_server(real_model, tmp_path_factory):
     model_dir = copy_model(real_model, tmp_path_factory.mktemp("page") / "model")
-    with serving(sc, real_dataset, model_dir, ModelParams()) as server:
-        assert server.engine.model_source == "loaded"
+    with serving(model_dir) as server:
         yield server
 
 
@@ -63,7 +60,7 @@ def test_rate_five_movies_and_get_recommendations(page_server, browser):
     rated = _rate_all_results(page, "Toy Story", 3)
     rated += _rate_all_results(page, "Shrek", 2)
     assert len(rated) == 5 and 1 in rated  # Toy Story (1995) is movie 1
-    assert sorted(r["movieId"] for r in page_server.engine.rated(user)) == sorted(rated)
+    assert sorted(m.movie_id for m, _ in page_server.recommender.rated(user)) == sorted(rated)
 
     page.wait_for_selector("#fallback[hidden]", state="attached")
     # Each rating refreshes the list; wait for the refresh that follows the last one.
@@ -122,8 +119,8 @@ def _check_in_view(page, selector: str) -> None:
 
 
 def test_counts_are_singular_or_plural_and_the_favicon_is_served(page_server, browser):
-    engine = page_server.engine
-    once = next(t for t, c in zip(engine.titles, engine.counts) if c == 1 and "(" in t)
+    served = page_server.recommender.current()
+    once = next(t for t, c in zip(served.catalogue.titles, served.counts) if c == 1 and "(" in t)
     page = browser.new_page()
     missing = []
     page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
@@ -155,7 +152,7 @@ def test_api_errors_are_shown_to_the_person(page_server, browser):
 def test_the_page_asks_for_the_api_token_once_and_sends_it(page_server, browser):
     from conftest import LiveServer
 
-    guarded = LiveServer(page_server.engine, api_token="s3cret")
+    guarded = LiveServer(page_server.recommender, api_token="s3cret")
     try:
         page = browser.new_page()
         prompts = []
@@ -169,7 +166,7 @@ def test_the_page_asks_for_the_api_token_once_and_sends_it(page_server, browser)
         page.wait_for_selector("#recommendations li")  # the user's list loads once the token is given
         rated = _rate_all_results(page, "Heat", 1)
         assert len(prompts) == 1 and "API token" in prompts[0]
-        assert rated[0] in {r["movieId"] for r in page_server.engine.rated(1)}
+        assert rated[0] in {m.movie_id for m, _ in page_server.recommender.rated(1)}
         page.close()
     finally:
         guarded.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import pyspark
 import pytest
-from conftest import C1_ONLY, FAST, ROOT, copy_model, free_port
+from conftest import C1_ONLY, ROOT, copy_model, free_port
 from fixtures import write_ratings_csv
 
-from sparkctx import ensure_java
+from trainer.sparkctx import ensure_java
 
 SPARK_BIN = Path(pyspark.__file__).resolve().parent / "bin"
 
@@ -36,9 +37,10 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A standalone Master and one Worker on loopback, stopped however the test ends."""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A standalone Master and one Worker on loopback, shared by this module's tests, stopped however they end."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     env = _spark_env(tmp_path)
     port = free_port()
     procs, logs = [], {}
@@ -58,7 +60,7 @@ def cluster(tmp_path):
                "--host", "127.0.0.1", "--cores", "2", "--memory", "2g", "--webui-port", str(free_port()),
                "--work-dir", str(tmp_path / "work"))
         _wait_for(lambda: "Registering worker" in logs["master"].read_text(), 120, "the worker to register")
-        yield f"spark://127.0.0.1:{port}"
+        yield f"spark://127.0.0.1:{port}", logs["master"]
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -80,7 +82,11 @@ def _submit(master: str, script: str, *args: str, cwd: Path, env: dict, timeout:
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+pytestmark = pytest.mark.xdist_group("cluster")  # one cluster for both tests
+
+
 def test_cluster_evaluation_matches_local(cluster, sc, csv_fixture, tmp_path):
+    master, master_log = cluster
     import evaluate
     from datasets import movielens
     from model import ModelParams
@@ -94,7 +100,7 @@ def test_cluster_evaluation_matches_local(cluster, sc, csv_fixture, tmp_path):
     args = ("--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
             "--rank", "4", "--iterations", "3", "--ranking-rank", "4", "--ranking-iterations", "3",
             "--min-count", "0", "--json")
-    out = _submit(cluster, "evaluate.py", *args, cwd=elsewhere, env=_spark_env(tmp_path))
+    out = _submit(master, "evaluate.py", *args, cwd=elsewhere, env=_spark_env(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     on_cluster = json.loads(out.stdout.strip().splitlines()[-1])
     # The same evaluation on this process's local[2] context, with the parameters the command line gave.
@@ -107,30 +113,52 @@ def test_cluster_evaluation_matches_local(cluster, sc, csv_fixture, tmp_path):
     assert on_cluster["n_test"] == local["n_test"] == len(test)
     assert abs(on_cluster["rmse"] - local["rmse"]) <= 0.005
     assert abs(on_cluster["ndcg_at_10"] - local["ndcg_at_10"]) <= 0.05
-    master_log = (tmp_path / "master.log").read_text()
-    assert "Registered app recommender-evaluate" in master_log  # the cluster really ran it
+    assert "Registered app recommender-evaluate" in master_log.read_text()  # the cluster really ran it
 
 
-def test_spark_submit_serves(csv_fixture, fixture_model, tmp_path):
+def _call(port: int, method: str, path: str, body: bytes | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def test_spark_submit_trains_on_the_cluster_with_the_posted_ratings_and_serves(cluster, csv_fixture, fixture_model,
+                                                                               tmp_path):
+    """``spark-submit server.py`` on a standalone cluster: the trainer runs in the driver (spark-submit's JVM is
+    the process's own), its fits run on the cluster's executors and include the ratings posted to the API."""
+    master, master_log = cluster
     env = _spark_env(tmp_path)
     port = free_port()
-    model_dir = copy_model(fixture_model, tmp_path / "model")  # loads, as a restarted service does
-    (model_dir / "params.json").write_text(json.dumps(FAST.as_dict()))
+    model_dir = copy_model(fixture_model, tmp_path / "model")  # version 1 answers at once
     out_path = tmp_path / "server.out"
-    proc = subprocess.Popen([str(SPARK_BIN / "spark-submit"), "--master", "local[2]", str(ROOT / "server.py"),
+    elsewhere = tmp_path / "elsewhere"  # not the project folder: executors get the modules from Spark
+    elsewhere.mkdir()
+    proc = subprocess.Popen([str(SPARK_BIN / "spark-submit"), "--master", master,
+                             "--conf", "spark.executor.memory=1g", "--conf", "spark.driver.host=127.0.0.1",
+                             "--conf", f"spark.driver.extraJavaOptions={C1_ONLY}",
+                             "--conf", f"spark.executor.extraJavaOptions={C1_ONLY}", str(ROOT / "server.py"),
                              "--dataset", str(csv_fixture.path), "--port", str(port), "--model-dir", str(model_dir)],
-                            cwd=tmp_path, env=env, stdout=open(out_path, "w"), stderr=subprocess.STDOUT,
+                            cwd=elsewhere, env=env, stdout=open(out_path, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         _wait_for(lambda: "serving on http://" in out_path.read_text() or proc.poll() is not None, 180, "the server")
         assert proc.poll() is None, out_path.read_text()[-3000:]
-        import http.client
+        status, top = _call(port, "GET", "/1/ratings/top/3?min_count=0")
+        assert status == 200 and len(top["movies"]) == 3 and top["model_version"] == 1
+        body = json.dumps([{"movieId": m, "rating": 5.0} for m in csv_fixture.dramas[:4]]).encode()
+        assert _call(port, "POST", "/8800/ratings", body)[0] == 201
+        assert _call(port, "POST", "/admin/retrain")[0] == 202
+        _wait_for(lambda: _call(port, "GET", "/health")[1]["model_version"] == 2, 180, "version 2")
+        assert "Registered app movie-recommender-trainer" in master_log.read_text()
+        from storage.versions import ModelVersions
 
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("GET", "/1/ratings/top/3?min_count=0")
-        response = conn.getresponse()
-        assert response.status == 200 and len(json.loads(response.read())["movies"]) == 3
-        assert "Spark 4" in out_path.read_text() and "on local[2]" in out_path.read_text()
+        version, lease = ModelVersions(model_dir).load(2)
+        lease.release()
+        assert version.seq == 1 and version.models.rating.user_row(8800) is not None  # the trainer read the store
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) in (0, 143)
         # The Python driver must not outlive spark-submit's JVM and keep the port.

@@ -9,9 +9,9 @@ TUTORIAL_FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what cu
 
 
 @pytest.fixture(scope="module")
-def shared(sc, csv_fixture, fixture_model, tmp_path_factory):
-    """One server for the tests that do not need a fresh engine (they post under distinct user ids)."""
-    with serving(sc, csv_fixture.path, copy_model(fixture_model, tmp_path_factory.mktemp("shared") / "m")) as server:
+def shared(fixture_model, tmp_path_factory):
+    """One server for the tests that do not need a fresh recommender (they post under distinct user ids)."""
+    with serving(copy_model(fixture_model, tmp_path_factory.mktemp("shared") / "m")) as server:
         yield server
 
 
@@ -79,22 +79,9 @@ def test_search_similar_movie_and_health(shared, csv_fixture):
     assert status == 200 and movie["title"] == "Café, Le (1990)" and movie["ratings_count"] > 0
     status, health, _ = server.get("/health")
     assert status == 200 and health["status"] == "ok" and health["model_version"] == 1
-    assert health["n_ratings"] == int(server.engine.counts.sum())
-    assert set(health) >= {"model_version", "trained_at", "n_ratings", "pending_ratings", "training"}
-
-
-def test_background_retrain_bumps_version_and_stays_consistent(live, make_engine, csv_fixture):
-    server = live(make_engine(csv_fixture.path, retrain="async"))
-    status, _, _ = server.call("POST", "/5151/ratings", _tutorial_body(csv_fixture), TUTORIAL_FORM)
-    assert status == 201
-    _, before, _ = server.get("/5151/ratings/top/5?min_count=0")
-    assert server.engine.wait_idle(120)
-    _, health, _ = server.get("/health")
-    assert health["model_version"] == 2 and health["pending_ratings"] == 0
-    _, after, _ = server.get("/5151/ratings/top/5?min_count=0")
-    assert after["model_version"] == 2
-    assert {m["movieId"] for m in after["movies"]} <= set(csv_fixture.comedies[5:])
-    assert len(after["movies"]) == len(before["movies"]) == 5
+    assert health["n_ratings"] == int(server.recommender.current().counts.sum())
+    assert set(health) >= {"model_version", "trained_at", "n_ratings", "pending_ratings", "training", "trainer",
+                           "next_fit"}
 
 
 BIG = b"1,4\n" * (300_000)  # 1.2 MB
@@ -155,16 +142,16 @@ ERRORS = [
                          ids=[f"{e[0]} {e[1][:30]} {e[4]}" for e in ERRORS])
 def test_bad_requests_get_json_4xx_and_change_nothing(shared, method, path, body, ctype, status, message):
     server = shared
-    engine = server.engine
-    store_before = engine.store.entries()
-    model_before = (engine.model_dir / "model.json").read_bytes()
-    counts_before = engine.counts.copy()
+    rec = server.recommender
+    store_before = rec.store.entries()
+    version_before = (rec.versions.current(), rec.version)
+    counts_before = rec.current().counts.copy()
     got, data, raw = server.call(method, path, body, {"Content-Type": ctype} if ctype else {})
     assert got == status, raw[:300]
     assert set(data) == {"error"} and message in data["error"], data
-    assert engine.store.entries() == store_before
-    assert (engine.model_dir / "model.json").read_bytes() == model_before
-    assert (engine.counts == counts_before).all()
+    assert rec.store.entries() == store_before
+    assert (rec.versions.current(), rec.version) == version_before
+    assert (rec.current().counts == counts_before).all()
 
 
 def test_api_token_guards_posts_and_each_users_ratings(live, csv_fixture):
@@ -173,13 +160,16 @@ def test_api_token_guards_posts_and_each_users_ratings(live, csv_fixture):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
         status, body, _ = server.post_json("/1/ratings", payload, headers)
         assert status == 401 and "Bearer" in body["error"]
-    assert server.engine.store.entries() == []
+    assert server.recommender.store.entries() == []
     good = {"Authorization": "Bearer s3cret-token"}
     assert server.post_json("/1/ratings", payload, good)[0] == 201
     for path in ("/1/ratings", "/1/ratings/1", "/1/ratings/top/3", "/recommend?user=1"):
         status, body, _ = server.get(path)
         assert status == 401 and "Bearer" in body["error"], path
         assert server.call("GET", path, headers=good)[0] == 200, path
+    status, body, _ = server.call("POST", "/admin/retrain")  # asking for a fit is a write too
+    assert status == 401 and server.recommender.store.retrain_requested() is None
+    assert server.call("POST", "/admin/retrain", headers=good)[0] == 202
     for path in ("/health", "/movies?q=a", "/movies/1", "/movies/1/similar", "/"):
         assert server.get(path)[0] == 200, path  # the catalogue is public
 
@@ -194,8 +184,8 @@ def test_access_log_is_written_by_translogger(shared, caplog):
 def test_ratings_store_is_readable_by_its_owner_only(shared):
     server = shared
     assert server.post_json("/9/ratings", [{"movieId": 2, "rating": 3.5}])[0] == 201
-    assert server.engine.store.path.stat().st_mode & 0o777 == 0o600
-    assert server.engine.store.entries()[-1].ratings == ((2, 3.5),)
+    assert server.recommender.store.path.stat().st_mode & 0o777 == 0o600
+    assert server.recommender.store.entries()[-1].ratings == ((2, 3.5),)
 
 
 def test_the_tutorials_1_to_10_file_is_explained(shared):
@@ -213,7 +203,7 @@ def test_json_is_read_as_json_whatever_the_content_type_says(shared, ctype):
     body = b'[{"movieId": 3, "rating": 4.5}, {"movieId": 4, "rating": 2}]'  # what curl --data sends
     status, answer, _ = shared.call("POST", "/4301/ratings", body, {"Content-Type": ctype} if ctype else {})
     assert status == 201 and answer["accepted"] == 2
-    assert [(r["movieId"], r["rating"]) for r in shared.engine.rated(4301)] == [(3, 4.5), (4, 2.0)]
+    assert [(m.movie_id, r) for m, r in shared.recommender.rated(4301)] == [(3, 4.5), (4, 2.0)]
 
 
 def test_a_csv_header_line_is_skipped(shared):
@@ -223,3 +213,21 @@ def test_a_csv_header_line_is_skipped(shared):
     status, answer, _ = shared.call("POST", "/4302/ratings", b"5,3.5\nmovieId,rating\n",
                                     {"Content-Type": "text/plain"})
     assert status == 400 and "line 2" in answer["error"]  # only a first line can be a header
+
+
+def test_before_the_first_version_every_answer_is_a_503_that_says_why(tmp_path):
+    with serving(tmp_path / "empty") as server:
+        for path in ("/1/ratings/top/3", "/1/ratings/1", "/movies?q=toy", "/health"):
+            status, body, _ = server.get(path)
+            assert status == 503 and "no model has been published" in body["error"], path
+        status, body, _ = server.post_json("/1/ratings", [{"movieId": 1, "rating": 4.0}])
+        assert status == 503 and server.recommender.store.entries() == []
+        status, _, raw = server.get("/")
+        assert status == 503 and b"starting" in raw and b"reloads itself" in raw  # the page, for people
+
+
+def test_a_request_for_a_fit_is_recorded_for_the_trainer(live):
+    server = live()
+    status, body, _ = server.call("POST", "/admin/retrain")
+    assert status == 202 and body["model_version"] == 1
+    assert server.recommender.store.retrain_requested() == body["requested_at"]

@@ -9,8 +9,10 @@ import pytest
 from conftest import FAST
 
 from datasets import movielens
-from model import ModelError, ModelParams, Models, RankingParams, Scale, neighbour_sums
-from training import fit_models
+from model import ModelError, ModelParams, RankingParams, Scale, neighbour_sums
+from serving.catalogue import Catalogue, Histories
+from storage.versions import ModelVersions
+from trainer.training import fit_models
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +85,19 @@ def test_signed_confidence_makes_low_ratings_dislikes(models, csv_fixture):
     assert set(top.tolist()) <= set(csv_fixture.comedies)
 
 
-def test_save_load_round_trip_gives_identical_models(models, tmp_path):
-    models.save(tmp_path, {"dataset_fingerprint": "abc"})
-    loaded = Models.load(tmp_path)
+def _publish(models, model_dir, meta=None):
+    ids = models.rating.movie_ids
+    catalogue = Catalogue(ids, [f"Movie {m}" for m in ids.tolist()], [()] * len(ids))
+    histories = Histories.build(np.array([1, 1, 2]), np.array([0, 1, 0]), np.array([4.0, 3.5, 2.0]))
+    return ModelVersions(model_dir).publish(models, catalogue, histories, meta or {"seq": 0})
+
+
+def test_a_published_version_loads_as_identical_models(models, tmp_path):
+    number = _publish(models, tmp_path, {"dataset_fingerprint": "abc", "seq": 0})
+    version, lease = ModelVersions(tmp_path).load()
+    lease.release()
+    loaded = version.models
+    assert number == version.number == 1
     users = np.repeat(np.arange(0, 70), 45)
     movies = np.tile(np.arange(0, 45), 70)
     assert np.array_equal(loaded.rating.predict_pairs(users, movies), models.rating.predict_pairs(users, movies))
@@ -95,9 +107,10 @@ def test_save_load_round_trip_gives_identical_models(models, tmp_path):
     assert np.array_equal(loaded.neighbours.neighbours, models.neighbours.neighbours)
     assert np.array_equal(loaded.neighbours.similarity, models.neighbours.similarity)
     assert loaded.params == models.params == FAST and loaded.scale == models.scale
-    meta = json.loads((tmp_path / "model.json").read_text())
+    meta = json.loads((tmp_path / "versions" / "v000001" / "version.json").read_text())
     assert meta["dataset_fingerprint"] == "abc" and "created_at" in meta
     assert meta["params"] == FAST.as_dict()
+    assert version.histories.of(1).ratings.tolist() == [4.0, 3.5]
 
 
 def test_params_files_name_what_is_wrong():
@@ -117,19 +130,20 @@ def test_params_files_name_what_is_wrong():
 
 
 def test_damaged_arrays_are_refused(models, tmp_path):
-    models.save(tmp_path, {})
-    arrays = next(tmp_path.glob("model-*.npz"))
+    _publish(models, tmp_path)
+    arrays = tmp_path / "versions" / "v000001" / "models.npz"
     data = bytearray(arrays.read_bytes())
     data[len(data) // 2] ^= 0xFF
     arrays.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="checksum"):
-        Models.load(tmp_path)
+        ModelVersions(tmp_path).load()
 
 
-def test_garbage_metadata_is_refused(tmp_path):
-    (tmp_path / "model.json").write_text("{not json")
+def test_garbage_metadata_is_refused(models, tmp_path):
+    _publish(models, tmp_path)
+    (tmp_path / "versions" / "v000001" / "version.json").write_text("{not json")
     with pytest.raises(ModelError, match="damaged"):
-        Models.load(tmp_path)
+        ModelVersions(tmp_path).load()
 
 
 def test_scale_inference_and_checks():
@@ -178,7 +192,7 @@ def test_ratings_pickled_in_batches_are_what_python_pickles():
 
     from pyspark.mllib.recommendation import Rating
 
-    from training import pickled_ratings
+    from trainer.training import pickled_ratings
 
     users, movies = np.array([1, 2**31 - 1, 7]), np.array([3, 5, 2**20])
     values = np.array([4.5, -0.123456789, 1e-300])

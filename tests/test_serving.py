@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model import Models, RankingModel, RankingParams, RatingModel, RatingParams, Scale
-from serving import Moments, Snapshot, candidates, top_k
+from serving.snapshot import Moments, Snapshot, candidates, top_k
 
 
 def test_top_k_is_exact_and_breaks_ties_by_row():

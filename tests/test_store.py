@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import sqlite3
 import stat
 import zlib
+from collections import Counter
 
 import pytest
 
-from ratings_store import RatingsStore, StoreError
+from storage.ratings import RatingsStore, StoreError
 
 
 def _pairs(store: RatingsStore):
@@ -26,7 +29,6 @@ def test_requests_are_read_back_newest_rating_first(tmp_path):
     assert store.user_ratings(1) == [(10, 1.0), (11, 2.0)] and store.user_ratings(3) == []
     assert list(store.latest(2)) == [(1, [(10, 4.0), (11, 2.0)], 1), (2, [(10, 3.5)], 2)]
     assert list(store.latest(3))[0] == (1, [(10, 1.0), (11, 2.0)], 3)
-    assert sorted(store.users_after(1)) == [1, 2]
     assert store.ratings_after(1) == 2 and store.ratings_after(3) == 0
     assert stat.S_IMODE((tmp_path / "ratings.db").stat().st_mode) == 0o600
     store.close()
@@ -39,8 +41,6 @@ def test_compaction_drops_only_replaced_ratings_the_model_was_trained_past(tmp_p
     store.append(1, [(10, 4.0), (11, 2.0)])
     store.append(1, [(10, 1.0)])  # replaces (1, 10)
     store.append(1, [(11, 5.0)])  # replaces (1, 11), after the trained request
-    store.mark_trained(2)
-    assert store.trained_seq == 2
     assert store.compact(2) == 1  # only (1, 10) of request 1: request 3 is newer than the model
     assert _pairs(store) == [(1, 1, ((11, 2.0),)), (2, 1, ((10, 1.0),)), (3, 1, ((11, 5.0),))]
     assert store.user_ratings(1) == [(10, 1.0), (11, 5.0)]
@@ -114,3 +114,61 @@ def test_an_old_ratings_log_is_imported_once_losing_nothing(tmp_path):
     old.write_bytes((tmp_path / "ratings.log.migrated").read_bytes())  # a crash before the rename
     again = RatingsStore(tmp_path / "ratings.db")
     assert len(again.entries()) == 3 and not old.exists()
+
+
+def test_changes_after_a_request_are_the_newest_rating_of_each_user_and_movie(tmp_path):
+    store = RatingsStore(tmp_path / "ratings.db")
+    store.append(1, [(10, 4.0), (11, 2.0)])
+    store.append(2, [(10, 3.5)])
+    store.append(1, [(10, 1.0)])
+    assert store.changes(0) == (3, {1: {10: 1.0, 11: 2.0}, 2: {10: 3.5}})
+    assert store.changes(2) == (3, {1: {10: 1.0}})
+    assert store.changes(3) == (3, {})
+    assert store.first_time_after(3) is None and store.first_time_after(2) == store.entries()[-1].time
+
+
+def _append_many(path: str, user: int, count: int, ready, go) -> None:
+    store = RatingsStore(path)
+    ready.set()
+    go.wait(30)
+    for k in range(count):
+        store.append(user, [(k % 7, 0.5 + k % 10 / 2)])
+    store.close()
+
+
+def test_two_processes_appending_at_once_get_distinct_request_numbers(tmp_path):
+    """Request numbers come from the database inside the write transaction, not from a process's memory."""
+    path = str(tmp_path / "ratings.db")
+    RatingsStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    go = ctx.Event()
+    readies = [ctx.Event() for _ in range(2)]
+    procs = [ctx.Process(target=_append_many, args=(path, user, 150, ready, go))
+             for user, ready in zip((1, 2), readies)]
+    for proc in procs:
+        proc.start()
+    for ready in readies:
+        assert ready.wait(60)
+    go.set()  # both write at once
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    store = RatingsStore(path)
+    entries = store.entries()
+    assert [e.seq for e in entries] == list(range(1, 301)) and store.last_seq == 300
+    assert Counter(e.user for e in entries) == {1: 150, 2: 150}
+    users_in_order = [e.user for e in entries]
+    assert users_in_order != sorted(users_in_order)  # they did interleave
+
+
+def test_a_store_from_before_request_numbers_in_meta_continues_its_numbering(tmp_path):
+    db = sqlite3.connect(tmp_path / "ratings.db")
+    db.executescript("CREATE TABLE ratings (seq INTEGER NOT NULL, user INTEGER NOT NULL, movie INTEGER NOT NULL, "
+                     "rating REAL NOT NULL, time REAL NOT NULL, PRIMARY KEY (seq, movie)) WITHOUT ROWID;"
+                     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                     "INSERT INTO ratings VALUES (41, 5, 1, 4.0, 1.0), (42, 5, 2, 3.0, 2.0);"
+                     "INSERT INTO meta VALUES ('store_id', 'old'), ('trained_seq', '41');")
+    db.close()
+    store = RatingsStore(tmp_path / "ratings.db")
+    assert store.last_seq == 42 and store.store_id == "old"
+    assert store.append(6, [(3, 2.5)]).seq == 43

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import replace
 
@@ -13,9 +14,11 @@ from conftest import FAST
 from fixtures import write_ratings_csv
 
 import evaluate
-import tuning
-from engine import RecommendationEngine, save_params, saved_params
+from engine import RecommendationEngine
 from model import Ingredients, ModelParams, NeighbourParams, RatingParams, Scale
+from storage.params import save_params, saved_params
+from storage.versions import ModelVersions
+from trainer import tuning
 
 
 def test_blend_weights_are_least_squares_on_the_validation_pairs():
@@ -58,35 +61,55 @@ def test_the_search_starts_no_fit_after_the_budget():
 
 
 @pytest.mark.slow  # tunes and trains
-def test_first_training_tunes_saves_and_logs_the_pick_and_the_next_start_reuses_it(sc, csv_fixture, tmp_path,
-                                                                                    caplog, monkeypatch):
+def test_a_new_dataset_is_served_with_the_defaults_first_then_tuned_and_served_again(sc, csv_fixture, tmp_path,
+                                                                                     caplog, monkeypatch):
+    """No params.json: the trainer publishes a fit with the defaults at once (so API processes can answer),
+    then tunes, saves the pick and publishes the tuned fit as the next version; a restart reuses both."""
+    from trainer.loop import RetrainPolicy, Trainer
+
     model_dir = tmp_path / "model"
     base = ModelParams()
     caplog.set_level(logging.INFO)
     fits = []
     real_fit = tuning.fit_rating_model
     monkeypatch.setattr(tuning, "fit_rating_model", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
-    engine = RecommendationEngine(sc, str(csv_fixture.path), model_dir, retrain="off", tune_budget=8)
+    engine = RecommendationEngine(sc, str(csv_fixture.path), model_dir, tune_budget=8)
+    published, second = [], threading.Event()
+    real_publish = engine.fit_and_publish
+
+    def publish():
+        published.append((real_publish(), engine.params))
+        if len(published) == 2:
+            second.set()
+        return published[-1][0]
+
+    monkeypatch.setattr(engine, "fit_and_publish", publish)
+    trainer = Trainer(engine, RetrainPolicy(None, None, 0), poll=0.05)
+    thread = threading.Thread(target=trainer.run, daemon=True)
+    thread.start()
     try:
-        picked = saved_params(model_dir)
-        report = json.loads((model_dir / "tune.json").read_text())
-        assert picked == engine.params == engine._snapshot.models.params
-        assert report["chosen"] == picked.as_dict() and len(report["table"]) >= 2
-        first = report["table"][0]
-        assert (first["rank"], first["reg"]) == (base.rating.rank, base.rating.reg)
-        best = min(report["table"], key=lambda row: row["valid_rmse"])
-        assert (picked.rating.rank, picked.rating.reg) == (best["rank"], best["reg"])
-        assert len(fits) == len(report["table"])  # each candidate fitted once; the pick is not fitted again
-        # The blend's weights were fitted, and the blend beats ALS alone on the validation pairs.
-        assert picked.neighbours != base.neighbours and report["valid_rmse"]["blend"] < report["valid_rmse"]["als"]
-        assert any(r.message.startswith("tuned in") for r in caplog.records)
+        assert second.wait(300)
     finally:
+        trainer.stop()
+        thread.join(60)
         engine.close()
-    caplog.clear()
-    again = RecommendationEngine(sc, str(csv_fixture.path), model_dir, retrain="off", tune_budget=8)
+    picked = saved_params(model_dir)
+    report = json.loads((model_dir / "tune.json").read_text())
+    assert [(number, params) for number, params in published] == [(1, base), (2, picked)]
+    assert ModelVersions(model_dir).load(2)[0].models.params == picked
+    assert report["chosen"] == picked.as_dict() and len(report["table"]) >= 1
+    first = report["table"][0]
+    assert (first["rank"], first["reg"]) == (base.rating.rank, base.rating.reg)
+    best = min(report["table"], key=lambda row: row["valid_rmse"])
+    assert (picked.rating.rank, picked.rating.reg) == (best["rank"], best["reg"])
+    assert len(fits) == len(report["table"])  # each candidate fitted once; the pick is not fitted again
+    # The blend's weights were fitted, and the blend beats ALS alone on the validation pairs.
+    assert picked.neighbours != base.neighbours and report["valid_rmse"]["blend"] < report["valid_rmse"]["als"]
+    assert any(r.message.startswith("tuned in") for r in caplog.records)
+    again = RecommendationEngine(sc, str(csv_fixture.path), model_dir, tune_budget=8)
     try:
-        assert again.params == picked and again.model_source == "loaded"
-        assert not any(r.message.startswith("tuned in") for r in caplog.records)
+        assert again.params == picked and again.tune_budget is None
+        assert Trainer(again, RetrainPolicy(None, None, 0))._due() is None  # nothing to fit or tune
     finally:
         again.close()
 

@@ -1,4 +1,4 @@
-"""Posted ratings in SQLite: one transaction per request, and a commit is the acknowledgement.
+"""Posted ratings in SQLite, shared by every process on one model folder: a commit is the acknowledgement.
 
 The database (``ratings.db`` in the model folder) runs in WAL mode with
 ``synchronous=FULL``, so a commit returns only once its WAL frames are fsync'd;
@@ -8,16 +8,19 @@ uncommitted one (WAL frames carry checksums: a torn tail is ignored on open).
 Schema::
 
     ratings(seq, user, movie, rating, time)   -- one row per rating; seq numbers the request
-    meta(key, value)                           -- store_id, trained_seq, migrated_log
+    meta(key, value)                           -- store_id, last_seq, trainer status, retrain requests
 
-``trained_seq`` is the last request the saved model was trained on.  Rows that
-a later rating of the same user and movie replaced are deleted by
-:meth:`RatingsStore.compact` once a model trained past them is saved.
+Request numbers come from ``meta.last_seq``, incremented inside the writing
+transaction (``BEGIN IMMEDIATE`` holds the database's one write lock), so any
+number of processes can append at once: numbers never collide, and they grow in
+commit order, so a reader that has seen request N has seen every request before
+it.  That is what lets API processes fold in each other's writes: each one asks
+for the rows after the last request it has seen.
 
-``RatingsStore`` is the whole interface the engine uses; a server-grade
-database (several servers sharing one store) would implement the same methods.
-A ``ratings.log`` from earlier versions (CRC-checked JSON lines) is imported
-once on open and renamed ``ratings.log.migrated``.
+Rows that a later rating of the same user and movie replaced are deleted by
+:meth:`RatingsStore.compact` once a published model covers the later one.  A
+``ratings.log`` from earlier versions (CRC-checked JSON lines) is imported once
+on open and renamed ``ratings.log.migrated``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from model import fsync_dir
+from storage.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ LATEST = """
 SELECT user, movie, rating, seq FROM ratings AS r WHERE seq <= :upto AND NOT EXISTS (
     SELECT 1 FROM ratings AS n WHERE n.user = r.user AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= :upto)
 """
+TRAINER_STATUS, RETRAIN_REQUESTED = "trainer", "retrain_requested"  # meta keys
+COMPACT_BATCH = 2000  # requests whose replaced rows one compaction transaction deletes
 
 
 class StoreError(RuntimeError):
@@ -67,28 +72,33 @@ class Entry:
     time: float
 
 
+Changes = dict[int, dict[int, float]]  # user -> movie -> newest rating
+
+
 class RatingsStore:
     """The durable record of posted ratings; :meth:`append` returns only once the request is committed."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        if created:  # readable by its owner only: it holds what users rated
+        if not self.path.exists():  # readable by its owner only: it holds what users rated
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self._lock = threading.Lock()  # one writer at a time
+        self._lock = threading.Lock()  # this process's writers take turns on the one write connection
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
         with self._db:
-            self._db.executescript(SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement in SCHEMA.strip().split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('trained_seq', '0')")
+            # Stores written before request numbers lived in meta start from their largest request.
+            self._db.execute("INSERT OR IGNORE INTO meta SELECT 'last_seq', coalesce(max(seq), 0) FROM ratings")
         fsync_dir(self.path.parent)  # the database and its WAL file now exist for good
-        self.store_id = self._meta("store_id")
-        self._seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM ratings").fetchone()[0]
+        self.store_id = self.get_meta("store_id")
         self._migrate(self.path.parent / "ratings.log")
 
     def _connect(self) -> sqlite3.Connection:
@@ -107,10 +117,6 @@ class RatingsStore:
                 self._readers.append(db)
         return db
 
-    def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
     # --- writes ---------------------------------------------------------------------------
 
     def append(self, user: int, ratings: list[tuple[int, float]]) -> Entry:
@@ -118,49 +124,91 @@ class RatingsStore:
 
         Raises StoreError, with nothing stored, when the commit fails.
         """
+        now = time.time()
         with self._lock:
-            entry = Entry(self._seq + 1, user, tuple(ratings), time.time())
             try:
                 with self._db:  # BEGIN ... COMMIT, or ROLLBACK on any error
                     self._db.execute("BEGIN IMMEDIATE")
+                    seq = int(self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'last_seq' "
+                                               "RETURNING value").fetchone()[0])
                     self._db.executemany("INSERT INTO ratings VALUES (?, ?, ?, ?, ?)",
-                                         [(entry.seq, user, m, r, entry.time) for m, r in ratings])
+                                         [(seq, user, m, r, now) for m, r in ratings])
             except sqlite3.Error as exc:
                 raise StoreError(f"could not store the ratings: {exc}") from exc
-            self._seq = entry.seq
-            return entry
+        return Entry(seq, user, tuple(ratings), now)
 
-    def mark_trained(self, seq: int) -> None:
-        """Record that the saved model was trained on every request up to ``seq``."""
+    def put_meta(self, key: str, value: str) -> None:
+        """Set one shared setting (the trainer's status, a retrain request)."""
         with self._lock, self._db:
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'trained_seq'", (str(seq),))
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def request_retrain(self) -> float:
+        """Ask the trainer for a fit now (an operator's or a test's request); returns the request's time."""
+        now = time.time()
+        self.put_meta(RETRAIN_REQUESTED, repr(now))
+        return now
+
+    def set_trainer_status(self, status: dict) -> None:
+        """The trainer's state, policy and last fit, for every API process's /health."""
+        self.put_meta(TRAINER_STATUS, json.dumps(status, sort_keys=True))
 
     def compact(self, upto: int) -> int:
         """Delete ratings that a later rating of the same user and movie, up to request ``upto``, replaced.
 
-        Returns the number of rows deleted; :meth:`latest` as of ``upto`` or later does not change.
+        Works in short transactions of COMPACT_BATCH requests each, so a POST waits
+        for one batch at most.  Returns the number of rows deleted; :meth:`latest` as
+        of ``upto`` or later does not change.
         """
+        deleted = 0
+        for low in range(0, upto, COMPACT_BATCH):
+            with self._lock, self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                deleted += self._db.execute(
+                    "DELETE FROM ratings AS r WHERE seq > :low AND seq <= :high AND EXISTS (SELECT 1 FROM ratings "
+                    "AS n WHERE n.user = r.user AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= :upto)",
+                    {"low": low, "high": min(low + COMPACT_BATCH, upto), "upto": upto}).rowcount
         with self._lock:
-            with self._db:
-                deleted = self._db.execute(
-                    "DELETE FROM ratings AS r WHERE seq <= :upto AND EXISTS (SELECT 1 FROM ratings AS n "
-                    "WHERE n.user = r.user AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= :upto)",
-                    {"upto": upto}).rowcount
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if deleted:
             log.info("ratings store: %d replaced rating(s) compacted", deleted)
         return deleted
 
     # --- reads ----------------------------------------------------------------------------
 
-    @property
-    def last_seq(self) -> int:
-        """The last acknowledged request."""
-        return self._seq
+    def get_meta(self, key: str) -> str | None:
+        row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def retrain_requested(self) -> float | None:
+        """When a fit was last asked for (Unix time), or None."""
+        value = self.get_meta(RETRAIN_REQUESTED)
+        return float(value) if value else None
+
+    def trainer_status(self) -> dict | None:
+        value = self.get_meta(TRAINER_STATUS)
+        return json.loads(value) if value else None
 
     @property
-    def trained_seq(self) -> int:
-        return int(self._meta("trained_seq") or 0)
+    def last_seq(self) -> int:
+        """The last acknowledged request, by any process."""
+        return int(self.get_meta("last_seq") or 0)
+
+    def changes(self, after: int) -> tuple[int, Changes]:
+        """Every rating posted after request ``after``, newest per user and movie, and the last request
+        they include (read in one snapshot, so nothing committed in between is half-seen)."""
+        db = self._reader()
+        db.execute("BEGIN")
+        try:
+            upto = int(db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0])
+            rows = db.execute("SELECT user, movie, rating FROM ratings WHERE seq > ? AND seq <= ? ORDER BY seq",
+                              (after, upto)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        changes: Changes = {}
+        for user, movie, rating in rows:
+            changes.setdefault(user, {})[movie] = rating
+        return upto, changes
 
     def user_ratings(self, user: int) -> list[tuple[int, float]]:
         """The user's posted ratings, newest per movie, by movie id."""
@@ -183,13 +231,13 @@ class RatingsStore:
         if user is not None:
             yield user, pairs, last
 
-    def users_after(self, seq: int) -> list[int]:
-        """Users who posted after request ``seq``."""
-        return [u for (u,) in self._reader().execute("SELECT DISTINCT user FROM ratings WHERE seq > ?", (seq,))]
-
     def ratings_after(self, seq: int) -> int:
         """How many ratings were posted after request ``seq``."""
         return self._reader().execute("SELECT count(*) FROM ratings WHERE seq > ?", (seq,)).fetchone()[0]
+
+    def first_time_after(self, seq: int) -> float | None:
+        """When the first rating after request ``seq`` was posted (Unix time), or None."""
+        return self._reader().execute("SELECT min(time) FROM ratings WHERE seq > ?", (seq,)).fetchone()[0]
 
     def entries(self) -> list[Entry]:
         """Every stored request, in order (for tools and tests)."""
@@ -214,15 +262,16 @@ class RatingsStore:
         """Import a ``ratings.log`` from earlier versions once, keeping its sequence numbers."""
         if not old.exists():
             return
-        if self._meta("migrated_log") is None:
+        if self.get_meta("migrated_log") is None:
             entries, skipped = read_old_log(old)
             with self._lock, self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("INSERT OR IGNORE INTO ratings VALUES (?, ?, ?, ?, ?)",
                                      [(e.seq, e.user, m, r, e.time) for e in entries for m, r in e.ratings])
+                self._db.execute("UPDATE meta SET value = (SELECT max(CAST(meta.value AS INTEGER), "
+                                 "coalesce(max(seq), 0)) FROM ratings) WHERE key = 'last_seq'")
                 self._db.execute("INSERT INTO meta VALUES ('migrated_log', ?)",
                                  (json.dumps({"entries": len(entries), "skipped_lines": skipped}),))
-            self._seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM ratings").fetchone()[0]
             log.info("ratings store: imported %d request(s) from %s (%d damaged line(s) skipped)",
                      len(entries), old, skipped)
         os.replace(old, old.with_name(old.name + ".migrated"))

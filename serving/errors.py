@@ -1,0 +1,23 @@
+"""What the serving side raises for a caller's mistake or a passing condition; app.py turns each into JSON."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """The caller asked for something invalid; the message says what, ``status`` the HTTP code."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class NotFound(LookupError):
+    """The caller named a movie that does not exist."""
+
+
+class Unavailable(InputError):
+    """The service cannot answer yet or right now (no published model, the store failed): a 503."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 503)

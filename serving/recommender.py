@@ -1,0 +1,277 @@
+"""The serving side: answers every query from the published model version, in milliseconds, without Spark.
+
+An API process holds one :class:`Recommender`.  It loads the version named by
+the versions folder's CURRENT pointer (NumPy arrays: the models, the catalogue
+and users' ratings), watches the pointer and swaps a new version in whole once
+it is loaded, and folds in every rating posted after the version, by this
+process or any other on the same store: before answering, it compares the
+store's last request number with the last one it has folded in (one indexed
+read) and folds in what is new.  So a GET issued after a POST was acknowledged
+anywhere reflects it.  Results are plain dataclasses; app.py shapes the JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model import ModelError
+from serving.errors import Unavailable
+from serving.snapshot import candidates
+from serving.state import Served
+from serving.validation import check_ratings, check_user
+from storage.ratings import RatingsStore, StoreError
+from storage.versions import Lease, ModelVersions
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0  # how often the pointer to the current version is read
+
+
+@dataclass(frozen=True)
+class Movie:
+    movie_id: int
+    title: str
+    genres: tuple[str, ...]
+    ratings_count: int
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A movie in a list: the clipped star prediction, and the score the list is ordered by."""
+
+    movie: Movie
+    predicted_rating: float
+    score: float
+
+
+@dataclass(frozen=True)
+class TopN:
+    user: int
+    movies: list[Scored]
+    version: int
+    fallback: str | None  # "popular" for a user the models know nothing about
+
+
+@dataclass(frozen=True)
+class Prediction:
+    user: int
+    movie: Movie
+    predicted_rating: float
+    user_rating: float | None
+    version: int
+
+
+class Recommender:
+    """The published version in service plus posted ratings folded in; see the module's docstring."""
+
+    def __init__(self, model_dir: Path, store: RatingsStore | None = None, poll: float = POLL_SECONDS):
+        self.model_dir = Path(model_dir)
+        self.versions = ModelVersions(self.model_dir)
+        self.store = store or RatingsStore(self.model_dir / "ratings.db")
+        self.poll = poll
+        self._served: Served | None = None
+        self._lease: Lease | None = None
+        self._sync_lock = threading.Lock()  # one fold-in (or swap) at a time
+        self._swap_lock = threading.Lock()  # one load at a time
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.load_error: str | None = None
+
+    # --- versions ----------------------------------------------------------------------------
+
+    def start(self, watch: bool = True) -> Recommender:
+        """Load the current version, if there is one, and (``watch``) follow the pointer from now on."""
+        self.refresh()
+        if watch:
+            self._watcher = threading.Thread(target=self._watch, name="version-watcher", daemon=True)
+            self._watcher.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.poll):
+            try:
+                self.refresh()
+            except Exception:  # keep serving what is loaded; the next poll tries again
+                log.exception("could not check for a new model version")
+
+    def refresh(self) -> bool:
+        """Swap in the current version if it is not the one in service; whether it swapped."""
+        with self._swap_lock:
+            number = self.versions.current()
+            served = self._served
+            if number is None or (served is not None and served.number == number):
+                return False
+            try:
+                version, lease = self.versions.load(number)
+            except ModelError as exc:
+                if self.load_error != str(exc):  # once per problem, not once per poll
+                    log.error("%s; %s", exc, "the previous version stays in service" if served else "not serving")
+                self.load_error = str(exc)
+                return False
+            start = time.perf_counter()
+            fresh = Served(version)
+            fresh.apply(*self.store.changes(fresh.seq))  # most of the catching up, outside the lock
+            with self._sync_lock:
+                fresh.apply(*self.store.changes(fresh.synced))
+                self._served = fresh
+            if self._lease is not None:
+                self._lease.release()
+            self._lease, self.load_error = lease, None
+            log.info("model version %d in service (trained on ratings up to request %d; %d user(s) posted since; "
+                     "loaded in %.2f s)", fresh.number, fresh.seq, len(fresh.posted), time.perf_counter() - start)
+            return True
+
+    def current(self) -> Served:
+        """The version in service with every acknowledged rating folded in; Unavailable before the first."""
+        served = self._served
+        if served is None:
+            raise Unavailable(f"no model has been published in {self.versions.root} yet: the trainer is fitting "
+                              "the first one" + (f" ({self.load_error})" if self.load_error else ""))
+        if self.store.last_seq > served.synced:
+            with self._sync_lock:
+                served = self._served
+                served.apply(*self.store.changes(served.synced))
+        return served
+
+    @property
+    def version(self) -> int | None:
+        return None if self._served is None else self._served.number
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
+        if self._lease is not None:
+            self._lease.release()
+        self.store.close()
+
+    # --- queries -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _movie(served: Served, row: int) -> Movie:
+        c = served.catalogue
+        return Movie(int(c.movie_ids[row]), c.titles[row], c.genres[row], int(served.counts[row]))
+
+    def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None) -> TopN:
+        """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings.
+
+        The ranking model orders them (``score``, unclipped); each shows its
+        ``predicted_rating`` (ALS blended with the neighbourhood of the user's
+        ratings), clipped to the scale.  A user the models know nothing about
+        gets the most-rated movies (``score`` is the rating count), marked
+        ``fallback: popular``.
+        """
+        served = self.current()
+        snapshot = served.snapshot
+        rated = served.ratings_of(user)
+        rows = candidates(served.counts, min_count, rated.rows if rated is not None else None,
+                          served.catalogue.genre_mask(genre))
+        vectors = snapshot.user_vectors(user)
+        rows, scores = snapshot.top_n(vectors, rows, count, served.counts)
+        predicted = snapshot.predicted_ratings(vectors, rows, rated=_pairs(rated))
+        movies = [Scored(self._movie(served, r), round(float(p), 4), float(s))
+                  for r, p, s in zip(rows.tolist(), predicted.tolist(), scores.tolist())]
+        return TopN(user, movies, served.number, "popular" if vectors is None else None)
+
+    def predict(self, user: int, movie: int) -> Prediction:
+        """The predicted rating of one movie for one user, and the user's own rating if any."""
+        served = self.current()
+        row = served.catalogue.row(movie)
+        snapshot = served.snapshot
+        rated = served.ratings_of(user)
+        score = snapshot.predicted_ratings(snapshot.user_vectors(user), np.array([row]), rated=_pairs(rated))[0]
+        own = None
+        if rated is not None:
+            hit = np.flatnonzero(rated.rows == row)
+            own = float(rated.ratings[hit[0]]) if hit.size else None
+        return Prediction(user, self._movie(served, row), round(float(score), 4), own, served.number)
+
+    def rated(self, user: int) -> list[tuple[Movie, float]]:
+        """The user's rated movies and ratings, by movie id."""
+        served = self.current()
+        ratings = served.ratings_of(user)
+        if ratings is None:
+            return []
+        return [(self._movie(served, r), v) for r, v in zip(ratings.rows.tolist(), ratings.ratings.tolist())]
+
+    def search(self, query: str, limit: int = 20) -> list[Movie]:
+        """Movies whose title contains ``query`` (case-insensitive), most rated first."""
+        served = self.current()
+        return [self._movie(served, r) for r in served.catalogue.search(query, served.counts, limit)]
+
+    def movie(self, movie: int) -> tuple[Movie, float | None]:
+        """A catalogue entry and its mean rating (None when nobody rated it)."""
+        served = self.current()
+        row = served.catalogue.row(movie)
+        count = int(served.counts[row])
+        return self._movie(served, row), (round(float(served.sums[row] / count), 4) if count else None)
+
+    def similar(self, movie: int, count: int = 10, min_count: int = 25) -> list[tuple[Movie, float]]:
+        """Movies closest in cosine to the given one in the ranking model, among those with ``min_count`` ratings."""
+        served = self.current()
+        row = served.catalogue.row(movie)
+        rows, sims = served.snapshot.similar(row, candidates(served.counts, min_count), count)
+        return [(self._movie(served, r), round(float(s), 4)) for r, s in zip(rows.tolist(), sims.tolist())]
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def add_ratings(self, user: int, pairs: list[tuple[int, float]], labels: list[str] | None = None) -> int:
+        """Durably store a user's ratings (all or nothing) and fold them in; return the version in service.
+
+        Returns only after the store committed them; a rejected or failed
+        request changes nothing.
+        """
+        check_user(user)
+        served = self.current()
+        check_ratings(served.catalogue, served.scale, pairs, labels)
+        try:
+            self.store.append(user, pairs)
+        except StoreError as exc:
+            log.error("%s", exc)
+            raise Unavailable("the ratings could not be stored; nothing was saved, try again later") from None
+        return self.current().number
+
+    def request_retrain(self) -> float:
+        """Ask the trainer for a fit on every stored rating now; returns when it was asked."""
+        try:
+            return self.store.request_retrain()
+        except Exception as exc:
+            log.error("could not record the retrain request: %s", exc)
+            raise Unavailable("the retrain request could not be stored; try again later") from None
+
+    def status(self) -> dict:
+        """What /health reports: the version in service, what it has not seen, and the trainer's state."""
+        served = self.current()
+        pending = self.store.ratings_after(served.seq)
+        trainer = self.store.trainer_status() or {}
+        policy = trainer.get("policy") or {}
+        due: dict = {"ratings_to_go": None, "at": None}
+        if policy.get("after_ratings"):
+            due["ratings_to_go"] = max(0, int(policy["after_ratings"]) - pending)
+        first = self.store.first_time_after(served.seq) if pending else None
+        if first is not None and policy.get("interval_seconds"):
+            due["at"] = _iso(first + float(policy["interval_seconds"]))
+        state = trainer.get("state", "unknown")
+        if trainer.get("heartbeat") and state not in ("stopped",) and \
+                time.time() - float(trainer["heartbeat"]) > 3 * float(trainer.get("heartbeat_seconds", 10)):
+            state = "not running"  # no heartbeat: the trainer died without saying so
+        return {"status": "ok", "model_version": served.number, "trained_at": served.snapshot.trained_at,
+                "trained_on_request": served.seq, "n_ratings": int(served.counts.sum()), "pending_ratings": pending,
+                "training": state in ("fitting", "tuning"),
+                "trainer": {"state": state, "pid": trainer.get("pid"), "last_fit": trainer.get("last_fit"),
+                            "error": trainer.get("error")},
+                "last_retrain_error": trainer.get("error"), "next_fit": due}
+
+
+def _pairs(ratings) -> tuple[np.ndarray, np.ndarray] | None:
+    return None if ratings is None else (ratings.rows, ratings.ratings)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

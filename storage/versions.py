@@ -1,0 +1,262 @@
+"""Published model versions in a folder that the trainer and every API process share.
+
+    <model dir>/versions/
+        CURRENT              the number of the version in service, replaced atomically
+        v000007/             one immutable version
+            version.json     what it is (data, the posted request it covers, parameters, fit times)
+                             and the SHA-256 of each file below
+            models.npz       the rating, ranking and neighbourhood models' arrays
+            catalogue.json   movie ids, titles and genres
+            histories.npz    every user's ratings as of the version
+
+A version is written into a temporary folder (each file fsync'd), renamed whole
+into place, and only then named in CURRENT (temporary file, fsync, rename), so a
+trainer that dies at any point leaves the version in service as it was; the next
+trainer removes its leftovers.  An API process holds a shared ``flock`` on the
+``version.json`` of the version it serves (released when it swaps or exits, also
+on SIGKILL); pruning keeps the newest ``keep`` versions, the current one, and any
+version a process holds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model import (
+    ModelError,
+    ModelParams,
+    Models,
+    NeighbourModel,
+    RankingModel,
+    RatingModel,
+    Scale,
+)
+from serving.catalogue import Catalogue, Histories
+from storage.files import fsync_dir, replace_durably, sha256, write_file
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 4  # 4: a version folder with the catalogue and the users' ratings
+KEEP = 3
+
+
+@dataclass
+class Version:
+    """One published version: the models, the catalogue and users' ratings they were trained on, and
+    ``meta`` (version.json: ``version``, ``seq``, ``dataset``, ``params``, ``scale``, ``fit_seconds``...)."""
+
+    models: Models
+    catalogue: Catalogue
+    histories: Histories
+    meta: dict
+
+    @property
+    def number(self) -> int:
+        return int(self.meta["version"])
+
+    @property
+    def seq(self) -> int:
+        """The last posted request the version was trained on."""
+        return int(self.meta["seq"])
+
+
+class Lease:
+    """A process's hold on a version (a shared flock): pruning leaves the version alone while it lasts."""
+
+    def __init__(self, fd: int, number: int):
+        self._fd: int | None = fd
+        self.number = number
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
+class ModelVersions:
+    """The versions folder: the trainer publishes and prunes, API processes read the pointer and load."""
+
+    def __init__(self, model_dir: Path, keep: int = KEEP):
+        self.root = Path(model_dir) / "versions"
+        self.keep = max(1, keep)
+
+    def path(self, number: int) -> Path:
+        return self.root / f"v{number:06d}"
+
+    def current(self) -> int | None:
+        """The number of the version in service, or None before the first is published."""
+        try:
+            text = (self.root / "CURRENT").read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit():
+            raise ModelError(f"{self.root / 'CURRENT'} holds {text[:40]!r}, not a version number")
+        return int(text)
+
+    def numbers(self) -> list[int]:
+        """Every complete version in the folder, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [int(p.name[1:]) for p in self.root.iterdir() if p.name.startswith("v") and p.name[1:].isdigit()]
+        return sorted(found)
+
+    # --- publishing (the trainer) ------------------------------------------------------------
+
+    def publish(self, models: Models, catalogue: Catalogue, histories: Histories, meta: dict) -> int:
+        """Write a new version and switch CURRENT to it; return its number."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        number = max([0, self.current() or 0, *self.numbers()]) + 1
+        tmp = self.root / f".publishing-v{number:06d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        with open(tmp / "models.npz", "wb") as fh:
+            np.savez(fh, **_model_arrays(models))
+            fh.flush()
+            os.fsync(fh.fileno())
+        write_file(tmp / "catalogue.json", json.dumps(catalogue.as_json()).encode())
+        with open(tmp / "histories.npz", "wb") as fh:
+            np.savez(fh, users=histories.users, starts=histories.starts, rows=histories.rows, values=histories.values)
+            fh.flush()
+            os.fsync(fh.fileno())
+        now = time.time()
+        full = {**meta, "format": FORMAT_VERSION, "version": number, "params": models.params.as_dict(),
+                "scale": models.scale.__dict__, "created": now,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                "files": {name: sha256(tmp / name) for name in ("models.npz", "catalogue.json", "histories.npz")}}
+        write_file(tmp / "version.json", (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+        fsync_dir(tmp)
+        os.rename(tmp, self.path(number))
+        fsync_dir(self.root)
+        replace_durably(self.root / "CURRENT", f"{number}\n".encode())
+        models.meta = full
+        self.prune()
+        return number
+
+    def prune(self) -> list[int]:
+        """Remove versions beyond the newest ``keep`` that are not current and that no process holds."""
+        current = self.current()
+        removed = []
+        for number in self.numbers()[:-self.keep]:
+            if number == current:
+                continue
+            path = self.path(number)
+            try:
+                fd = os.open(path / "version.json", os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # a process serves it: leave it for a later prune
+                continue
+            try:
+                grave = self.root / f".removing-{path.name}"
+                os.rename(path, grave)
+                shutil.rmtree(grave, ignore_errors=True)
+                removed.append(number)
+            finally:
+                os.close(fd)
+        if removed:
+            log.info("removed old model version(s) %s", ", ".join(map(str, removed)))
+        return removed
+
+    def clean_partial(self) -> None:
+        """Remove what a publisher or pruner that died left behind (call with the trainer lock held)."""
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name.startswith((".publishing-", ".removing-")):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    log.info("removed %s, left by a trainer that stopped mid-publish", entry.name)
+
+    # --- loading (API processes) ---------------------------------------------------------------
+
+    def load(self, number: int | None = None) -> tuple[Version, Lease]:
+        """The version ``number`` (default: the current one), verified against its checksums, and a lease
+        on it.  Raises ModelError when there is none or it is damaged."""
+        for _ in range(10):  # CURRENT moved on and the version was pruned between reading and locking
+            wanted = number if number is not None else self.current()
+            if wanted is None:
+                raise ModelError(f"no model version has been published in {self.root} yet")
+            path = self.path(wanted)
+            try:
+                fd = os.open(path / "version.json", os.O_RDONLY)
+            except FileNotFoundError:
+                if number is not None:
+                    raise ModelError(f"model version {number} is not in {self.root}") from None
+                continue
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                still_there = os.stat(path / "version.json").st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                still_there = False
+            if not still_there:
+                os.close(fd)
+                continue
+            try:
+                return _read(path), Lease(fd, wanted)
+            except BaseException:
+                os.close(fd)
+                raise
+        raise ModelError(f"could not pin a model version in {self.root}: versions are being replaced too fast")
+
+
+def _read(path: Path) -> Version:
+    meta_path = path / "version.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ModelError(f"{meta_path} has format {meta.get('format')}, expected {FORMAT_VERSION}")
+        for name, digest in meta["files"].items():
+            if sha256(path / name) != digest:
+                raise ModelError(f"{path / name} does not match its checksum")
+        with np.load(path / "models.npz", allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        with np.load(path / "histories.npz", allow_pickle=False) as data:
+            histories = Histories(data["users"], data["starts"], data["rows"], data["values"])
+        catalogue = Catalogue.from_json(json.loads((path / "catalogue.json").read_text()))
+        models = _models(arrays, ModelParams.from_dict(meta["params"], str(meta_path)), Scale(**meta["scale"]), meta)
+    except ModelError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"damaged model version in {path}: {exc}") from exc
+    if not (_shapes_agree(models.rating) and _shapes_agree(models.ranking)
+            and models.neighbours.neighbours.shape == models.neighbours.similarity.shape
+            and len(models.neighbours.neighbours) == len(models.rating.movie_ids)
+            and len(histories.starts) == len(histories.users) + 1 and len(histories.rows) == len(histories.values)
+            and (not len(histories.rows) or int(histories.rows.max()) < len(catalogue))):
+        raise ModelError(f"damaged model version in {path}: array shapes disagree")
+    return Version(models, catalogue, histories, meta)
+
+
+def _model_arrays(models: Models) -> dict[str, np.ndarray]:
+    r, k, n = models.rating, models.ranking, models.neighbours
+    return {"mu": np.array(r.mu), "user_ids": r.user_ids, "user_bias": r.user_bias, "user_factors": r.user_factors,
+            "movie_ids": r.movie_ids, "movie_bias": r.movie_bias, "movie_factors": r.movie_factors,
+            "rank_user_ids": k.user_ids, "rank_user_factors": k.user_factors, "rank_movie_ids": k.movie_ids,
+            "rank_movie_factors": k.movie_factors, "neighbours": n.neighbours, "similarity": n.similarity}
+
+
+def _models(a: dict, params: ModelParams, scale: Scale, meta: dict) -> Models:
+    rating = RatingModel(mu=float(a["mu"]), user_ids=a["user_ids"], user_bias=a["user_bias"],
+                         user_factors=a["user_factors"], movie_ids=a["movie_ids"], movie_bias=a["movie_bias"],
+                         movie_factors=a["movie_factors"], params=params.rating, scale=scale)
+    ranking = RankingModel(user_ids=a["rank_user_ids"], user_factors=a["rank_user_factors"],
+                           movie_ids=a["rank_movie_ids"], movie_factors=a["rank_movie_factors"], params=params.ranking)
+    return Models(rating, ranking, NeighbourModel(a["neighbours"], a["similarity"], params.neighbours), meta)
+
+
+def _shapes_agree(model) -> bool:
+    n_users, n_movies = len(model.user_ids), len(model.movie_ids)
+    ok = model.user_factors.shape[0] == n_users and model.movie_factors.shape[0] == n_movies
+    if isinstance(model, RatingModel):
+        ok = ok and len(model.user_bias) == n_users and len(model.movie_bias) == n_movies
+    return ok and model.user_factors.shape[1] == model.movie_factors.shape[1]

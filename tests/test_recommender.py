@@ -1,0 +1,138 @@
+"""The serving side as users rely on it: filters, fold-in, re-ratings, bad batches, predictions, versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.errors import InputError, NotFound, Unavailable
+
+
+def _ids(top):
+    return [s.movie.movie_id for s in top.movies]
+
+
+def test_recommendations_exclude_rated_and_obey_min_count(make_recommender, csv_fixture):
+    rec = make_recommender()
+    counts = rec.current().counts
+    rated = {m for u, m, _ in csv_fixture.ratings if u == 1}
+    top = rec.recommend(1, 1000, min_count=0)
+    assert top.movies and not rated & set(_ids(top))
+    assert len(top.movies) == 40 - len(rated)
+    scores = [s.score for s in top.movies]
+    assert scores == sorted(scores, reverse=True)
+    threshold = sorted(counts)[len(counts) // 2]
+    filtered = rec.recommend(1, 1000, min_count=int(threshold))
+    assert filtered.movies and all(s.movie.ratings_count >= threshold for s in filtered.movies)
+    assert len(filtered.movies) < len(top.movies) or threshold == min(counts)
+
+
+def test_genre_filter_and_unknown_genre(make_recommender, csv_fixture):
+    rec = make_recommender()
+    user = next(u for u in csv_fixture.groups if (u, 2) not in {(r[0], r[1]) for r in csv_fixture.ratings})
+    assert _ids(rec.recommend(user, 50, min_count=0, genre="crime")) == [2]  # the only crime film; any case
+    for scored in rec.recommend(2, 50, min_count=0, genre="Drama").movies:
+        assert "Drama" in scored.movie.genres
+    with pytest.raises(InputError, match="unknown genre"):
+        rec.recommend(2, 5, genre="Western")
+
+
+def test_new_user_is_folded_in_at_once(make_recommender, csv_fixture):
+    rec = make_recommender()
+    assert rec.recommend(5000, 5, min_count=0).fallback == "popular"
+    posted = [(m, 5.0) for m in csv_fixture.comedies[:5]] + [(m, 1.0) for m in csv_fixture.dramas[:5]]
+    assert rec.add_ratings(5000, posted) == 1
+    top = rec.recommend(5000, 5, min_count=0)
+    assert top.fallback is None
+    assert set(_ids(top)) <= set(csv_fixture.comedies) - {m for m, _ in posted}
+    assert rec.predict(5000, csv_fixture.comedies[0]).user_rating == 5.0
+    assert rec.predict(5000, csv_fixture.comedies[-1]).predicted_rating > \
+        rec.predict(5000, csv_fixture.dramas[-1]).predicted_rating + 1.5
+
+
+def test_a_new_rating_replaces_the_old_one(make_recommender, csv_fixture):
+    rec = make_recommender()
+    movie, old = next((m, r) for u, m, r in csv_fixture.ratings if u == 1)
+    count = rec.movie(movie)[0].ratings_count
+    rec.add_ratings(1, [(movie, 0.5 if old != 0.5 else 1.0)])
+    rated = {m.movie_id: r for m, r in rec.rated(1)}
+    assert rated[movie] != old and [m.movie_id for m, _ in rec.rated(1)].count(movie) == 1
+    assert rec.movie(movie)[0].ratings_count == count
+
+
+@pytest.mark.parametrize("pairs,message", [
+    ([], "no ratings"),
+    ([(99_999, 4.0)], "unknown movie"),
+    ([(1, 5.5)], "not on the scale"),
+    ([(1, 4.25)], "not on the scale"),
+    ([(1, float("nan"))], "not on the scale"),
+    ([(1, 4.0), (1, 3.0)], "twice"),
+])
+def test_bad_batches_are_rejected_whole(make_recommender, csv_fixture, pairs, message):
+    rec = make_recommender()
+    before = rec.store.entries()
+    with pytest.raises(InputError, match=message):
+        rec.add_ratings(7, [(2, 4.0)] + pairs if pairs else pairs)
+    assert rec.store.entries() == before
+    assert [(m.movie_id, m.title, r) for m, r in rec.rated(7)] == \
+        [(m, csv_fixture.titles[m], r) for u, m, r in sorted(csv_fixture.ratings, key=lambda t: t[1]) if u == 7]
+
+
+def test_labels_must_match_the_pairs(make_recommender):
+    rec = make_recommender()
+    with pytest.raises(ValueError):  # a short label list must not leave the tail unchecked
+        rec.add_ratings(1, [(1, 4.0), (424242, 4.0)], ["line 1"])
+
+
+def test_predicted_ratings_are_the_blend_that_evaluation_scores(make_recommender):
+    """The service's predicted rating (single movie and top-N) is what evaluate.py measures: the rating model
+    blended with the neighbourhood of the user's own ratings, not ALS alone."""
+    rec = make_recommender()
+    served = rec.current()
+    models = served.snapshot.models
+    assert models.blend is not None
+    user = 1
+    rated = served.ratings_of(user)
+    top = rec.recommend(user, 5, min_count=0).movies
+    movies = np.array([s.movie.movie_id for s in top])
+    parts = models.ingredients(user, movies, served.catalogue.movie_ids[rated.rows], rated.ratings)
+    predicted = models.compare(parts)
+    expected = np.round(models.rating.clip(predicted["blend"]), 4)
+    assert [s.predicted_rating for s in top] == expected.tolist()
+    assert [rec.predict(user, int(m)).predicted_rating for m in movies] == expected.tolist()
+    assert not np.allclose(predicted["blend"], predicted["als"])
+    assert np.all(parts.ss > 0)  # every movie had rated neighbours
+
+
+def test_unknown_movie_is_not_found(make_recommender):
+    rec = make_recommender()
+    with pytest.raises(NotFound):
+        rec.predict(1, 424242)
+    with pytest.raises(NotFound):
+        rec.similar(424242)
+
+
+def test_similar_movies_share_the_taste_group(make_recommender, csv_fixture):
+    similar = make_recommender().similar(csv_fixture.comedies[0], 5)
+    assert len(similar) == 5
+    assert {m.movie_id for m, _ in similar} <= set(csv_fixture.comedies)
+
+
+def test_before_the_first_version_every_answer_is_unavailable(tmp_path, make_recommender):
+    rec = make_recommender(tmp_path / "empty")
+    with pytest.raises(Unavailable, match="no model has been published"):
+        rec.recommend(1, 5)
+    with pytest.raises(Unavailable):
+        rec.add_ratings(1, [(1, 4.0)])
+    assert rec.store.entries() == []  # a POST before any version stores nothing
+
+
+def test_a_write_by_another_process_is_seen_on_the_next_read(make_recommender, csv_fixture):
+    """Two recommenders on one folder stand for two API processes: each folds in what the other stored."""
+    a = make_recommender()
+    b = make_recommender(a.model_dir)
+    assert b.recommend(6100, 3, min_count=0).fallback == "popular"
+    a.add_ratings(6100, [(m, 5.0) for m in csv_fixture.dramas[:4]])
+    assert b.predict(6100, csv_fixture.dramas[0]).user_rating == 5.0
+    assert set(_ids(b.recommend(6100, 3, min_count=0))) <= set(csv_fixture.dramas)
+    assert b.movie(csv_fixture.dramas[0])[0].ratings_count == a.movie(csv_fixture.dramas[0])[0].ratings_count

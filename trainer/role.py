@@ -1,0 +1,135 @@
+"""The trainer role as a whole: checks, the folder's lock, the SparkContext, the engine and the loop.
+
+Spark and the engine are imported only when the role starts, so role ``all``'s
+API process can run :func:`precheck` without loading any trainer code.
+
+``server.py --role trainer`` runs one in its own process; under spark-submit
+with ``--role all`` it runs inside the API process (the JVM belongs to that
+process).  Everything that can be refused in one line is checked before the
+JVM starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from pathlib import Path
+
+from datasets import movielens
+from model import ModelError
+from storage.params import saved_params
+
+log = logging.getLogger(__name__)
+
+
+class SetupError(RuntimeError):
+    """The trainer cannot start; the message says why in one line."""
+
+
+def precheck(args: argparse.Namespace, model_dir: Path) -> None:
+    """What can be refused before Spark starts: a missing local dataset, a bad params.json."""
+    try:
+        movielens.check_local(args.dataset)
+        saved_params(model_dir)
+    except (movielens.DatasetError, ModelError) as exc:
+        raise SetupError(str(exc)) from None
+
+
+def heap_conf(size: str | None) -> dict[str, str]:
+    """Spark settings for a fixed driver heap (only effective when this process starts the JVM)."""
+    if not size:
+        return {}
+    return {"spark.driver.memory": size, "spark.driver.extraJavaOptions": f"-Xms{size} -XX:+AlwaysPreTouch"}
+
+
+class TrainerRole:
+    """Start with :meth:`start` (raises SetupError), stop with :meth:`stop`; :meth:`wait` until it ends."""
+
+    def __init__(self, args: argparse.Namespace, model_dir: Path):
+        self.args = args
+        self.model_dir = model_dir
+        self.lock = None
+        self.sc = None
+        self.engine = None
+        self.trainer = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._closed = False
+
+    def start(self) -> TrainerRole:
+        from trainer.loop import TrainerBusy, TrainerLock
+
+        precheck(self.args, self.model_dir)
+        try:
+            self.lock = TrainerLock(self.model_dir).acquire()
+        except TrainerBusy as exc:
+            raise SetupError(str(exc)) from None
+        try:
+            self._start_spark()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def _start_spark(self) -> None:
+        from engine import RecommendationEngine
+        from trainer.loop import RetrainPolicy, Trainer
+        from trainer.sparkctx import create_context
+
+        args = self.args
+        logging.getLogger("py4j").setLevel(logging.WARNING)  # one line per closed connection at INFO
+        try:
+            self.sc = create_context(args.master, app_name="movie-recommender-trainer", conf=heap_conf(args.heap))
+        except RuntimeError as exc:
+            raise SetupError(str(exc)) from None
+        try:
+            self.engine = RecommendationEngine(self.sc, args.dataset, self.model_dir, scale=args.scale,
+                                               tune_budget=None if args.no_tune else args.tune_budget,
+                                               keep_versions=args.keep_versions)
+        except movielens.DatasetError as exc:
+            self.sc.stop()
+            raise SetupError(str(exc)) from None
+        after_ratings, after_fraction = args.retrain_after
+        policy = RetrainPolicy(after_ratings, after_fraction, args.retrain_interval)
+        self.engine.versions.clean_partial()
+        self.trainer = Trainer(self.engine, policy)
+        self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.trainer.run()
+        finally:
+            self._stopped.set()
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop the loop (cancelling a running fit), then Spark; release the folder.  Once; later calls wait."""
+        with self._stop_lock:
+            if not self._closed:
+                self._closed = True
+                self._close(timeout)
+
+    def _close(self, timeout: float) -> None:
+        if self.trainer is not None:
+            self.trainer.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the trainer did not stop within %.0f s; leaving it", timeout)
+        if self.engine is not None:
+            self.engine.close()
+        if self.sc is not None:
+            try:
+                self.sc.stop()
+            except Exception:
+                pass
+        if self.lock is not None:
+            self.lock.release()
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the loop ends (or ``timeout``); whether it has."""
+        return self._stopped.wait(timeout)
+
