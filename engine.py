@@ -52,6 +52,7 @@ class RecommendationEngine:
         self.store = store or RatingsStore(self.model_dir / "ratings.db")
         saved = None if params is not None else saved_params(self.model_dir)
         self.params = params or saved or ModelParams()
+        self.params_source = "given" if params is not None else "saved" if saved is not None else "default"
         self.tune_budget = tune_budget if params is None and saved is None else None
         self._stopping = threading.Event()
         # This engine's Spark jobs; cancelling the group is for good, so it is never shared.
@@ -193,7 +194,7 @@ class RecommendationEngine:
             save_params(self.model_dir, params, report)
         except OSError as exc:  # the pick is used; the next start tunes again
             log.error("could not save the tuned parameters to %s: %s", self.model_dir, exc)
-        self.params, self.tune_budget = params, None
+        self.params, self.params_source, self.tune_budget = params, "tuned", None
         return params
 
     def cancel(self) -> None:

@@ -94,6 +94,20 @@ def ratings_or_percent(text: str) -> tuple[int | None, float | None]:
     raise argparse.ArgumentTypeError(f"expected a number of ratings such as 5000 or a share such as 1%, not {text!r}")
 
 
+def cpu_count(text: str) -> int | None:
+    """An argparse type: a number of CPUs, ``auto`` (all this process may use but one; none on one CPU)
+    or ``all`` (None: no limit)."""
+    value = text.strip().lower()
+    usable = len(os.sched_getaffinity(0))
+    if value == "all":
+        return None
+    if value == "auto":
+        return usable - 1 if usable > 1 else None
+    if value.isdigit() and int(value) >= 1:
+        return min(int(value), usable)
+    raise argparse.ArgumentTypeError(f"expected a number of CPUs, auto or all, not {text!r}")
+
+
 def parse_scale(text: str | None) -> Scale | None:
     """``LOW,HIGH,STEP`` as a Scale, for --scale."""
     if text is None:
@@ -165,8 +179,12 @@ def build_parser() -> Parser:
           help="published model versions kept (besides any an API process still serves) "
                "(env RECOMMENDER_KEEP_VERSIONS; default 3)")
     p.add("--trainer-nice", env="RECOMMENDER_TRAINER_NICE", type=whole(0, 19), default=19,
-          help="role all: the trainer process's niceness, so fits yield the CPU to requests "
-               "(env RECOMMENDER_TRAINER_NICE; default 19)")
+          help="role all: the trainer process's niceness, so fits yield the CPU to requests; 19 also "
+               "puts it in Linux's idle scheduling class (env RECOMMENDER_TRAINER_NICE; default 19)")
+    p.add("--trainer-cpus", env="RECOMMENDER_TRAINER_CPUS", type=cpu_count, default=cpu_count("auto"),
+          help="role all: once a version serves, keep the trainer (its JVM and workers too) on this many "
+               "CPUs, so requests always have a core of their own; auto: all but one, all: no limit "
+               "(env RECOMMENDER_TRAINER_CPUS; default auto)")
     return p
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the project's modules, for the benchmarks that use them
 DEFAULT_DATASET = str(ROOT / "datasets" / "ml-latest-small")
 
 
@@ -50,46 +51,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(dataset: str, model_dir: str, *extra: str, timeout: float = 900,
-                 env: dict | None = None, log: str | None = None) -> tuple[subprocess.Popen, int]:
-    """Start server.py on a free loopback port with its own model folder; wait until it serves.
+def start_server(model_dir: str, *extra: str, dataset: str | None = None, role: str = "all",
+                 timeout: float = 900, env: dict | None = None, log: str | None = None,
+                 wait_for_model: bool = True) -> tuple[subprocess.Popen, int]:
+    """Start ``server.py --role ROLE`` on a free loopback port with its own model folder; wait until it
+    serves (and, with ``wait_for_model``, until /health answers 200: a version is loaded).
 
     ``env`` adds to (or overrides) this process's environment for the server; its
-    output (the access log included) goes to ``log``, by default server.out in the model folder.
+    output (the access log included) goes to ``log``, by default <role>-<port>.out in the model folder.
     """
     port = free_port()
-    out = Path(log or Path(model_dir) / "server.out")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--dataset", dataset, "--port", str(port),
-                             "--model-dir", model_dir, *extra],
-                            cwd=ROOT, stdout=open(out, "w"), stderr=subprocess.STDOUT,
+    out = Path(log or Path(model_dir) / f"{role}-{port}.out")
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(ROOT / "server.py"), "--role", role, "--port", str(port), "--model-dir", model_dir]
+    if dataset is not None:
+        command += ["--dataset", dataset]
+    proc = subprocess.Popen([*command, *extra], cwd=ROOT, stdout=open(out, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"bench: server exited: {out.read_text()[-2000:]}")
-        if "serving on http://" in out.read_text():
+        if "serving on http://" in out.read_text() and (not wait_for_model or health_ok(port)):
             return proc, port
-        time.sleep(0.5)
+        time.sleep(0.2)
     proc.kill()
     raise SystemExit(f"bench: server did not start within {timeout:.0f} s")
 
 
-def tree_rss_mb(pid: int) -> dict:
-    """Resident memory of a process and of its children (the Spark JVM), in MB, from /proc."""
-    def rss(p: int) -> float:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
-
-    children = []
+def health_ok(port: int) -> bool:
     try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            children += [int(c) for c in (task / "children").read_text().split()]
+        return Client("127.0.0.1", port).call("GET", "/health", check=False)[1] == 200
+    except OSError:
+        return False
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, in MB, from /proc (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
-    kids = sum(rss(c) for c in children)
-    return {"driver_mb": round(rss(pid), 1), "children_mb": round(kids, 1), "total_mb": round(rss(pid) + kids, 1)}
+    return 0.0
+
+
+def tree_rss_mb(pid: int) -> dict:
+    """Resident memory of a process and of everything under it (role all: the trainer and its JVM), in MB."""
+    from server import descendants
+
+    kids = sum(rss_mb(c) for c in descendants(pid))
+    return {"driver_mb": rss_mb(pid), "children_mb": round(kids, 1), "total_mb": round(rss_mb(pid) + kids, 1)}

@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/soak.py --minutes 10
 
-Starts server.py on ml-latest-small with a temporary model folder (background
-retraining on), drives it from several keep-alive clients, and prints one JSON
+Starts server.py (role all: the API and the trainer) on ml-latest-small with a
+temporary model folder (fits by the retrain policy), drives it from several keep-alive clients, and prints one JSON
 object: requests, errors, latency percentiles, the ratings log's entries against
 the acknowledged POSTs (and every acknowledged rating read back), and the
 server's resident memory and disk use (model folder, Spark checkpoint folder)
@@ -59,7 +59,7 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="soak-checkpoints-") as checkpoints, \
             tempfile.TemporaryDirectory(prefix="soak-log-") as logs:
         # The access log grows with every request by design: it is kept out of the folders measured for disk.
-        proc, port = start_server(args.dataset, model_dir, *args.server_args.split(),
+        proc, port = start_server(model_dir, *args.server_args.split(), dataset=args.dataset,
                                   env={"SPARK_CHECKPOINT_DIR": checkpoints}, log=str(Path(logs) / "server.out"))
         latencies: dict[str, list[float]] = {"get": [], "post": []}
         errors: list[str] = []

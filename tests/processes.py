@@ -13,6 +13,8 @@ from pathlib import Path
 
 from conftest import C1_ONLY, FAST, ROOT, free_port
 
+from server import descendants
+
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -91,23 +93,12 @@ class ServerProcess:
             self.out.close()
 
 
-def descendants(pid: int) -> dict[int, str]:
-    """Every process under ``pid`` (children, grandchildren...), with its command line."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = {}, {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier}
-        found.update({child: commands[child] for child in frontier})
-    return found
-
-
 def java_command_lines(pid: int) -> list[str]:
     """Command lines of the java processes under ``pid`` (the trainer's JVM is a grandchild in role all)."""
-    return [cmd for cmd in descendants(pid).values() if cmd.split(" ", 1)[0].endswith("java")]
+    commands = []
+    for child in descendants(pid):
+        try:
+            commands.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # it ended meanwhile
+            pass
+    return [cmd for cmd in commands if cmd.split(" ", 1)[0].endswith("java")]

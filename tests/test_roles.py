@@ -17,8 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 from conftest import ROOT
-from processes import descendants, request, until
+from processes import request, until
 
+from server import descendants
 from storage.ratings import RatingsStore
 
 ON_REQUEST_ONLY = ("--retrain-after", "0", "--retrain-interval", "0")  # the trainer fits when asked, not by policy

@@ -4,6 +4,7 @@ shutdown, restarts and kills lose no acknowledged rating."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -12,7 +13,9 @@ import sys
 from pathlib import Path
 
 from conftest import ROOT, free_port
-from processes import descendants, java_command_lines, request, until
+from processes import java_command_lines, request, until
+
+from server import descendants
 
 
 def test_sigterm_during_a_fit_stops_cleanly_and_restart_keeps_ratings(servers, csv_fixture, tmp_path):
@@ -21,6 +24,20 @@ def test_sigterm_during_a_fit_stops_cleanly_and_restart_keeps_ratings(servers, c
     java = java_command_lines(first.proc.pid)
     assert len(java) == 1 and "-Xmx512m" in java[0] and "-Xms512m" in java[0]  # --heap reached the JVM
     assert "log4j2.configurationFile" in java[0]
+    # Once a version serves, the trainer and its JVM keep off one core: requests always have one of their own.
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) > 1:
+        def confined() -> bool:
+            cpus = []
+            for pid in descendants(first.proc.pid):  # the trainer, its JVM, Spark's Python workers
+                try:
+                    cpus.append(os.sched_getaffinity(pid))
+                except OSError:  # it ended meanwhile
+                    pass
+            return bool(cpus) and all(c == set(usable[1:]) for c in cpus)
+
+        until(confined, 30, "the trainer's processes to be confined")
+        assert os.sched_getaffinity(first.proc.pid) == set(usable)  # the API process keeps every core
     work = Path(re.search(r"checkpoints in (\S+)\)", first.output()).group(1)).parent
     assert work.is_dir()
     assert first.post(31337, "1,4.5\n2,1\n")[0] == 201

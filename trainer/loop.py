@@ -173,7 +173,7 @@ class Trainer:
         if not engine.matches(self._meta):
             why = "no model is published yet" if self._meta is None else \
                 "the published model was fitted on other data or with other parameters"
-            return f"{why}: a fit with the {'default' if engine.tune_budget is not None else 'saved'} parameters"
+            return f"{why}: a fit with the {engine.params_source} parameters"
         if engine.tune_budget is not None:
             return TUNE
         requested = self.store.retrain_requested()
