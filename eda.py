@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     name = movielens.dataset_name(args.dataset)
     out = args.out or Path("reports") / name
     from settings import default_model_dir
-    from trainer.sparkctx import create_context
+    from spark.context import create_context
 
     tune_path = args.tune_result or default_model_dir(args.dataset) / "tune.json"
     tune = json.loads(tune_path.read_text()) if tune_path.exists() else None

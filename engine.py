@@ -2,8 +2,8 @@
 
 The trainer process holds one engine.  It parses the dataset's files into RDDs
 once (cached), merges in every rating posted to the store, fits the rating and
-ranking models and the item neighbourhood (trainer/training.py), tunes a
-dataset without saved parameters (trainer/tuning.py), and publishes each fit
+ranking models and the item neighbourhood (spark/training.py), tunes a
+dataset without saved parameters (spark/tuning.py), and publishes each fit
 as an immutable version (storage/versions.py) together with the catalogue and
 every user's ratings, which API processes load with NumPy alone.  When to fit
 is the trainer loop's business (trainer/loop.py).
@@ -23,13 +23,13 @@ import numpy as np
 
 from datasets import movielens
 from model import ModelError, ModelParams, Scale
-from serving.catalogue import Catalogue, Histories
 from settings import default_model_dir
+from spark import tuning
+from spark.training import Cancelled, collect_ratings, fit_models, phase
+from storage.catalogue import Catalogue, Histories
 from storage.params import save_params, saved_params
 from storage.ratings import RatingsStore
 from storage.versions import ModelVersions
-from trainer import tuning
-from trainer.training import Cancelled, collect_ratings, fit_models, phase
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class RecommendationEngine:
             users = np.concatenate([users, extra[:, 0].astype(np.int64)])
             rows = np.concatenate([rows, extra[:, 1].astype(np.int32)])
             values = np.concatenate([values, extra[:, 2].astype(np.float32)])
-        return Histories.build(users, rows, values), sorted({u for u, _, _ in latest})
+        return Histories.build(users, rows, values, len(self.catalogue)), sorted({u for u, _, _ in latest})
 
     def _known(self, user: int, movie: int) -> bool:
         if self.catalogue.has(movie):

@@ -45,9 +45,9 @@ from model import (
     Scale,
 )
 from serving.snapshot import Snapshot, candidates, top_k
-from trainer import tuning
-from trainer.training import fit_models, fit_ranking_model, fit_rating_model, infer_scale, packed
-from trainer.tuning import PARTS, pair_ingredients, part_errors, part_table
+from spark import tuning
+from spark.training import fit_models, fit_ranking_model, fit_rating_model, infer_scale, packed
+from spark.tuning import PARTS, pair_ingredients, part_errors, part_table
 
 log = logging.getLogger("evaluate")
 
@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None, sc=None) -> int:
         return fail("--tune-budget must be 0 or more seconds")
 
     from settings import default_model_dir
+    from spark.context import create_context
     from storage.params import save_params, saved_params
-    from trainer.sparkctx import create_context
 
     model_dir = Path(args.model_dir) if args.model_dir else (default_model_dir(args.dataset) if args.dataset else None)
     try:

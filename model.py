@@ -4,7 +4,7 @@ Two models divide the work.  The rating model (bias baseline plus explicit ALS
 on its residuals) predicts how many stars a user would give a movie; it is
 fitted to RMSE.  The ranking model (implicit-feedback ALS) scores which movies
 a user is likely to pick; it orders the top-N lists.  Spark fits both
-(trainer/training.py) and publishes them as a model version (storage/versions.py);
+(spark/training.py) and publishes them as a model version (storage/versions.py);
 API processes answer every request from these arrays, so no request starts a Spark
 job, and this module imports no Spark.
 """

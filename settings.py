@@ -16,7 +16,7 @@ from model import Scale
 
 ROLES = ("all", "trainer", "api")
 PROJECT_DIR = Path(__file__).resolve().parent
-DEFAULT_TUNE_BUDGET = 120.0  # trainer/tuning.py's BUDGET_SECONDS (not imported: API processes load no trainer code)
+DEFAULT_TUNE_BUDGET = 120.0  # spark/tuning.py's BUDGET_SECONDS (not imported: API processes load no Spark code)
 
 
 class Parser(argparse.ArgumentParser):

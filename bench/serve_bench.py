@@ -61,11 +61,13 @@ def health(client: Client) -> dict:
 
 
 def wait_idle(client: Client, timeout: float = 1800) -> None:
-    """Until the trainer is idle and every posted rating is in the version in service (fits by the policy)."""
+    """Until no fit runs or is due (a live trainer fits once enough new ratings arrived)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         h = health(client)
-        if h["trainer"]["state"] == "idle" and (h["pending_ratings"] == 0 or h["next_fit"]["ratings_to_go"]):
+        due = h["pending_ratings"] > 0 and h["next_fit"]["ratings_to_go"] == 0
+        alive = h["trainer"]["state"] in ("idle", "fitting", "tuning", "failed")
+        if not h["training"] and not (due and alive):
             return
         time.sleep(0.5)
     raise SystemExit("bench: the trainer did not become idle")

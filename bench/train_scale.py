@@ -40,7 +40,7 @@ def measure(dataset: str, rank: int, iterations: int, ranking_rank: int, master:
     from datasets import movielens
     from evaluate import evaluate
     from model import ModelParams, RankingParams, RatingParams
-    from trainer.sparkctx import create_context
+    from spark.context import create_context
 
     peak = {"jvm_mb": 0.0}
     done = threading.Event()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from model import ModelError
-from serving.errors import Unavailable
+from serving.errors import InputError, Unavailable
 from serving.snapshot import candidates
 from serving.state import Served
 from serving.validation import check_ratings, check_user
@@ -176,7 +176,7 @@ class Recommender:
         snapshot = served.snapshot
         rated = served.ratings_of(user)
         rows = candidates(served.counts, min_count, rated.rows if rated is not None else None,
-                          served.catalogue.genre_mask(genre))
+                          served.genre_mask(genre))
         vectors = snapshot.user_vectors(user)
         rows, scores = snapshot.top_n(vectors, rows, count, served.counts)
         predicted = snapshot.predicted_ratings(vectors, rows, rated=_pairs(rated))
@@ -187,7 +187,7 @@ class Recommender:
     def predict(self, user: int, movie: int) -> Prediction:
         """The predicted rating of one movie for one user, and the user's own rating if any."""
         served = self.current()
-        row = served.catalogue.row(movie)
+        row = served.row(movie)
         snapshot = served.snapshot
         rated = served.ratings_of(user)
         score = snapshot.predicted_ratings(snapshot.user_vectors(user), np.array([row]), rated=_pairs(rated))[0]
@@ -207,20 +207,23 @@ class Recommender:
 
     def search(self, query: str, limit: int = 20) -> list[Movie]:
         """Movies whose title contains ``query`` (case-insensitive), most rated first."""
+        needle = query.strip().lower()
+        if not needle:
+            raise InputError("q must not be empty")
         served = self.current()
-        return [self._movie(served, r) for r in served.catalogue.search(query, served.counts, limit)]
+        return [self._movie(served, r) for r in served.catalogue.search(needle, served.counts, limit)]
 
     def movie(self, movie: int) -> tuple[Movie, float | None]:
         """A catalogue entry and its mean rating (None when nobody rated it)."""
         served = self.current()
-        row = served.catalogue.row(movie)
+        row = served.row(movie)
         count = int(served.counts[row])
         return self._movie(served, row), (round(float(served.sums[row] / count), 4) if count else None)
 
     def similar(self, movie: int, count: int = 10, min_count: int = 25) -> list[tuple[Movie, float]]:
         """Movies closest in cosine to the given one in the ranking model, among those with ``min_count`` ratings."""
         served = self.current()
-        row = served.catalogue.row(movie)
+        row = served.row(movie)
         rows, sims = served.snapshot.similar(row, candidates(served.counts, min_count), count)
         return [(self._movie(served, r), round(float(s), 4)) for r, s in zip(rows.tolist(), sims.tolist())]
 

@@ -16,16 +16,25 @@ import numpy as np
 
 from model import Models, neighbour_sums, user_residuals
 
+SAMPLE_PER_K = 32  # top_k's sample: this many values per wanted one
+
 
 def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` best-scored of ``candidates`` (ascending rows), best first; equal scores in row order.
 
-    Exact and deterministic, also when ties straddle the cut, in O(n) plus a sort of ``k``.
+    Exact and deterministic, also when ties straddle the cut, in O(n) plus a sort of ``k``.  On long lists
+    an evenly spaced sample's ``k``-th best value first bounds the answer from below (the whole list's
+    ``k``-th best is at least that), so the selection runs on the few values above it: NumPy's
+    argpartition took 220 us of a 20M-rating top-10 over 27,000 candidates.
     """
     candidates = np.asarray(candidates)
     if k <= 0 or len(candidates) == 0:
         return candidates[:0]
     values = scores[candidates]
+    if len(candidates) > 4 * SAMPLE_PER_K * k:
+        sample = values[::len(values) // (SAMPLE_PER_K * k)]
+        keep = values >= np.partition(sample, len(sample) - k)[len(sample) - k]
+        candidates, values = candidates[keep], values[keep]
     if len(candidates) > k:
         kth = values[np.argpartition(-values, k - 1)[k - 1]]
         above = candidates[values > kth]
@@ -96,6 +105,7 @@ class Snapshot:
     has_rank: np.ndarray  # ranking model: which rows have factors
     rank_moments: Moments  # of rank_factors
     rating_moments: Moments | None  # of [movie_bias, movie_factors], for a model with the bias baseline
+    score_matrix: np.ndarray  # [rank_factors, movie_bias, movie_factors] in float32: ranking_scores' one product
     neighbours: np.ndarray  # each catalogue row's neighbours as catalogue rows (-1: none); (rows, 0) when off
     similarity: np.ndarray  # and their similarities
     version: int = 0
@@ -125,9 +135,11 @@ class Snapshot:
             catalogue_row = np.searchsorted(movie_ids, rating.movie_ids).astype(np.int32)
             neighbours[seen] = np.where(model_nb >= 0, catalogue_row[np.maximum(model_nb, 0)], -1)
             similarity[seen] = models.neighbours.similarity[rows[seen]]
+        score_matrix = np.column_stack([rank_factors, movie_bias, movie_factors]).astype(np.float32)
         return cls(models, movie_ids, movie_bias, movie_factors, movie_factors.any(axis=1),
                    rank_factors.astype(np.float32), rank_unit.astype(np.float32), norms[:, 0] > 0,
-                   Moments.of(rank_factors), rating_moments, neighbours, similarity, version, seq, trained_at)
+                   Moments.of(rank_factors), rating_moments, score_matrix, neighbours, similarity, version, seq,
+                   trained_at)
 
     def user_vectors(self, user: int) -> UserVectors | None:
         """The user's vectors: folded in since the last training, else trained; None for a stranger."""
@@ -176,16 +188,17 @@ class Snapshot:
         unclipped prediction, each divided by its spread over the catalogue for
         this user so the weight means the same for every user.
         """
-        scores = self.rank_factors @ user.ranking.astype(np.float32)
         blend = self.models.ranking.params.blend
         if not blend:
-            return scores
-        if self.rating_moments is not None:  # the prediction is a constant plus [b_movie, v] . [1, u]
-            predicted = self.movie_bias + self.movie_factors @ user.factors
-            predicted_spread = self.rating_moments.spread(np.concatenate(([1.0], user.factors)))
-        else:
-            predicted = self.predicted_ratings(user, clip=False)
-            predicted_spread = Moments.of(predicted[:, None]).spread(np.ones(1))
+            return self.rank_factors @ user.ranking.astype(np.float32)
+        if self.rating_moments is not None:  # the prediction is a constant plus [b_movie, v] . [1, u]: one product
+            rating_vector = np.concatenate(([1.0], user.factors))
+            weights = np.concatenate((user.ranking / self.rank_moments.spread(user.ranking),
+                                      blend * rating_vector / self.rating_moments.spread(rating_vector)))
+            return self.score_matrix @ weights.astype(np.float32)
+        scores = self.rank_factors @ user.ranking.astype(np.float32)  # plain ALS: the prediction as it is
+        predicted = self.predicted_ratings(user, clip=False)
+        predicted_spread = Moments.of(predicted[:, None]).spread(np.ones(1))
         return scores / self.rank_moments.spread(user.ranking) + blend * predicted / predicted_spread
 
     def top_n(self, user: UserVectors | None, candidates: np.ndarray, n: int,

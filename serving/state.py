@@ -6,8 +6,9 @@ import logging
 
 import numpy as np
 
-from serving.catalogue import NO_RATINGS, UserRatings
+from serving.errors import InputError, NotFound
 from serving.snapshot import Snapshot
+from storage.catalogue import NO_RATINGS, UserRatings
 from storage.ratings import Changes
 from storage.versions import Version
 
@@ -30,9 +31,8 @@ class Served:
         self.histories = version.histories
         self.scale = version.models.scale
         self.snapshot = Snapshot.build(version.models, self.catalogue.movie_ids, version.number, version.seq)
-        n = len(self.catalogue)
-        self.counts = self.histories.counts(n)
-        self.sums = self.histories.sums(n)
+        self.counts = np.array(self.histories.counts)  # copies: fold-ins change them
+        self.sums = np.array(self.histories.sums)
         self.posted: dict[int, UserRatings] = {}
         self.synced = version.seq
 
@@ -44,6 +44,22 @@ class Served:
     def seq(self) -> int:
         return self.version.seq
 
+    def row(self, movie: int) -> int:
+        """The movie's catalogue row; NotFound for an unknown id."""
+        row = self.catalogue.row(movie)
+        if row is None:
+            raise NotFound(f"unknown movie id {movie}")
+        return row
+
+    def genre_mask(self, genre: str | None) -> np.ndarray | None:
+        """Which rows are of ``genre`` (any case); None for no genre; InputError naming the known ones."""
+        if not genre:
+            return None
+        mask = self.catalogue.genre_mask(genre)
+        if mask is None:
+            raise InputError(f"unknown genre {genre!r}; known genres: {', '.join(self.catalogue.genre_names)}")
+        return mask
+
     def ratings_of(self, user: int) -> UserRatings | None:
         """The user's current ratings: the version's, with everything posted since over them."""
         posted = self.posted.get(user)
@@ -54,8 +70,9 @@ class Served:
         for user, movies in changes.items():
             known = {}
             for movie, rating in movies.items():
-                if self.catalogue.has(movie):
-                    known[self.catalogue.row(movie)] = rating
+                row = self.catalogue.row(movie)
+                if row is not None:
+                    known[row] = rating
                 else:  # the version's catalogue lost the movie (another dataset); serve the rest
                     log.warning("posted rating of user %d: movie %d is not in the catalogue; skipped", user, movie)
             before = self.ratings_of(user)

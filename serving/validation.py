@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from model import Scale
-from serving.catalogue import Catalogue
 from serving.errors import InputError
+from storage.catalogue import Catalogue
 
 MAX_ID = 2**31 - 1  # pyspark.mllib keeps ids as 32-bit ints
 

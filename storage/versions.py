@@ -5,9 +5,13 @@
         v000007/             one immutable version
             version.json     what it is (data, the posted request it covers, parameters, fit times)
                              and the SHA-256 of each file below
-            models.npz       the rating, ranking and neighbourhood models' arrays
+            model-*.npy      the rating, ranking and neighbourhood models' arrays
+            histories-*.npy  every user's ratings as of the version, and each movie's count and sum
             catalogue.json   movie ids, titles and genres
-            histories.npz    every user's ratings as of the version
+
+Arrays are plain ``.npy`` files that API processes map read-only (``mmap``): a
+process starts without copying them, and the processes on one host share
+their pages.
 
 A version is written into a temporary folder (each file fsync'd), renamed whole
 into place, and only then named in CURRENT (temporary file, fsync, rename), so a
@@ -40,12 +44,12 @@ from model import (
     RatingModel,
     Scale,
 )
-from serving.catalogue import Catalogue, Histories
+from storage.catalogue import Catalogue, Histories
 from storage.files import fsync_dir, replace_durably, sha256, write_file
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4  # 4: a version folder with the catalogue and the users' ratings
+FORMAT_VERSION = 5  # 4: a version folder with the catalogue and the users' ratings; 5: one .npy file an array
 KEEP = 3
 
 
@@ -118,20 +122,19 @@ class ModelVersions:
         tmp = self.root / f".publishing-v{number:06d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        with open(tmp / "models.npz", "wb") as fh:
-            np.savez(fh, **_model_arrays(models))
-            fh.flush()
-            os.fsync(fh.fileno())
+        arrays = {**{f"model-{k}": v for k, v in _model_arrays(models).items()},
+                  **{f"histories-{k}": getattr(histories, k) for k in Histories.FIELDS}}
+        for name, array in arrays.items():
+            with open(tmp / f"{name}.npy", "wb") as fh:
+                np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
         write_file(tmp / "catalogue.json", json.dumps(catalogue.as_json()).encode())
-        with open(tmp / "histories.npz", "wb") as fh:
-            np.savez(fh, users=histories.users, starts=histories.starts, rows=histories.rows, values=histories.values)
-            fh.flush()
-            os.fsync(fh.fileno())
         now = time.time()
         full = {**meta, "format": FORMAT_VERSION, "version": number, "params": models.params.as_dict(),
                 "scale": models.scale.__dict__, "created": now,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                "files": {name: sha256(tmp / name) for name in ("models.npz", "catalogue.json", "histories.npz")}}
+                "files": {name: sha256(tmp / name) for name in [*(f"{a}.npy" for a in arrays), "catalogue.json"]}}
         write_file(tmp / "version.json", (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
         fsync_dir(tmp)
         os.rename(tmp, self.path(number))
@@ -220,12 +223,12 @@ def _read(path: Path) -> Version:
         for name, digest in meta["files"].items():
             if sha256(path / name) != digest:
                 raise ModelError(f"{path / name} does not match its checksum")
-        with np.load(path / "models.npz", allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-        with np.load(path / "histories.npz", allow_pickle=False) as data:
-            histories = Histories(data["users"], data["starts"], data["rows"], data["values"])
+        arrays = {name[:-4]: np.load(path / name, mmap_mode="r", allow_pickle=False)
+                  for name in meta["files"] if name.endswith(".npy")}
+        histories = Histories(**{k: arrays[f"histories-{k}"] for k in Histories.FIELDS})
         catalogue = _catalogue(path / "catalogue.json", meta["files"]["catalogue.json"])
-        models = _models(arrays, ModelParams.from_dict(meta["params"], str(meta_path)), Scale(**meta["scale"]), meta)
+        models = _models({k[len("model-"):]: v for k, v in arrays.items() if k.startswith("model-")},
+                         ModelParams.from_dict(meta["params"], str(meta_path)), Scale(**meta["scale"]), meta)
     except ModelError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -234,6 +237,7 @@ def _read(path: Path) -> Version:
             and models.neighbours.neighbours.shape == models.neighbours.similarity.shape
             and len(models.neighbours.neighbours) == len(models.rating.movie_ids)
             and len(histories.starts) == len(histories.users) + 1 and len(histories.rows) == len(histories.values)
+            and len(histories.counts) == len(histories.sums) == len(catalogue)
             and (not len(histories.rows) or int(histories.rows.max()) < len(catalogue))):
         raise ModelError(f"damaged model version in {path}: array shapes disagree")
     return Version(models, catalogue, histories, meta)
@@ -257,14 +261,14 @@ def _catalogue(path: Path, digest: str) -> Catalogue:
 
 def _model_arrays(models: Models) -> dict[str, np.ndarray]:
     r, k, n = models.rating, models.ranking, models.neighbours
-    return {"mu": np.array(r.mu), "user_ids": r.user_ids, "user_bias": r.user_bias, "user_factors": r.user_factors,
+    return {"mu": np.array([r.mu]), "user_ids": r.user_ids, "user_bias": r.user_bias, "user_factors": r.user_factors,
             "movie_ids": r.movie_ids, "movie_bias": r.movie_bias, "movie_factors": r.movie_factors,
             "rank_user_ids": k.user_ids, "rank_user_factors": k.user_factors, "rank_movie_ids": k.movie_ids,
             "rank_movie_factors": k.movie_factors, "neighbours": n.neighbours, "similarity": n.similarity}
 
 
 def _models(a: dict, params: ModelParams, scale: Scale, meta: dict) -> Models:
-    rating = RatingModel(mu=float(a["mu"]), user_ids=a["user_ids"], user_bias=a["user_bias"],
+    rating = RatingModel(mu=float(a["mu"][0]), user_ids=a["user_ids"], user_bias=a["user_bias"],
                          user_factors=a["user_factors"], movie_ids=a["movie_ids"], movie_bias=a["movie_bias"],
                          movie_factors=a["movie_factors"], params=params.rating, scale=scale)
     ranking = RankingModel(user_ids=a["rank_user_ids"], user_factors=a["rank_user_factors"],

@@ -50,7 +50,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def sc(tmp_path_factory):
-    from trainer.sparkctx import create_context
+    from spark.context import create_context
 
     os.environ.setdefault("SPARK_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))
     context = create_context("local[2]", app_name="recommender-tests",

@@ -17,7 +17,7 @@ import pytest
 from conftest import C1_ONLY, ROOT, copy_model, free_port
 from fixtures import write_ratings_csv
 
-from trainer.sparkctx import ensure_java
+from spark.context import ensure_java
 
 SPARK_BIN = Path(pyspark.__file__).resolve().parent / "bin"
 

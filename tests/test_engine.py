@@ -68,7 +68,7 @@ def test_a_damaged_version_is_refused_and_the_previous_one_stays(make_engine, ma
     engine = make_engine(csv_fixture.path)
     rec = make_recommender(engine.model_dir)
     assert engine.fit_and_publish() == 2
-    arrays = engine.versions.path(2) / "models.npz"
+    arrays = engine.versions.path(2) / "model-movie_factors.npy"
     data = bytearray(arrays.read_bytes())
     data[len(data) // 2] ^= 0xFF
     arrays.write_bytes(bytes(data))

@@ -15,7 +15,7 @@ from fixtures import write_ratings_csv
 
 import evaluate
 from datasets import movielens
-from trainer import tuning
+from spark import tuning
 
 LIST_FIELDS = {"precision_at_10", "recall_at_10", "ndcg_at_10", "catalog_coverage"}
 FIELDS = {"rmse", "mae", "coverage", "baseline_rmse", "n_train", "n_test", "fit_seconds", "params", "min_count",

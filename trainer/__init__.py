@@ -1,2 +1,2 @@
-"""The trainer's side: Spark jobs that fit, tune and evaluate the models (runs only in the Spark driver and
-its executors; API processes never import it)."""
+"""The trainer role: when to fit (the retrain policy, requests, failures) and the process around the engine
+(the folder's lock, the SparkContext).  It drives engine.py, which drives spark/."""

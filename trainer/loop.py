@@ -20,15 +20,31 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from engine import RecommendationEngine
-from trainer.training import Cancelled
+from spark.training import Cancelled
+from storage.ratings import RatingsStore
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # first wait after a failed fit; doubles up to 5 minutes
 HEARTBEAT_SECONDS = 10.0
 TUNE = "tune"  # what _due says when the parameters are to be tuned
+
+
+class Engine(Protocol):
+    """What the loop drives: engine.py's RecommendationEngine (the loop sits above it and does not import it)."""
+
+    store: RatingsStore
+    model_dir: Path
+    tune_budget: float | None
+    params_source: str
+
+    def current_meta(self) -> dict | None: ...
+    def matches(self, meta: dict | None) -> bool: ...
+    def fit_and_publish(self, seq: int | None = None) -> int: ...
+    def tune(self) -> object: ...
+    def cancel(self) -> None: ...
 
 
 class TrainerBusy(RuntimeError):
@@ -100,7 +116,7 @@ class TrainerLock:
 class Trainer:
     """Runs the start-up fits and the retrain loop on one engine (in :meth:`run`'s thread)."""
 
-    def __init__(self, engine: RecommendationEngine, policy: RetrainPolicy, poll: float = 1.0,
+    def __init__(self, engine: Engine, policy: RetrainPolicy, poll: float = 1.0,
                  heartbeat: float = HEARTBEAT_SECONDS):
         self.engine = engine
         self.store = engine.store

@@ -75,8 +75,8 @@ class TrainerRole:
 
     def _start_spark(self) -> None:
         from engine import RecommendationEngine
+        from spark.context import create_context
         from trainer.loop import RetrainPolicy, Trainer
-        from trainer.sparkctx import create_context
 
         args = self.args
         logging.getLogger("py4j").setLevel(logging.WARNING)  # one line per closed connection at INFO

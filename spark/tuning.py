@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from model import Ingredients, ModelParams, Models, NeighbourParams, RatingModel, RatingParams, Scale
-from trainer.training import collect_ratings, fit_neighbour_model, fit_ranking_model, fit_rating_model, packed, phase
+from spark.training import collect_ratings, fit_neighbour_model, fit_ranking_model, fit_rating_model, packed, phase
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
-"""What a published version says about movies and users besides the models: the catalogue and every
-user's ratings as of the version.
+"""What a published version holds besides the models: the catalogue and every user's ratings as of the
+version.
 
 The trainer builds both from the dataset and the stored posted ratings; an API
 process loads them with the version, so it needs neither the dataset nor Spark.
-Rows are catalogue rows: a movie's position in the sorted ``movie_ids``.
+Rows are catalogue rows: a movie's position in the sorted ``movie_ids``.  Plain
+data and lookups: what a caller did wrong is the serving side's to say.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from serving.errors import InputError, NotFound
 
 
 @dataclass(frozen=True)
@@ -56,31 +55,16 @@ class Catalogue:
     def has(self, movie: int) -> bool:
         return movie in self._row
 
-    def row(self, movie: int) -> int:
-        """The movie's catalogue row; NotFound for an unknown id."""
-        row = self._row.get(movie)
-        if row is None:
-            raise NotFound(f"unknown movie id {movie}")
-        return row
+    def row(self, movie: int) -> int | None:
+        """The movie's catalogue row, None for an unknown id."""
+        return self._row.get(movie)
 
-    def rows_of(self, movie_ids) -> np.ndarray:
-        """Rows of known movie ids (the caller checked them)."""
-        return np.array([self._row[m] for m in movie_ids], dtype=np.int32)
+    def genre_mask(self, genre: str) -> np.ndarray | None:
+        """Which rows are of ``genre`` (any case); None for a genre the catalogue does not have."""
+        return self._genre_masks.get(genre.lower())
 
-    def genre_mask(self, genre: str | None) -> np.ndarray | None:
-        """Which rows are of ``genre`` (any case); None for no genre; InputError naming the known ones."""
-        if not genre:
-            return None
-        mask = self._genre_masks.get(genre.lower())
-        if mask is None:
-            raise InputError(f"unknown genre {genre!r}; known genres: {', '.join(self.genre_names)}")
-        return mask
-
-    def search(self, query: str, counts: np.ndarray, limit: int) -> list[int]:
-        """Rows whose title contains ``query`` (case-insensitive), most rated first."""
-        needle = query.strip().lower()
-        if not needle:
-            raise InputError("q must not be empty")
+    def search(self, needle: str, counts: np.ndarray, limit: int) -> list[int]:
+        """Rows whose title contains ``needle`` (lower case), most rated first."""
         hits = [i for i, t in enumerate(self._lower_titles) if needle in t]
         hits.sort(key=lambda i: (-counts[i], self.movie_ids[i]))
         return hits[:limit]
@@ -97,39 +81,39 @@ class Catalogue:
 @dataclass(frozen=True)
 class Histories:
     """Every user's ratings, grouped by user (CSR): ``users`` sorted, user ``users[i]`` rated
-    ``rows[starts[i]:starts[i + 1]]`` (ascending) with ``values`` there."""
+    ``rows[starts[i]:starts[i + 1]]`` (ascending) with ``values`` there; and per catalogue row, how many
+    users rated it (``counts``) and the sum of their ratings (``sums``), computed once by the trainer."""
 
     users: np.ndarray  # int64
     starts: np.ndarray  # int64, len(users) + 1
     rows: np.ndarray  # int32
     values: np.ndarray  # float32: every MovieLens rating (whole or half stars) is exact
+    counts: np.ndarray  # int64, per catalogue row
+    sums: np.ndarray  # float64, per catalogue row
+
+    FIELDS = ("users", "starts", "rows", "values", "counts", "sums")
 
     @classmethod
-    def build(cls, users: np.ndarray, rows: np.ndarray, values: np.ndarray) -> Histories:
-        """Group (user, row, value) triples; a later triple of the same user and row replaces an earlier one."""
+    def build(cls, users: np.ndarray, rows: np.ndarray, values: np.ndarray, n_rows: int) -> Histories:
+        """Group (user, row, value) triples over a catalogue of ``n_rows``; a later triple of the same user and
+        row replaces an earlier one."""
         users, rows = np.asarray(users, dtype=np.int64), np.asarray(rows, dtype=np.int32)
         order = np.lexsort((np.arange(len(users)), rows, users))  # by user, row, then input order
         users, rows, values = users[order], rows[order], np.asarray(values)[order]
         last = np.ones(len(users), dtype=bool)
         last[:-1] = (users[1:] != users[:-1]) | (rows[1:] != rows[:-1])
-        users, rows, values = users[last], rows[last], values[last]
+        users, rows, values = users[last], rows[last], values[last].astype(np.float32)
         ids, starts = np.unique(users, return_index=True)
-        return cls(ids, np.append(starts, len(users)).astype(np.int64), rows, values.astype(np.float32))
+        return cls(ids, np.append(starts, len(users)).astype(np.int64), rows, values,
+                   np.bincount(rows, minlength=n_rows).astype(np.int64),
+                   np.bincount(rows, weights=values, minlength=n_rows))
 
     def of(self, user: int) -> UserRatings | None:
         i = int(np.searchsorted(self.users, user))
         if i >= len(self.users) or self.users[i] != user:
             return None
         lo, hi = self.starts[i], self.starts[i + 1]
-        return UserRatings(self.rows[lo:hi], self.values[lo:hi].astype(np.float64))
+        return UserRatings(np.asarray(self.rows[lo:hi]), self.values[lo:hi].astype(np.float64))
 
     def __len__(self) -> int:
         return int(len(self.values))
-
-    def counts(self, n_rows: int) -> np.ndarray:
-        """How many users rated each row."""
-        return np.bincount(self.rows, minlength=n_rows).astype(np.int64)
-
-    def sums(self, n_rows: int) -> np.ndarray:
-        """The sum of each row's ratings."""
-        return np.bincount(self.rows, weights=self.values.astype(np.float64), minlength=n_rows)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_JAVA = (17, 21)
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-PROJECT_PACKAGES = ("datasets", "trainer", "serving", "storage")
+PROJECT_PACKAGES = ("datasets", "spark", "trainer", "serving", "storage")
 LOG4J_CONFIG = PROJECT_DIR / "conf" / "log4j2.properties"
 
 
@@ -84,7 +84,7 @@ def quiet_java_home(runtime: Path) -> Path:
     tag = hashlib.sha256(str(runtime).encode()).hexdigest()[:12]
     home = Path(sys.prefix) / "spark-java-homes" / f"{runtime.name}-{tag}"
     java = home / "bin" / "java"
-    script = ("#!/bin/sh\n# Written by trainer/sparkctx.py: java without Spark's jdk.incubator.vector flag.\n"
+    script = ("#!/bin/sh\n# Written by spark/context.py: java without Spark's jdk.incubator.vector flag.\n"
               'for arg do\n  shift\n  [ "$arg" = "--add-modules=jdk.incubator.vector" ] && continue\n'
               '  set -- "$@" "$arg"\ndone\n'
               f'exec "{runtime / "bin" / "java"}" "$@"\n')
@@ -150,9 +150,9 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the local JVM inherits the driver's environment
     spark_conf.setIfMissing("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
     if spark_conf.get("spark.master", "").startswith("local") and not spark_conf.contains("spark.python.daemon.module"):
-        # Local workers start from this project's daemon (spark_worker.py: ~100 ms less CPU per task);
+        # Local workers start from this project's daemon (spark/worker.py: ~100 ms less CPU per task);
         # a cluster's executors do not have the project's folder, so they keep pyspark's own.
-        spark_conf.set("spark.python.daemon.module", "trainer.spark_worker")
+        spark_conf.set("spark.python.daemon.module", "spark.worker")
         path = os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH")) if p)
         spark_conf.setIfMissing("spark.executorEnv.PYTHONPATH", path)
     for key, value in (conf or {}).items():

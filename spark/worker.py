@@ -1,4 +1,4 @@
-"""pyspark's Python worker daemon with two changes, run on local masters (see sparkctx.create_context).
+"""pyspark's Python worker daemon with two changes, run on local masters (see spark/context.py's create_context).
 
 Speed: before every task pyspark's worker calls ``importlib.invalidate_caches()``,
 and on Python 3.11 that makes each zipimporter on the path re-read its whole
