@@ -184,11 +184,12 @@ class _Ids:
     user_ids: np.ndarray
     movie_ids: np.ndarray
 
-    def _index(self) -> None:
-        self._user_row = {int(u): i for i, u in enumerate(self.user_ids)}
-
     def user_row(self, user_id: int) -> int | None:
-        return self._user_row.get(user_id)
+        """The user's row, or None.  A binary search on the sorted ids (a microsecond): a dict of 138,000 users
+        took 35 ms a model to build, holding the GIL while a new version was swapped in under requests."""
+        ids = self.user_ids
+        row = int(np.searchsorted(ids, user_id))
+        return row if row < len(ids) and ids[row] == user_id else None
 
     def movie_row(self, movie_id: int) -> int | None:
         row = int(self.movie_rows(np.array([movie_id]))[0])
@@ -220,9 +221,6 @@ class RatingModel(_Ids):
     movie_factors: np.ndarray  # (movies, rank)
     params: RatingParams
     scale: Scale
-
-    def __post_init__(self) -> None:
-        self._index()
 
     def clip(self, values):
         return self.scale.clip(values)
@@ -298,7 +296,6 @@ class RankingModel(_Ids):
     params: RankingParams
 
     def __post_init__(self) -> None:
-        self._index()
         self.gram = self.movie_factors.T @ self.movie_factors  # Y^T Y, shared by every fold-in
 
     def fold_in(self, movie_rows: np.ndarray, ratings: np.ndarray) -> np.ndarray:

@@ -223,7 +223,8 @@ def _read(path: Path) -> Version:
         for name, digest in meta["files"].items():
             if sha256(path / name) != digest:
                 raise ModelError(f"{path / name} does not match its checksum")
-        arrays = {name[:-4]: np.load(path / name, mmap_mode="r", allow_pickle=False)
+        # Mapped read-only; viewed as plain arrays, whose indexing skips np.memmap's Python-level __getitem__.
+        arrays = {name[:-4]: np.load(path / name, mmap_mode="r", allow_pickle=False).view(np.ndarray)
                   for name in meta["files"] if name.endswith(".npy")}
         histories = Histories(**{k: arrays[f"histories-{k}"] for k in Histories.FIELDS})
         catalogue = _catalogue(path / "catalogue.json", meta["files"]["catalogue.json"])

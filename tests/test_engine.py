@@ -156,3 +156,28 @@ def test_the_published_version_carries_what_an_api_process_needs(real_model, rea
     assert len(version.catalogue) == 9742 and len(version.histories) == 100_836
     assert version.catalogue.titles[version.catalogue.row(11)] == "American President, The (1995)"
     assert version.meta["dataset"] == str(real_dataset) and version.meta["seq"] == 0
+
+
+def test_a_compaction_that_fails_after_a_fit_leaves_the_new_version_in_service(make_engine, csv_fixture,
+                                                                               monkeypatch, caplog):
+    """Disk full after a fit: the version is out, so the failure is one warning and the next fit compacts."""
+    import sqlite3
+
+    engine = make_engine(csv_fixture.path)
+    engine.store.append(6700, [(1, 4.0)])
+    engine.store.append(6700, [(1, 2.0)])  # replaces the first: compaction has a row to delete
+
+    def full(upto):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(engine.store, "compact", full)
+    with caplog.at_level("INFO"):
+        assert engine.fit_and_publish() == 2
+    assert engine.versions.current() == 2 and engine.current_meta()["seq"] == 2
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "engine"]
+    assert messages == [("INFO", "model version 2 published (ratings up to request 2, fit in "
+                         f"{engine.current_meta()['fit_seconds']['total']:.1f} s)"),
+                        ("WARNING", "ratings store: compaction failed (database or disk is full); retried after "
+                         "the next fit")]
+    monkeypatch.undo()
+    assert engine.store.compact(2) == 1
