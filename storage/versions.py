@@ -173,12 +173,17 @@ class ModelVersions:
         return removed
 
     def clean_partial(self) -> None:
-        """Remove what a publisher or pruner that died left behind (call with the trainer lock held)."""
+        """Remove what a publisher or pruner that died left behind, and the single model files of the layout
+        before versions (``model.json``, ``model-*.npz``); call with the trainer lock held."""
         if self.root.is_dir():
             for entry in self.root.iterdir():
                 if entry.name.startswith((".publishing-", ".removing-")):
                     shutil.rmtree(entry, ignore_errors=True)
                     log.info("removed %s, left by a trainer that stopped mid-publish", entry.name)
+        for old in [self.root.parent / "model.json", *self.root.parent.glob("model-*.npz")]:
+            if old.exists():
+                old.unlink()
+                log.info("removed %s, a model file of the layout before versions", old.name)
 
     # --- loading (API processes) ---------------------------------------------------------------
 

@@ -120,6 +120,19 @@ def test_two_api_processes_and_a_trainer_share_one_folder(servers, csv_fixture, 
     assert {status for status, _ in statuses} == {200} and statuses[(200, 2)] > 0
     assert b.get("/health")[1]["pending_ratings"] == 0  # the new version was trained on everything posted
 
+    # The trainer killed in the middle of a fit: version 2 keeps serving; the next trainer publishes.
+    assert _post(a.port, 6600, [(1, 4.5), (2, 1.0)]) == 201
+    assert request(a.port, "POST", "/admin/retrain")[0] == 202
+    a.wait_until_training()
+    trainer.stop(signal.SIGKILL)  # the trainer and its JVM
+    assert a.get("/health")[1]["model_version"] == 2
+    assert b.get("/6600/ratings/1")[1]["user_rating"] == 4.5  # posted ratings still answer, folded in
+    second = servers(folder, *ON_REQUEST_ONLY, role="trainer")  # the lock died with the first trainer
+    until(lambda: all(api.get("/health")[1]["model_version"] == 3 for api in (a, b)), 120, "the next version")
+    assert "fitting: a fit was requested" in second.output()  # the unanswered request is honoured
+    assert not [p.name for p in (folder / "versions").iterdir() if p.name.startswith(".")]
+    assert a.get("/health")[1]["pending_ratings"] == 0
+
 
 def test_sigkill_of_one_api_process_during_a_burst_loses_nothing(servers, tmp_path):
     folder = tmp_path / "m"
@@ -159,21 +172,3 @@ def test_sigkill_of_one_api_process_during_a_burst_loses_nothing(servers, tmp_pa
         stored = {r["movieId"] for r in b.get(f"/{user}/ratings")[1]["ratings"]}
         assert {m for u, m in acknowledged if u == user} <= stored
     assert b.get("/health")[0] == 200
-
-
-def test_a_trainer_killed_mid_fit_leaves_the_version_serving_and_the_next_trainer_publishes(servers, tmp_path):
-    folder = tmp_path / "m"
-    api = servers(folder, role="api")
-    first = servers(folder, *ON_REQUEST_ONLY, role="trainer")
-    until(lambda: _trainer_idle(api, first.proc.pid), 120, "the trainer to be up")
-    assert _post(api.port, 6600, [(1, 4.5), (2, 1.0)]) == 201
-    assert request(api.port, "POST", "/admin/retrain")[0] == 202
-    api.wait_until_training()
-    first.stop(signal.SIGKILL)  # the trainer and its JVM, in the middle of the fit
-    assert api.get("/health")[1]["model_version"] == 1
-    assert api.get("/6600/ratings/1")[1]["user_rating"] == 4.5  # posted ratings still answer, folded in
-    second = servers(folder, *ON_REQUEST_ONLY, role="trainer")  # the lock died with the first trainer
-    until(lambda: api.get("/health")[1]["model_version"] == 2, 120, "the next trainer's version")
-    assert "fitting: a fit was requested" in second.output()  # the unanswered request is honoured
-    assert not [p.name for p in (folder / "versions").iterdir() if p.name.startswith(".")]
-    assert api.get("/health")[1]["pending_ratings"] == 0

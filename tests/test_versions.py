@@ -69,8 +69,11 @@ def test_a_publisher_that_dies_midway_leaves_the_current_version_in_service(tmp_
     version, lease = versions.load()
     lease.release()
     assert np.array_equal(version.models.rating.movie_factors, _models(1).rating.movie_factors)
+    (tmp_path / "model.json").write_text("{}")  # the single model of the layout before versions
+    (tmp_path / "model-123.npz").write_bytes(b"old")
     ModelVersions(tmp_path).clean_partial()  # what the next trainer does first
     assert not [p for p in versions.root.iterdir() if p.name.startswith(".")]
+    assert not (tmp_path / "model.json").exists() and not list(tmp_path.glob("model-*.npz"))
     assert _publish(versions, seed=3) >= 2 and versions.load()[0].models.rating.movie_factors.shape == (8, 2)
 
 
