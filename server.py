@@ -140,7 +140,12 @@ class TrainerChild:
             self._spawn()
             self._started.set()
             code = self.proc.wait()
-            if self._stopping.is_set():
+            # Ctrl-C reaches the trainer and this process together: give our own stop a moment to show.
+            if self._stopping.wait(2.0):
+                return
+            if code == 0:
+                log.warning("the trainer stopped on request; the version in service keeps answering, and "
+                            "nothing is fitted until a trainer runs again")
                 return
             if code == 2:
                 log.error("the trainer refused to start (its message is above); stopping the service")
@@ -225,8 +230,12 @@ def run_trainer(args, model_dir: Path) -> int:
     from trainer.role import SetupError, TrainerRole
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def on_signal(*_) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     if under_spark_submit():
         exit_with_parent(stop.set)
     role = TrainerRole(args, model_dir)
@@ -234,6 +243,9 @@ def run_trainer(args, model_dir: Path) -> int:
         role.start()
     except SetupError as exc:
         return fail(str(exc))
+    except KeyboardInterrupt:  # SIGINT while the SparkContext's own handler was in place
+        stop.set()
+    signal.signal(signal.SIGINT, on_signal)  # the SparkContext put its own in place (cancel, then raise)
     while not stop.is_set() and not role.wait(0.5):
         pass
     role.stop()

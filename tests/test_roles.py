@@ -132,6 +132,10 @@ def test_two_api_processes_and_a_trainer_share_one_folder(servers, csv_fixture, 
     assert "fitting: a fit was requested" in second.output()  # the unanswered request is honoured
     assert not [p.name for p in (folder / "versions").iterdir() if p.name.startswith(".")]
     assert a.get("/health")[1]["pending_ratings"] == 0
+    # Ctrl-C stops a trainer cleanly too (the SparkContext puts a SIGINT handler of its own in place).
+    assert second.stop(signal.SIGINT) == 0
+    assert "trainer stopped" in second.output() and "Traceback" not in second.output()
+    assert a.get("/health")[1]["trainer"]["state"] == "stopped"
 
 
 def test_sigkill_of_one_api_process_during_a_burst_loses_nothing(servers, tmp_path):
