@@ -149,7 +149,12 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
     # 2 tasks x 2 threads on 2 cores made the rank-128 fit 31 s against 11 s with one thread each.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the local JVM inherits the driver's environment
     spark_conf.setIfMissing("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
-    if spark_conf.get("spark.master", "").startswith("local") and not spark_conf.contains("spark.python.daemon.module"):
+    work = Path(tempfile.mkdtemp(prefix="recommender-spark-"))
+    atexit.register(shutil.rmtree, work, True)  # checkpoints, the modules zip and Spark's scratch go with the process
+    local = spark_conf.get("spark.master", "").startswith("local")
+    if local:  # Spark's scratch folders (spark-<uuid>, blockmgr-*) inside ours, removed with it
+        spark_conf.setIfMissing("spark.local.dir", str(work / "spark"))
+    if local and not spark_conf.contains("spark.python.daemon.module"):
         # Local workers start from this project's daemon (spark/worker.py: ~100 ms less CPU per task);
         # a cluster's executors do not have the project's folder, so they keep pyspark's own.
         spark_conf.set("spark.python.daemon.module", "spark.worker")
@@ -157,15 +162,17 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
         spark_conf.setIfMissing("spark.executorEnv.PYTHONPATH", path)
     for key, value in (conf or {}).items():
         spark_conf.set(key, value)
-    # The JVM's own logging config, so Spark's start-up warnings never print (set before the JVM starts).
+    # The JVM's own logging config, so Spark's start-up warnings never print, and its temporary files (such as
+    # spark-submit's own spark-<uuid>) in our folder (both take effect only when this process starts the JVM).
     java_options = spark_conf.get("spark.driver.extraJavaOptions", "") or ""
     if "log4j2.configurationFile" not in java_options:
-        spark_conf.set("spark.driver.extraJavaOptions",
-                       f"{java_options} -Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}".strip())
+        java_options += f" -Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}"
+    if "java.io.tmpdir" not in java_options:
+        (work / "jvm").mkdir()
+        java_options += f" -Djava.io.tmpdir={work / 'jvm'}"
+    spark_conf.set("spark.driver.extraJavaOptions", java_options.strip())
     sc = SparkContext.getOrCreate(spark_conf)
     sc.setLogLevel(log_level)
-    work = Path(tempfile.mkdtemp(prefix="recommender-spark-"))
-    atexit.register(shutil.rmtree, work, True)  # checkpoints and the modules zip go with the process
     checkpoint = os.environ.get("SPARK_CHECKPOINT_DIR") or str(work / "checkpoints")
     sc.setCheckpointDir(checkpoint)
     # Spark checkpoints into a fresh sub-folder of a given directory: that one is this process's to remove.

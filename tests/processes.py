@@ -48,6 +48,8 @@ class ServerProcess:
             (model_dir / "params.json").write_text(json.dumps(FAST.as_dict()))  # small and quick
         self.role = role
         self.port = free_port()
+        self.tmp = model_dir.parent / f"tmp-{role}-{self.port}"  # TMPDIR: what the process leaves is seen
+        self.tmp.mkdir()
         self.out = open(model_dir / f"{role}-{self.port}.out", "w")
         command = [sys.executable, *python_args, "server.py", "--role", role, "--model-dir", str(model_dir)]
         if dataset is not None:
@@ -58,7 +60,7 @@ class ServerProcess:
             [*command, *extra], cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
             # Its own checkpoint folder, as in production; a trainer's JVM runs C1 only, like the tests' own.
             env={**{k: v for k, v in os.environ.items() if k != "SPARK_CHECKPOINT_DIR"},
-                 "SPARK_SUBMIT_OPTS": C1_ONLY, **(env or {})})
+                 "SPARK_SUBMIT_OPTS": C1_ONLY, "TMPDIR": str(self.tmp), **(env or {})})
         if role != "trainer":
             until(lambda: self._serving(), 180, f"{role} on port {self.port}")
             if ready:

@@ -47,6 +47,7 @@ def test_sigterm_during_a_fit_stops_cleanly_and_restart_keeps_ratings(servers, c
     out = first.output()
     assert "Bus EXITED" in out and "trainer stopped during a fit; the version in service stays" in out
     assert not work.exists()  # checkpoints and the shipped modules go with the trainer
+    assert work.parent == first.tmp and list(first.tmp.iterdir()) == []  # Spark's scratch went with them
     assert not re.search(r"Traceback|WARN|FutureWarning|ERROR", out)
     assert not descendants(first.proc.pid)
     given = tmp_path / "checkpoints"  # SPARK_CHECKPOINT_DIR: the trainer removes only its own sub-folder
