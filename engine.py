@@ -34,6 +34,7 @@ from storage.versions import ModelVersions
 log = logging.getLogger(__name__)
 
 JOB_GROUP = "recommender-training"
+DATASET_KEY = "dataset"  # the store's record of the dataset it belongs to
 
 
 class RecommendationEngine:
@@ -69,10 +70,13 @@ class RecommendationEngine:
         self.base_ratings = ratings.cache()
         users, movie_ids, values = collect_ratings(self.base_ratings)
         if bad.value:
-            log.warning("skipped %d malformed line(s) in %s", bad.value, self.layout.ratings)
+            line, text = movielens.first_malformed(sc, self.layout) or (0, "")
+            log.warning("skipped %d malformed line(s) in %s; the first is %s:%d: %r", bad.value,
+                        self.layout.ratings, self.layout.ratings, line, text[:80])
         if len(values) == 0:
             raise movielens.DatasetError(f"{self.layout.ratings} holds no ratings")
         self.fingerprint = movielens.fingerprint(sc, self.layout)
+        self._claim_store()
         self.scale = self.scale or Scale.infer(values)
         # The catalogue: every movie that is listed or rated, in id order.
         ids = np.union1d(np.fromiter(movies, dtype=np.int64, count=len(movies)), movie_ids.astype(np.int64))
@@ -81,6 +85,23 @@ class RecommendationEngine:
         self._base = (users.astype(np.int64), np.searchsorted(ids, movie_ids).astype(np.int32), values)
         log.info("dataset %s: %d ratings, %d users, %d movies, scale %s", self.dataset, len(values),
                  len(np.unique(users)), len(ids), self.scale.describe())
+
+    def _claim_store(self) -> None:
+        """Record which dataset the model folder's ratings and versions belong to, and refuse another one.
+
+        Default folders are named after the dataset's folder, so two different
+        datasets both called ml-latest-small would otherwise share one store.  A
+        copy of the same files elsewhere (same content) and the same path with
+        new content are both the same dataset.
+        """
+        identity = movielens.identity(self.dataset)
+        owner = json.loads(self.store.get_meta(DATASET_KEY) or "null")
+        if owner and owner["path"] != identity and owner["fingerprint"] != self.fingerprint:
+            raise movielens.DatasetError(
+                f"{self.model_dir} holds the ratings and models of {owner['path']}, not of {identity}: "
+                "give this dataset a --model-dir of its own")
+        if owner != {"path": identity, "fingerprint": self.fingerprint}:
+            self.store.put_meta(DATASET_KEY, json.dumps({"path": identity, "fingerprint": self.fingerprint}))
 
     # --- the ratings a fit sees ---------------------------------------------------------------
 

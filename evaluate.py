@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the pick on the test part")
     p.add_argument("--save", action="store_true", help="with --tune: save the picks as the dataset's defaults")
     p.add_argument("--model-dir", help="where --save writes params.json (default models/<dataset name>)")
+    p.add_argument("--checkpoint-dir", default=os.environ.get("SPARK_CHECKPOINT_DIR"),
+                   help="where ALS checkpoints; on a cluster a path every executor reaches (env SPARK_CHECKPOINT_DIR)")
     p.add_argument("--master", default=os.environ.get("SPARK_MASTER"),
                    help="Spark master (env SPARK_MASTER; default local[*] or spark-submit's)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
@@ -384,7 +386,8 @@ def main(argv: list[str] | None = None, sc=None) -> int:
 
     owned = sc is None
     try:
-        sc = create_context(args.master, app_name="recommender-evaluate") if owned else sc
+        sc = create_context(args.master, app_name="recommender-evaluate",
+                            checkpoint_dir=args.checkpoint_dir) if owned else sc
     except RuntimeError as exc:
         return fail(str(exc))
     try:

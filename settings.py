@@ -156,6 +156,9 @@ def build_parser() -> Parser:
     p.add("--api-token-file", env="RECOMMENDER_API_TOKEN_FILE",
           help="read the API token from this file (env RECOMMENDER_API_TOKEN_FILE)")
     p.add("--master", env="SPARK_MASTER", help="Spark master (env SPARK_MASTER; default spark-submit's, else local[*])")
+    p.add("--checkpoint-dir", env="SPARK_CHECKPOINT_DIR",
+          help="where ALS checkpoints its factors; on a cluster a path every executor reaches, such as hdfs://... "
+               "(env SPARK_CHECKPOINT_DIR; default on a local master: a temporary folder of the trainer's)")
     p.add("--scale", env="RECOMMENDER_SCALE", type=parse_scale,
           help="rating scale LOW,HIGH,STEP such as 1,5,1 (env RECOMMENDER_SCALE; default: inferred "
                "from the ratings, 0.5,5,0.5 for ml-latest)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,12 @@ def _find_layout(directory: str, exists) -> Layout:
     )
 
 
+def identity(dataset: str) -> str:
+    """Where a dataset is, independent of the working folder: a local path resolved, a URI as given."""
+    local = _local_path(dataset)
+    return str(local.resolve()) if local is not None else dataset.rstrip("/")
+
+
 def fingerprint(sc, layout: Layout) -> str:
     """Identify the dataset's content: a SHA-256 of local files, size and mtime of remote ones."""
     digest = hashlib.sha256(layout.kind.encode())
@@ -141,7 +148,7 @@ def parse_rating(kind: str, line: str) -> tuple[int, int, float, int] | None:
         timestamp = int(fields[3])
     except ValueError:
         return None
-    if not (0 <= user <= 2**31 - 1 and 0 <= movie <= 2**31 - 1) or rating != rating:
+    if not (0 <= user <= 2**31 - 1 and 0 <= movie <= 2**31 - 1) or not 0 <= rating < math.inf:  # no NaN, inf, < 0
         return None
     return user, movie, rating, timestamp
 
@@ -205,6 +212,25 @@ def load_ratings(sc, layout: Layout, min_partitions: int | None = None, with_tim
 
     lines = sc.textFile(layout.ratings, minPartitions=min_partitions, use_unicode=False)
     return lines.mapPartitions(parse_partition), bad
+
+
+def first_malformed(sc, layout: Layout) -> tuple[int, str] | None:
+    """The first malformed line of the ratings file, as (line number from 1, its text); None if there is none.
+
+    A job of its own over the file, so only worth running once the count says there are some.
+    """
+    kind = layout.kind
+
+    def bad(numbered) -> bool:
+        line = numbered[0].decode("utf-8", "replace").rstrip("\r")
+        return bool(line.strip()) and not _is_header(kind, line) and parse_rating(kind, line) is None
+
+    lines = sc.textFile(layout.ratings, use_unicode=False).zipWithIndex().filter(bad)
+    found = lines.take(1)
+    if not found:
+        return None
+    raw, index = found[0]
+    return index + 1, raw.decode("utf-8", "replace").rstrip("\r")
 
 
 def load_movies(sc, layout: Layout) -> dict[int, Movie]:

@@ -115,14 +115,31 @@ def _project_zip(directory: Path) -> Path:
     return target
 
 
+def checked_checkpoints(master: str, checkpoint_dir: str | None) -> str | None:
+    """The checkpoint directory to use: ``checkpoint_dir``, else ``SPARK_CHECKPOINT_DIR``, else None (a
+    temporary folder of this process's, which only a local master's executors can reach).
+
+    Raises RuntimeError with a one-line fix for a cluster master without one.
+    """
+    checkpoint_dir = checkpoint_dir or os.environ.get("SPARK_CHECKPOINT_DIR") or None
+    if checkpoint_dir is None and not master.startswith("local"):
+        raise RuntimeError(f"on a cluster (master {master}) ALS checkpoints must go where every executor can "
+                           "reach them: give --checkpoint-dir (or SPARK_CHECKPOINT_DIR) a shared path such as "
+                           "hdfs://namenode/tmp/recommender-checkpoints")
+    return checkpoint_dir
+
+
 def create_context(master: str | None = None, app_name: str = "movie-recommender",
-                   conf: dict[str, str] | None = None, log_level: str = "ERROR"):
+                   conf: dict[str, str] | None = None, log_level: str = "ERROR", checkpoint_dir: str | None = None):
     """Start (or join) the process's SparkContext with checkpointing and quiet logs.
 
     ``master`` None keeps what spark-submit set, falling back to ``local[*]``.
     A checkpoint directory is always set: ALS with more than about 10
-    iterations overflows the JVM stack without one.
+    iterations overflows the JVM stack without one (see :func:`checked_checkpoints`;
+    on a cluster master it must be given, checked before the JVM starts when the master is).
     """
+    if master:
+        checked_checkpoints(master, checkpoint_dir)
     ensure_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -149,6 +166,7 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
     # 2 tasks x 2 threads on 2 cores made the rank-128 fit 31 s against 11 s with one thread each.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the local JVM inherits the driver's environment
     spark_conf.setIfMissing("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
+    checkpoint_dir = checked_checkpoints(spark_conf.get("spark.master"), checkpoint_dir)  # spark-submit's master too
     work = Path(tempfile.mkdtemp(prefix="recommender-spark-"))
     atexit.register(shutil.rmtree, work, True)  # checkpoints, the modules zip and Spark's scratch go with the process
     local = spark_conf.get("spark.master", "").startswith("local")
@@ -173,7 +191,7 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
     spark_conf.set("spark.driver.extraJavaOptions", java_options.strip())
     sc = SparkContext.getOrCreate(spark_conf)
     sc.setLogLevel(log_level)
-    checkpoint = os.environ.get("SPARK_CHECKPOINT_DIR") or str(work / "checkpoints")
+    checkpoint = checkpoint_dir or str(work / "checkpoints")
     sc.setCheckpointDir(checkpoint)
     # Spark checkpoints into a fresh sub-folder of a given directory: that one is this process's to remove.
     own = sc._jsc.sc().getCheckpointDir().get()

@@ -73,7 +73,8 @@ def write_dataset(directory: Path, kind: str = "csv", n_users: int = 60, n_movie
             for i, (u, m, r) in enumerate(fx.ratings):
                 fh.write(f"{u},{m},{r:.1f},{stamp(i)}\n")
             for i in range(bad_lines):
-                fh.write(["garbage line\n", "1,2\n", "x,1,4.0,5\n", "1,2,abc,5\n"][i % 4])
+                fh.write(["garbage line\n", "1,2\n", "x,1,4.0,5\n", "1,2,abc,5\n", "1,2,inf,5\n", "1,2,nan,5\n",
+                          "1,2,-1.5,5\n"][i % 7])
         with open(directory / "movies.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(["movieId", "title", "genres"])

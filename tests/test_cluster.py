@@ -23,10 +23,11 @@ SPARK_BIN = Path(pyspark.__file__).resolve().parent / "bin"
 
 
 def _spark_env(tmp_path: Path) -> dict:
+    """On a loopback cluster this host's disk is every executor's, so a folder here is a shared checkpoint dir."""
     ensure_java()
     return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path / "logs"),
-            "TMPDIR": str(tmp_path), "SPARK_NO_DAEMONIZE": "1", "PYSPARK_PYTHON": sys.executable,
-            "PYSPARK_DRIVER_PYTHON": sys.executable}
+            "TMPDIR": str(tmp_path), "SPARK_CHECKPOINT_DIR": str(tmp_path / "checkpoints"), "SPARK_NO_DAEMONIZE": "1",
+            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:

@@ -50,6 +50,22 @@ def test_malformed_lines_are_skipped_and_counted(sc, tmp_path, kind, bad):
     assert counter.value == bad
 
 
+def test_non_finite_and_negative_ratings_are_malformed_and_the_first_is_found(sc, tmp_path):
+    for line in ("1,2,inf,5", "1,2,-inf,5", "1,2,nan,5", "1,2,-0.5,5", "1,2,1e999,5"):
+        assert movielens.parse_rating("csv", line) is None, line
+    assert movielens.parse_rating("csv", "1,2,0,5") == (1, 2, 0.0, 5)  # a scale may start at 0
+    fx = write_dataset(tmp_path / "v", "csv", n_users=4, n_movies=4)
+    lines = (fx.path / "ratings.csv").read_text().splitlines()
+    with open(fx.path / "ratings.csv", "a") as fh:
+        fh.write("1,2,inf,5\n2,3,4.0,7\n1,3,-1,5\n")
+    layout = movielens.detect_layout(sc, str(fx.path))
+    ratings, counter = movielens.load_ratings(sc, layout)
+    assert ratings.count() == len(fx.ratings) + 1 and counter.value == 2
+    assert movielens.first_malformed(sc, layout) == (len(lines) + 1, "1,2,inf,5")  # 1-based, the header is line 1
+    clean = write_dataset(tmp_path / "c", "csv", n_users=4, n_movies=4)
+    assert movielens.first_malformed(sc, movielens.detect_layout(sc, str(clean.path))) is None
+
+
 def test_binary_garbage_in_ratings_does_not_crash(sc, tmp_path):
     fx = write_dataset(tmp_path / "g", "csv", n_users=4, n_movies=4)
     with open(fx.path / "ratings.csv", "ab") as fh:

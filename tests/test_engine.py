@@ -34,15 +34,20 @@ def test_a_fit_includes_every_posted_rating_and_publishes_a_new_version(make_eng
     assert meta["seq"] == 2 and meta["n_ratings"] == len(csv_fixture.ratings) + len(posted)
 
 
-def test_the_engines_cached_ratings_survive_fits_and_the_source_is_read_once(make_engine, csv_fixture, tmp_path):
+def test_the_engines_cached_ratings_survive_fits_and_the_source_is_read_once(make_engine, csv_fixture, tmp_path,
+                                                                            caplog):
     import shutil
 
     dataset = tmp_path / "with-a-bad-line"
     shutil.copytree(csv_fixture.path, dataset)
     with open(dataset / "ratings.csv", "a") as fh:
         fh.write("1,2,not-a-rating,0\n")
-    engine = make_engine(dataset, params=quick())
+    with caplog.at_level("WARNING"):
+        engine = make_engine(dataset, params=quick())
     assert engine.malformed.value == 1
+    line = len(csv_fixture.ratings) + 2  # after the header and every rating
+    assert f"skipped 1 malformed line(s) in {dataset}/ratings.csv; the first is {dataset}/ratings.csv:{line}: " \
+        "'1,2,not-a-rating,0'" in caplog.text
     for round_ in range(2):
         engine.store.append(7100 + round_, [(m, 4.5) for m in csv_fixture.comedies[:4]])
         assert engine.fit_and_publish() == 1 + round_
@@ -50,8 +55,7 @@ def test_the_engines_cached_ratings_survive_fits_and_the_source_is_read_once(mak
     assert engine.malformed.value == 1  # so the source was parsed once, not once per fit
 
 
-def test_a_published_version_is_reused_only_for_the_same_data_parameters_and_scale(make_engine, csv_fixture,
-                                                                                    tmp_path):
+def test_a_published_version_is_reused_only_for_the_same_data_parameters_and_scale(make_engine, csv_fixture):
     engine = make_engine(csv_fixture.path)
     meta = engine.current_meta()
     assert engine.matches(meta)
@@ -59,8 +63,7 @@ def test_a_published_version_is_reused_only_for_the_same_data_parameters_and_sca
     other_ranking = replace(FAST, ranking=replace(FAST.ranking, alpha=1.0))
     assert not make_engine(csv_fixture.path, engine.model_dir, params=other_ranking).matches(meta)
     assert not make_engine(csv_fixture.path, engine.model_dir, scale=Scale(1.0, 5.0, 0.5)).matches(meta)
-    other = write_dataset(tmp_path / "other", "csv", n_users=20, n_movies=40, seed=5)
-    assert not make_engine(other.path, engine.model_dir).matches(meta)
+    assert not engine.matches({**meta, "dataset_fingerprint": "other content"})  # the dataset's files changed
     assert not engine.matches(None)
 
 
@@ -181,3 +184,23 @@ def test_a_compaction_that_fails_after_a_fit_leaves_the_new_version_in_service(m
                          "the next fit")]
     monkeypatch.undo()
     assert engine.store.compact(2) == 1
+
+
+def test_a_model_folder_belongs_to_one_dataset(make_engine, csv_fixture, tmp_path):
+    """Default folders are named after the dataset's folder: another dataset of the same name is refused, while a
+    copy of the same files elsewhere, or new content at the same path, is the same dataset."""
+    import shutil
+
+    from datasets.movielens import DatasetError
+
+    folder = tmp_path / "models" / "ml-fixture"
+    make_engine(csv_fixture.path, folder).close()
+    other = write_dataset(tmp_path / "elsewhere" / "ml-fixture", "csv", n_users=20, n_movies=40, seed=5)
+    with pytest.raises(DatasetError, match=f"holds the ratings and models of {csv_fixture.path}, not of {other.path}: "
+                                           "give this dataset a --model-dir of its own"):
+        make_engine(other.path, folder)
+    copy = shutil.copytree(csv_fixture.path, tmp_path / "copy" / "ml-fixture")
+    make_engine(copy, folder).close()  # the same files: the same dataset, now known by its new place
+    with open(copy / "ratings.csv", "a") as fh:
+        fh.write("1,2,4.5,9\n")
+    make_engine(copy, folder).close()  # new content at the same place: still the same dataset

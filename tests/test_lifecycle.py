@@ -251,6 +251,16 @@ def test_bad_environment_setting_stops_the_server_before_spark(tmp_path):
     assert "Spark" not in out.stdout + out.stderr
 
 
+def test_a_cluster_master_without_a_shared_checkpoint_dir_is_refused_before_spark(csv_fixture, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_CHECKPOINT_DIR"}
+    out = subprocess.run([sys.executable, "server.py", "--role", "trainer", "--master", "spark://127.0.0.1:9",
+                          "--dataset", str(csv_fixture.path), "--model-dir", str(tmp_path / "m")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "ALS checkpoints must go where every executor can reach them: give --checkpoint-dir" in out.stderr
+    assert "Spark" not in out.stdout  # refused before the JVM started
+
+
 def test_api_token_from_a_file(tmp_path):
     from settings import build_parser, read_token
 

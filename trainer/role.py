@@ -81,7 +81,8 @@ class TrainerRole:
         args = self.args
         logging.getLogger("py4j").setLevel(logging.WARNING)  # one line per closed connection at INFO
         try:
-            self.sc = create_context(args.master, app_name="movie-recommender-trainer", conf=heap_conf(args.heap))
+            self.sc = create_context(args.master, app_name="movie-recommender-trainer", conf=heap_conf(args.heap),
+                                     checkpoint_dir=args.checkpoint_dir)
         except RuntimeError as exc:
             raise SetupError(str(exc)) from None
         try:
