@@ -12,6 +12,7 @@ import hmac
 import json
 import math
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 from flask import Blueprint, Flask, current_app, jsonify, request
@@ -140,6 +141,25 @@ def read_ratings_body() -> Parsed:
     return parse_text_ratings(text)
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def refuse_other_sites() -> None:
+    """Refuse what a web page elsewhere could make a visitor's browser send here: a write whose ``Origin`` is
+    not this service (a form or ``text/plain`` fetch posted from another site), and, where the app knows its
+    host names (``ALLOWED_HOSTS``: a service bound to loopback), a request for any other host name, which
+    is how DNS rebinding reaches a service on 127.0.0.1.  Clients that are not browsers send no ``Origin``."""
+    hosts = current_app.config.get("ALLOWED_HOSTS")
+    if hosts is not None and urlsplit("//" + request.host).hostname not in hosts:
+        raise InputError(f"requests for host {request.host[:80]!r} are refused: this service answers "
+                         f"{', '.join(sorted(hosts))}", 403)
+    origin = request.headers.get("Origin")
+    if request.method not in SAFE_METHODS and origin is not None and urlsplit(origin).netloc != request.host:
+        raise InputError(f"a write from another site ({origin[:80]}) is refused: post from this service's own "
+                         "page, or without an Origin header as curl and scripts do", 403)
+
+
 def require_token() -> None:
     """With an API token configured, posting and reading a user's ratings, and asking for a fit, need
     ``Authorization: Bearer <token>``."""
@@ -261,13 +281,16 @@ def _error(message: str, status: int):
     return response
 
 
-def create_app(recommender: Recommender, api_token: str | None = None) -> Flask:
+def create_app(recommender: Recommender, api_token: str | None = None,
+               allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES) -> Flask:
     """Build the Flask app around a recommender; ``api_token`` guards posting and reading users' ratings and
-    asking for a fit."""
+    asking for a fit; ``allowed_hosts`` are the host names requests may name (None: any, for a service on a
+    public address, which needs a token anyway)."""
     app = Flask(__name__)
     app.debug = False  # never the interactive debugger, whatever FLASK_DEBUG says: it runs code for anyone
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token,
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token, ALLOWED_HOSTS=allowed_hosts,
                       OPENAPI=yaml.safe_load(OPENAPI_PATH.read_text()))
+    app.before_request(refuse_other_sites)
     app.json.sort_keys = False
     app.extensions["recommender"] = recommender
     for blueprint in (ratings_bp, movies_bp, status_bp, operator_bp, web_bp):

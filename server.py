@@ -43,13 +43,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_wsgi(recommender, api_token: str | None = None):
-    """The Flask app wrapped in Paste's TransLogger (Apache combined access log)."""
+def build_wsgi(recommender, api_token: str | None = None, host: str = "127.0.0.1"):
+    """The Flask app wrapped in Paste's TransLogger (Apache combined access log); bound to a loopback ``host``,
+    it answers loopback host names only."""
     from paste.translogger import TransLogger
 
-    from app import create_app
+    from app import LOOPBACK_NAMES, create_app
 
-    return TransLogger(create_app(recommender, api_token), setup_console_handler=False)
+    hosts = LOOPBACK_NAMES if is_loopback(host) else None
+    return TransLogger(create_app(recommender, api_token, hosts), setup_console_handler=False)
 
 
 def under_spark_submit() -> bool:
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         recommender.close()
         logging.shutdown()
 
-    serve(build_wsgi(recommender, token), args.host, args.port, args.threads, on_stop=shutdown)
+    serve(build_wsgi(recommender, token, args.host), args.host, args.port, args.threads, on_stop=shutdown)
     return exit_code[0]
 
 

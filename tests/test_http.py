@@ -231,3 +231,25 @@ def test_a_request_for_a_fit_is_recorded_for_the_trainer(live):
     status, body, _ = server.call("POST", "/admin/retrain")
     assert status == 202 and body["model_version"] == 1
     assert server.recommender.store.retrain_requested() == body["requested_at"]
+
+
+def test_writes_from_other_sites_and_other_host_names_are_refused(live):
+    """A page elsewhere can make a browser post here (a form, a text/plain fetch) and, through DNS rebinding,
+    name this loopback service by another host name: both get a 403 and change nothing; the service's own
+    page (same Origin) and clients without an Origin (curl) go on working."""
+    server = live()
+    store = server.recommender.store
+    for body, ctype in ((b"1,4.5\n", "text/plain"), (b"1,4.5", "application/x-www-form-urlencoded"),
+                        (b'[{"movieId": 1, "rating": 4.5}]', "application/json")):
+        for origin in ("http://evil.example", "null", f"http://localhost:{server.port + 1}"):
+            status, body_, _ = server.call("POST", "/5555/ratings", body, {"Content-Type": ctype, "Origin": origin})
+            assert status == 403 and "another site" in body_["error"], (origin, body_)
+    assert server.call("POST", "/admin/retrain", headers={"Origin": "http://evil.example"})[0] == 403
+    assert store.entries() == [] and store.retrain_requested() is None
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.nip.io"):
+        status, body_, _ = server.call("GET", "/1/ratings/top/3", headers={"Host": host})
+        assert status == 403 and "requests for host" in body_["error"], host
+    same = {"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{server.port}"}
+    assert server.call("POST", "/5555/ratings", b'[{"movieId": 1, "rating": 4.5}]', same)[0] == 201
+    assert server.call("GET", "/1/ratings/top/3", headers={"Host": f"localhost:{server.port}"})[0] == 200
+    assert server.post_json("/5556/ratings", [{"movieId": 2, "rating": 3.0}])[0] == 201  # no Origin: curl
