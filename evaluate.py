@@ -8,8 +8,11 @@ Every test pair gets a predicted rating (unseen users and movies fall back to
 the baseline), so ``coverage`` is the fraction of test pairs predicted and must
 be 1.0; RMSE and MAE are those of the rating as served (ALS blended with the
 neighbourhood of the user's training ratings), and of each part on its own,
-printed as a table before the JSON.  A dataset without saved parameters is
-tuned first as the service tunes it, on the training part only (``--no-tune``).
+printed as a table before the JSON.  Parameters come from the model flags, a
+file named with ``--params``, or tuning as the service tunes a new dataset, on
+the training part only (``--no-tune``: the defaults); a saved params.json is
+never read unless named, as the service picked it on ratings the test part
+holds.  The result says where its parameters came from and what the split was.
 The top-10 lists are made by the service's own code (serving.Snapshot: the
 candidates are the movies the user did not rate in training with at least
 ``--min-count`` training ratings), and so is a most-popular list from the same
@@ -295,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"lists hold movies with at least this many training ratings (default {MIN_COUNT})")
     p.add_argument("--recs-out", type=Path, help="write every training user's served top-10 as CSV userId,movieId,rank")
     m = p.add_argument_group("rating model (explicit ALS on the bias baseline's residuals)")
-    m.add_argument("--rank", type=int, help=f"ALS rank (default: tuned for the dataset, else {rating.rank})")
+    m.add_argument("--rank", type=int, help=f"ALS rank (default: tuned on the training part, else {rating.rank})")
     m.add_argument("--iterations", type=int, help=f"ALS iterations (default {rating.iterations})")
     m.add_argument("--reg", "--lambda", dest="reg", type=float, help=f"ALS lambda (default: tuned, else {rating.reg})")
     m.add_argument("--als-seed", type=int, help=f"ALS seed (default {rating.seed})")
@@ -309,9 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"what a rating tells the model (default: tuned, else {ranking.confidence})")
     n = p.add_argument_group("neighbourhood (item neighbours on the baseline residuals, blended into the rating)")
     n.add_argument("--no-neighbourhood", action="store_true", help="predict ratings with ALS alone")
+    p.add_argument("--params", help="start from the parameters in this params.json-shaped file (model flags still "
+                                    "override); never taken from the model folder unless named here")
     p.add_argument("--no-tune", action="store_true",
-                   help="with no saved parameters and no model flags, use the defaults instead of tuning "
-                        "on a validation split carved from the training part (as the service does)")
+                   help="with no --params and no model flags, use the defaults instead of tuning on a validation "
+                        "split carved from the training part (as the service does for a new dataset)")
     p.add_argument("--tune-budget", type=float, default=float(os.environ.get("RECOMMENDER_TUNE_BUDGET",
                                                                              tuning.BUDGET_SECONDS)),
                    help=f"seconds the tuning may start new fits for (env RECOMMENDER_TUNE_BUDGET; "
@@ -372,17 +377,20 @@ def main(argv: list[str] | None = None, sc=None) -> int:
 
     from settings import default_model_dir
     from spark.context import create_context
-    from storage.params import save_params, saved_params
+    from storage.params import read_params, save_params
 
     model_dir = Path(args.model_dir) if args.model_dir else (default_model_dir(args.dataset) if args.dataset else None)
-    try:
-        saved = saved_params(model_dir) if model_dir else None
-        params = params_from_args(args, saved or ModelParams())
+    try:  # a saved file only when named: the service's params.json was picked on ratings this test part holds
+        given = read_params(Path(args.params)) if args.params else None
+        params = params_from_args(args, given or ModelParams())
     except ModelError as exc:
         return fail(str(exc))
-    # Like the service: a dataset without saved parameters is tuned, here on the training part only.
+    # Like the service for a new dataset: tuned, here on the training part only, unless told what to use.
     explicit = any(getattr(args, flag) not in (None, False) for flag in RATING_FLAGS)
-    budget = None if args.no_tune or saved is not None or explicit else args.tune_budget
+    budget = None if args.no_tune or given is not None or explicit else args.tune_budget
+    source = (f"the file {args.params}" if given is not None else "") + \
+        (" with model flags" if explicit and given is not None else "model flags" if explicit else "")
+    source = source or ("tuned on the training part" if budget is not None else "the defaults")
 
     owned = sc is None
     try:
@@ -422,6 +430,10 @@ def main(argv: list[str] | None = None, sc=None) -> int:
             sc.stop()
     if "malformed_lines" not in result and not args.tune:
         result["malformed_lines"] = bad.value
+    result["params_source"] = source
+    result["split"] = ({"train": args.train, "test": args.test} if args.train else
+                       {"dataset": args.dataset, "seed": args.seed,
+                        "parts": [0.6, 0.2, 0.2] if args.tune else [1 - args.test_fraction, args.test_fraction]})
     measured = result["test"] if args.tune else result
     print(comparison(measured))
     if args.json:

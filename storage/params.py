@@ -18,6 +18,11 @@ def saved_params(model_dir: Path) -> ModelParams | None:
     path = Path(model_dir) / "params.json"
     if not path.exists():
         return None
+    return read_params(path)
+
+
+def read_params(path: Path) -> ModelParams:
+    """Parameters from a params.json-shaped file; ModelError with a one-line message when it cannot be used."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -120,3 +120,29 @@ def test_default_models_beat_the_targets_on_ml_latest_small_and_print_nothing_el
     assert max(parts["als"]["rmse"], parts["neighbourhood"]["rmse"]) < parts["baseline"]["rmse"]
     assert result["ndcg_at_10"] >= 0.28 and result["precision_at_10"] >= 0.20
     assert result["ndcg_at_10"] >= 1.8 * result["popularity_ndcg_at_10"]
+
+
+@pytest.mark.slow  # two evaluations
+def test_a_saved_params_json_is_used_only_when_named_and_the_result_says_where_params_came_from(sc, csv_fixture,
+                                                                                                tmp_path, capsys):
+    """The service's params.json was picked on ratings a test split holds: evaluate.py must not read it unless
+    told to, and every result records its parameters' source and the split."""
+    from dataclasses import replace
+
+    from model import ModelParams
+    from storage.params import save_params
+
+    saved = quick(iterations=3)
+    saved = ModelParams(replace(saved.rating, rank=3), replace(saved.ranking, rank=5), saved.neighbours)
+    model_dir = tmp_path / "models"
+    save_params(model_dir, saved)
+    common = ["--dataset", str(csv_fixture.path), "--model-dir", str(model_dir), "--min-count", "0", "--json"]
+    assert evaluate.main([*common, "--no-tune", "--ranking-rank", "4", "--iterations", "3",
+                          "--ranking-iterations", "3"], sc=sc) == 0
+    flags = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert flags["params"]["rating"]["rank"] != 3 and flags["params_source"] == "model flags"
+    assert flags["split"] == {"dataset": str(csv_fixture.path), "seed": 42, "parts": [0.8, 0.2]}
+    assert evaluate.main([*common, "--params", str(model_dir / "params.json"), "--seed", "7"], sc=sc) == 0
+    named = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert named["params"] == saved.as_dict() and "tuned" not in named
+    assert named["params_source"] == f"the file {model_dir / 'params.json'}" and named["split"]["seed"] == 7
