@@ -353,6 +353,26 @@ def params_from_args(args, base: ModelParams) -> ModelParams:
 RATING_FLAGS = ("rank", "iterations", "reg", "als_seed", "plain")
 
 
+def choose_params(args) -> tuple[ModelParams, float | None, str]:
+    """The parameters to evaluate, the tuning budget (None: no tuning) and where the parameters come from.
+
+    A saved file only when named (``--params``): the service's params.json was picked on a validation split
+    of all the dataset's ratings, which a test split holds.  Without a file or model flags, tuned as the
+    service tunes a new dataset, here on the training part only (``--no-tune``: the defaults).
+    """
+    from storage.params import read_params
+
+    given = read_params(Path(args.params)) if args.params else None
+    params = params_from_args(args, given or ModelParams())
+    explicit = any(getattr(args, flag) not in (None, False) for flag in RATING_FLAGS)
+    budget = None if args.no_tune or given is not None or explicit else args.tune_budget
+    if given is not None:
+        source = f"the file {args.params}" + (" with model flags" if explicit else "")
+    else:
+        source = "model flags" if explicit else "tuned on the training part" if budget is not None else "the defaults"
+    return params, budget, source
+
+
 def fail(message: str) -> int:
     """Print a one-line error and return the exit status for it."""
     print(f"evaluate.py: {message}", file=sys.stderr)
@@ -377,20 +397,13 @@ def main(argv: list[str] | None = None, sc=None) -> int:
 
     from settings import default_model_dir
     from spark.context import create_context
-    from storage.params import read_params, save_params
+    from storage.params import save_params
 
     model_dir = Path(args.model_dir) if args.model_dir else (default_model_dir(args.dataset) if args.dataset else None)
-    try:  # a saved file only when named: the service's params.json was picked on ratings this test part holds
-        given = read_params(Path(args.params)) if args.params else None
-        params = params_from_args(args, given or ModelParams())
+    try:
+        params, budget, source = choose_params(args)
     except ModelError as exc:
         return fail(str(exc))
-    # Like the service for a new dataset: tuned, here on the training part only, unless told what to use.
-    explicit = any(getattr(args, flag) not in (None, False) for flag in RATING_FLAGS)
-    budget = None if args.no_tune or given is not None or explicit else args.tune_budget
-    source = (f"the file {args.params}" if given is not None else "") + \
-        (" with model flags" if explicit and given is not None else "model flags" if explicit else "")
-    source = source or ("tuned on the training part" if budget is not None else "the defaults")
 
     owned = sc is None
     try:

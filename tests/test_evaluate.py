@@ -44,6 +44,8 @@ def test_cli_on_split_files_prints_the_json_contract(sc, csv_fixture, tmp_path, 
     assert result["params"]["ranking"]["rank"] == 4
     assert set(result["fit_seconds"]) == {"rating", "ranking", "neighbours", "total"}
     assert "tuned" not in result  # model flags given: no tuning
+    assert result["params_source"] == "model flags"
+    assert result["split"] == {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")}
     assert set(result["models"]) == set(evaluate.PARTS) and result["models"]["blend"]["coverage"] == 1.0
     assert 0 < result["rmse"] < result["baseline_rmse"]  # the planted tastes are beyond biases
     assert 0 < result["precision_at_10"] <= 1 and 0 < result["ndcg_at_10"] <= 1
@@ -114,6 +116,8 @@ def test_default_models_beat_the_targets_on_ml_latest_small_and_print_nothing_el
     assert not re.search(r"Traceback|WARN|FutureWarning|Setting default log level", out.stderr), out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["n_train"] + result["n_test"] == 100_836
+    assert result["params_source"] == "the defaults"
+    assert result["split"] == {"dataset": str(real_dataset), "seed": 42, "parts": [0.8, 0.2]}
     assert result["rmse"] <= 0.840 and result["coverage"] == 1.0
     parts = result["models"]
     assert parts["blend"]["rmse"] < min(parts["als"]["rmse"], parts["neighbourhood"]["rmse"])
@@ -122,27 +126,21 @@ def test_default_models_beat_the_targets_on_ml_latest_small_and_print_nothing_el
     assert result["ndcg_at_10"] >= 1.8 * result["popularity_ndcg_at_10"]
 
 
-@pytest.mark.slow  # two evaluations
-def test_a_saved_params_json_is_used_only_when_named_and_the_result_says_where_params_came_from(sc, csv_fixture,
-                                                                                                tmp_path, capsys):
+def test_a_saved_params_json_is_used_only_when_named_and_the_source_is_said(tmp_path):
     """The service's params.json was picked on ratings a test split holds: evaluate.py must not read it unless
-    told to, and every result records its parameters' source and the split."""
-    from dataclasses import replace
-
+    told to, and it says where its parameters came from."""
     from model import ModelParams
     from storage.params import save_params
 
-    saved = quick(iterations=3)
-    saved = ModelParams(replace(saved.rating, rank=3), replace(saved.ranking, rank=5), saved.neighbours)
-    model_dir = tmp_path / "models"
-    save_params(model_dir, saved)
-    common = ["--dataset", str(csv_fixture.path), "--model-dir", str(model_dir), "--min-count", "0", "--json"]
-    assert evaluate.main([*common, "--no-tune", "--ranking-rank", "4", "--iterations", "3",
-                          "--ranking-iterations", "3"], sc=sc) == 0
-    flags = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert flags["params"]["rating"]["rank"] != 3 and flags["params_source"] == "model flags"
-    assert flags["split"] == {"dataset": str(csv_fixture.path), "seed": 42, "parts": [0.8, 0.2]}
-    assert evaluate.main([*common, "--params", str(model_dir / "params.json"), "--seed", "7"], sc=sc) == 0
-    named = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert named["params"] == saved.as_dict() and "tuned" not in named
-    assert named["params_source"] == f"the file {model_dir / 'params.json'}" and named["split"]["seed"] == 7
+    saved = quick(iterations=3, rating_rank=3)
+    save_params(tmp_path, saved)  # as the service leaves it in the model folder
+    parse = evaluate.build_parser().parse_args
+    base = ["--dataset", "d", "--model-dir", str(tmp_path)]
+    assert evaluate.choose_params(parse(base)) == (ModelParams(), 120.0, "tuned on the training part")
+    assert evaluate.choose_params(parse([*base, "--no-tune"])) == (ModelParams(), None, "the defaults")
+    params, budget, source = evaluate.choose_params(parse([*base, "--rank", "7"]))
+    assert params.rating.rank == 7 and budget is None and source == "model flags"
+    named = ["--params", str(tmp_path / "params.json")]
+    assert evaluate.choose_params(parse([*base, *named])) == (saved, None, f"the file {tmp_path / 'params.json'}")
+    params, _, source = evaluate.choose_params(parse([*base, *named, "--rank", "7"]))
+    assert params.rating.rank == 7 and params.ranking == saved.ranking and source.endswith("with model flags")
