@@ -83,6 +83,7 @@ class Recommender:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.load_error: str | None = None
+        self._refused: int | None = None  # a version that failed its checks
 
     # --- versions ----------------------------------------------------------------------------
 
@@ -107,14 +108,13 @@ class Recommender:
         with self._swap_lock:
             number = self.versions.current()
             served = self._served
-            if number is None or (served is not None and served.number == number):
+            if number is None or (served is not None and served.number == number) or number == self._refused:
                 return False
             try:
                 version, lease = self.versions.load(number)
-            except ModelError as exc:
-                if self.load_error != str(exc):  # once per problem, not once per poll
-                    log.error("%s; %s", exc, "the previous version stays in service" if served else "not serving")
-                self.load_error = str(exc)
+            except ModelError as exc:  # damaged: said once, and not read again until the pointer moves on
+                log.error("%s; %s", exc, "the previous version stays in service" if served else "not serving")
+                self.load_error, self._refused = str(exc), number
                 return False
             start = time.perf_counter()
             fresh = Served(version)

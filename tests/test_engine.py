@@ -78,6 +78,12 @@ def test_a_damaged_version_is_refused_and_the_previous_one_stays(make_engine, ma
     assert not rec.refresh() and rec.version == 1  # the recommender keeps the version it had
     assert "checksum" in rec.load_error
     assert rec.recommend(1, 3, min_count=0).version == 1
+    loads = []
+    real_load = rec.versions.load
+    rec.versions.load = lambda *a: loads.append(a) or real_load(*a)
+    assert not rec.refresh() and loads == []  # not read again while the pointer names it (no checksums each second)
+    engine.fit_and_publish()
+    assert rec.refresh() and rec.version == 3 and loads == [(3,)]  # the next version is read
 
 
 def test_whole_star_dataset_uses_a_whole_star_scale(sc, make_engine, make_recommender, tmp_path):
