@@ -231,9 +231,5 @@ class RecommendationEngine:
         except Exception:  # the JVM may have had the signal too (process-group kill)
             log.info("Spark had already stopped")
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     def close(self) -> None:
         self.store.close()

@@ -116,6 +116,9 @@ class NeighbourParams:
         return sx / (ss + self.support)
 
 
+TUNE_BUDGET_SECONDS = 120.0  # how long a new dataset's tuning may start fits for, by default (trainer and evaluate.py)
+
+
 @dataclass(frozen=True)
 class ModelParams:
     """The parameters of every model."""
@@ -231,10 +234,6 @@ class RatingModel(_Ids):
         bu = np.where(upos >= 0, self.user_bias[np.maximum(upos, 0)], 0.0)
         bi = np.where(mpos >= 0, self.movie_bias[np.maximum(mpos, 0)], 0.0)
         return self.mu + bu + bi, upos, mpos
-
-    def baseline_pairs(self, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
-        """The biases-only prediction mu + b_user + b_movie, clipped to the scale."""
-        return self.clip(self._baseline(users, movies)[0])
 
     def predict_pairs(self, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
         """Predict many (user, movie) pairs at once; unseen ids fall back to the baseline."""

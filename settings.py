@@ -12,11 +12,10 @@ import re
 from pathlib import Path
 
 from datasets.movielens import dataset_name
-from model import Scale
+from model import TUNE_BUDGET_SECONDS, Scale
 
 ROLES = ("all", "trainer", "api")
 PROJECT_DIR = Path(__file__).resolve().parent
-DEFAULT_TUNE_BUDGET = 120.0  # spark/tuning.py's BUDGET_SECONDS (not imported: API processes load no Spark code)
 
 
 class Parser(argparse.ArgumentParser):
@@ -166,9 +165,9 @@ def build_parser() -> Parser:
           help="give Spark's driver JVM a fixed, pre-touched heap of this size (e.g. 1g, 6g) so the "
                "trainer's memory stays flat (env RECOMMENDER_HEAP; default: the JVM grows its heap as "
                "needed up to SPARK_DRIVER_MEMORY, 4g)")
-    p.add("--tune-budget", env="RECOMMENDER_TUNE_BUDGET", type=seconds, default=DEFAULT_TUNE_BUDGET,
+    p.add("--tune-budget", env="RECOMMENDER_TUNE_BUDGET", type=seconds, default=TUNE_BUDGET_SECONDS,
           help="a dataset without saved parameters (params.json) is tuned after its first fit: the seconds "
-               f"the search may start new fits for (env RECOMMENDER_TUNE_BUDGET; default {DEFAULT_TUNE_BUDGET:g})")
+               f"the search may start new fits for (env RECOMMENDER_TUNE_BUDGET; default {TUNE_BUDGET_SECONDS:g})")
     p.add("--no-tune", env="RECOMMENDER_NO_TUNE", type=yes_no, nargs="?", const=True, default=False,
           help="use the default parameters instead of tuning (env RECOMMENDER_NO_TUNE=1)")
     p.add("--retrain-after", env="RECOMMENDER_RETRAIN_AFTER", type=ratings_or_percent, default=(None, 0.01),

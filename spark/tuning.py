@@ -19,12 +19,21 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from model import Ingredients, ModelParams, Models, NeighbourParams, RatingModel, RatingParams, Scale
+from model import (
+    TUNE_BUDGET_SECONDS,
+    Ingredients,
+    ModelParams,
+    Models,
+    NeighbourParams,
+    RatingModel,
+    RatingParams,
+    Scale,
+)
 from spark.training import collect_ratings, fit_neighbour_model, fit_ranking_model, fit_rating_model, packed, phase
 
 log = logging.getLogger(__name__)
 
-BUDGET_SECONDS = 120.0
+BUDGET_SECONDS = TUNE_BUDGET_SECONDS
 VALIDATION_FRACTION = 0.1
 # Each parameter's values, in order; the search steps to a neighbouring value while validation RMSE improves.
 STEPS = {

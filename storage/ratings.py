@@ -210,13 +210,6 @@ class RatingsStore:
             changes.setdefault(user, {})[movie] = rating
         return upto, changes
 
-    def user_ratings(self, user: int) -> list[tuple[int, float]]:
-        """The user's posted ratings, newest per movie, by movie id."""
-        return self._reader().execute(
-            "SELECT movie, rating FROM ratings AS r WHERE user = ? AND seq = "
-            "(SELECT max(seq) FROM ratings AS n WHERE n.user = r.user AND n.movie = r.movie) ORDER BY movie",
-            (user,)).fetchall()
-
     def latest(self, upto: int) -> Iterator[tuple[int, list[tuple[int, float]], int]]:
         """Every posting user's newest ratings as of request ``upto``: (user, [(movie, rating)], last seq)."""
         rows = self._reader().execute(LATEST + " ORDER BY user, movie", {"upto": upto})
