@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import movielens
-from model import ModelError, ModelParams, Scale
+from model import ModelError, ModelParams, Scale, TuneBudget
 from settings import default_model_dir
 from spark import tuning
 from spark.training import Cancelled, collect_ratings, fit_models, phase
@@ -41,10 +41,10 @@ class RecommendationEngine:
     """Loads a MovieLens dataset into Spark, fits the models on it plus the posted ratings, publishes them."""
 
     def __init__(self, sc, dataset: str, model_dir: str | Path | None = None, store: RatingsStore | None = None,
-                 params: ModelParams | None = None, scale: Scale | None = None, tune_budget: float | None = None,
+                 params: ModelParams | None = None, scale: Scale | None = None, tune_budget: TuneBudget | None = None,
                  keep_versions: int = 3):
-        """``params`` None: the dataset's saved parameters; when it has none and ``tune_budget`` (seconds)
-        is given, :meth:`tune` may pick them, else the defaults."""
+        """``params`` None: the dataset's saved parameters; when it has none and ``tune_budget`` is given,
+        :meth:`tune` may pick them, else the defaults."""
         self.sc = sc
         self.dataset = dataset
         self.scale = scale  # None: inferred from the ratings

@@ -46,6 +46,7 @@ from model import (
     RankingParams,
     RatingParams,
     Scale,
+    TuneBudget,
 )
 from serving.snapshot import Snapshot, candidates, top_k
 from spark import tuning
@@ -74,7 +75,7 @@ def rating_metrics(sc, models: Models, train_rdd, test_rdd) -> dict:
     """
     rdd, models_bc = pair_ingredients(sc, models, train_rdd, test_rdd)
     try:
-        totals = rdd.map(lambda row: part_errors(models_bc.value, *row)).fold(np.zeros((len(PARTS), 4)),
+        totals = rdd.map(lambda row: part_errors(models_bc.value, row[2], row[3])).fold(np.zeros((len(PARTS), 4)),
                                                                              lambda a, b: a + b)
     finally:
         models_bc.destroy()
@@ -162,10 +163,10 @@ def write_recs(lists, path: Path) -> int:
 
 def evaluate(sc, train_rdd, test_rdd, params: ModelParams, scale: Scale | None = None,
              ranking: bool = True, min_count: int = MIN_COUNT, recs_out: Path | None = None,
-             tune_budget: float | None = None) -> dict:
+             tune_budget: TuneBudget | None = None) -> dict:
     """Train the models on ``train_rdd`` and measure them on ``test_rdd``.
 
-    With ``tune_budget`` (seconds), the parameters are first tuned as the
+    With ``tune_budget``, the parameters are first tuned as the
     service tunes them, on a validation split carved from ``train_rdd``: the
     test split is never seen before the final measurement.  Ratings: every
     test pair.  Lists (``ranking``): the served top-10 of every training user,
@@ -180,8 +181,8 @@ def evaluate(sc, train_rdd, test_rdd, params: ModelParams, scale: Scale | None =
     tuned = None
     if tune_budget is not None:
         params, report = tuning.tune(sc, train_rdd, params, scale, tune_budget)
-        tuned = {k: report[k] for k in ("seconds", "budget_seconds", "default_valid_rmse", "valid_rmse", "n_valid")}
-        tuned["fits"] = len(report["table"])
+        tuned = {k: report[k] for k in ("seconds", "fits", "budget", "time_cap_hit", "served_valid_rmse",
+                                        "default_valid_rmse", "valid_rmse", "n_valid", "split")}
     models = fit_models(sc, train_rdd, params, scale)
     result = rating_metrics(sc, models, train_rdd, test_rdd)
     if tuned:
@@ -210,13 +211,13 @@ def _grid(space: dict) -> list[dict]:
     return [dict(zip(space, values)) for values in product(*space.values())]
 
 
-def tune(sc, ratings, base: ModelParams, seed: int, budget: float = tuning.BUDGET_SECONDS,
+def tune(sc, ratings, base: ModelParams, seed: int, budget: TuneBudget = TuneBudget(),
          ranking_space: dict | None = None, blends=TUNE_BLENDS, out=sys.stdout) -> dict:
     """Pick every model's parameters on validation data (60/20/20), then report the pick on the test split.
 
     The rating model and the rating blend as the service tunes them
-    (tuning.tune, on a validation split of the 60% part, within ``budget``
-    seconds); the ranking model by validation NDCG@10 of the lists as served
+    (tuning.tune, on a validation split of the 60% part, within ``budget``);
+    the ranking model by validation NDCG@10 of the lists as served
     (on the 20% validation part), over ``ranking_space`` and then over the
     blend weights.
     """
@@ -233,7 +234,8 @@ def tune(sc, ratings, base: ModelParams, seed: int, budget: float = tuning.BUDGE
               f"{row['seconds']:>8.2f}", file=out, flush=True)
     for row in report["blend_table"]:
         print(f"rating blend: support {row['support']:g}: {row['intercept']:+.4f} + {row['als_weight']:.4f} als "
-              f"+ {row['knn_weight']:.4f} knn, valid_rmse {row['valid_rmse']:.5f}", file=out, flush=True)
+              f"+ {row['knn_weight']:.4f} knn, valid_rmse {row['valid_rmse']:.5f} out of sample "
+              f"({row['in_sample_rmse']:.5f} in sample)", file=out, flush=True)
     rating_pick = picked.rating
     with packed(train_rdd) as arrays:
         rating, _ = fit_rating_model(sc, arrays, rating_pick, scale)  # judges the ranking model's lists
@@ -317,10 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tune", action="store_true",
                    help="with no --params and no model flags, use the defaults instead of tuning on a validation "
                         "split carved from the training part (as the service does for a new dataset)")
-    p.add_argument("--tune-budget", type=float, default=float(os.environ.get("RECOMMENDER_TUNE_BUDGET",
-                                                                             tuning.BUDGET_SECONDS)),
-                   help=f"seconds the tuning may start new fits for (env RECOMMENDER_TUNE_BUDGET; "
-                        f"default {tuning.BUDGET_SECONDS:g})")
+    p.add_argument("--tune-fits", type=int, default=int(os.environ.get("RECOMMENDER_TUNE_FITS", TuneBudget.fits)),
+                   help=f"candidate fits the tuning may make (env RECOMMENDER_TUNE_FITS; default {TuneBudget.fits})")
+    p.add_argument("--tune-time-cap", type=float,
+                   default=float(os.environ.get("RECOMMENDER_TUNE_TIME_CAP", TuneBudget.seconds)),
+                   help="safety net: no new tuning fit starts after this many seconds (env RECOMMENDER_TUNE_TIME_CAP; "
+                        f"default {TuneBudget.seconds:g})")
     p.add_argument("--tune", action="store_true",
                    help="pick every model's parameters, the ranking model's too, on a 60/20/20 split and report "
                         "the pick on the test part")
@@ -353,7 +357,7 @@ def params_from_args(args, base: ModelParams) -> ModelParams:
 RATING_FLAGS = ("rank", "iterations", "reg", "als_seed", "plain")
 
 
-def choose_params(args) -> tuple[ModelParams, float | None, str]:
+def choose_params(args) -> tuple[ModelParams, TuneBudget | None, str]:
     """The parameters to evaluate, the tuning budget (None: no tuning) and where the parameters come from.
 
     A saved file only when named (``--params``): the service's params.json was picked on a validation split
@@ -365,7 +369,7 @@ def choose_params(args) -> tuple[ModelParams, float | None, str]:
     given = read_params(Path(args.params)) if args.params else None
     params = params_from_args(args, given or ModelParams())
     explicit = any(getattr(args, flag) not in (None, False) for flag in RATING_FLAGS)
-    budget = None if args.no_tune or given is not None or explicit else args.tune_budget
+    budget = None if args.no_tune or given is not None or explicit else TuneBudget(args.tune_fits, args.tune_time_cap)
     if given is not None:
         source = f"the file {args.params}" + (" with model flags" if explicit else "")
     else:
@@ -392,8 +396,8 @@ def main(argv: list[str] | None = None, sc=None) -> int:
         return fail("--min-count must be 0 or more")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    if args.tune_budget < 0:
-        return fail("--tune-budget must be 0 or more seconds")
+    if args.tune_fits < 1 or args.tune_time_cap < 0:
+        return fail("--tune-fits must be 1 or more, and --tune-time-cap 0 or more seconds")
 
     from settings import default_model_dir
     from spark.context import create_context
@@ -416,7 +420,7 @@ def main(argv: list[str] | None = None, sc=None) -> int:
             layout = movielens.detect_layout(sc, args.dataset)
             ratings, bad = movielens.load_ratings(sc, layout)
             if args.tune:
-                result = tune(sc, ratings, params, args.seed, budget=args.tune_budget)
+                result = tune(sc, ratings, params, args.seed, budget=TuneBudget(args.tune_fits, args.tune_time_cap))
                 chosen = ModelParams.from_dict(result["chosen"])
                 if args.save:
                     print(f"saved {result['chosen']} to {save_params(model_dir, chosen, result)}")

@@ -116,7 +116,14 @@ class NeighbourParams:
         return sx / (ss + self.support)
 
 
-TUNE_BUDGET_SECONDS = 120.0  # how long a new dataset's tuning may start fits for, by default (trainer and evaluate.py)
+@dataclass(frozen=True)
+class TuneBudget:
+    """How much tuning a new dataset may do (trainer and evaluate.py): ``fits`` candidate fits, which
+    makes the pick the same on any machine, and a time cap in seconds as a safety net only (no new fit
+    starts after it; the report says when it stopped the search)."""
+
+    fits: int = 16
+    seconds: float = 3600.0
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from datasets.movielens import dataset_name
-from model import TUNE_BUDGET_SECONDS, Scale
+from model import Scale, TuneBudget
 
 ROLES = ("all", "trainer", "api")
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -165,9 +165,12 @@ def build_parser() -> Parser:
           help="give Spark's driver JVM a fixed, pre-touched heap of this size (e.g. 1g, 6g) so the "
                "trainer's memory stays flat (env RECOMMENDER_HEAP; default: the JVM grows its heap as "
                "needed up to SPARK_DRIVER_MEMORY, 4g)")
-    p.add("--tune-budget", env="RECOMMENDER_TUNE_BUDGET", type=seconds, default=TUNE_BUDGET_SECONDS,
-          help="a dataset without saved parameters (params.json) is tuned after its first fit: the seconds "
-               f"the search may start new fits for (env RECOMMENDER_TUNE_BUDGET; default {TUNE_BUDGET_SECONDS:g})")
+    p.add("--tune-fits", env="RECOMMENDER_TUNE_FITS", type=whole(1, 1000), default=TuneBudget.fits,
+          help="a dataset without saved parameters (params.json) is tuned after its first fit: the candidate "
+               f"fits the search may make (env RECOMMENDER_TUNE_FITS; default {TuneBudget.fits})")
+    p.add("--tune-time-cap", env="RECOMMENDER_TUNE_TIME_CAP", type=seconds, default=TuneBudget.seconds,
+          help="a safety net: no new tuning fit starts after this many seconds, and the report says so "
+               f"(env RECOMMENDER_TUNE_TIME_CAP; default {TuneBudget.seconds:g})")
     p.add("--no-tune", env="RECOMMENDER_NO_TUNE", type=yes_no, nargs="?", const=True, default=False,
           help="use the default parameters instead of tuning (env RECOMMENDER_NO_TUNE=1)")
     p.add("--retrain-after", env="RECOMMENDER_RETRAIN_AFTER", type=ratings_or_percent, default=(None, 0.01),

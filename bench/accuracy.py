@@ -2,7 +2,7 @@
 parameters, on ml-latest-small's random 80/20 split, on split files made with other seeds, and on a
 whole-star copy of ml-latest-small (shaped like ml-100k: every rating rounded up to whole stars).
 
-    .venv/bin/python bench/accuracy.py [--seeds 2026,7] [--budget 120]
+    .venv/bin/python bench/accuracy.py [--seeds 2026,7] [--fits 16]
 
 Each evaluation is ``evaluate.py`` in its own process; "tuned" is what the service does for a dataset
 without saved parameters (tuning on a validation split carved from the training part, never the test
@@ -68,7 +68,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description="RMSE of each part, default against tuned parameters.")
     p.add_argument("--dataset", type=Path, default=Path(DEFAULT_DATASET))
     p.add_argument("--seeds", default="2026,7", help="seeds of the extra split files (Python's random)")
-    p.add_argument("--budget", default="120", help="tuning budget in seconds")
+    p.add_argument("--fits", default="16", help="tuning budget: candidate fits")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -79,7 +79,7 @@ def main() -> int:
             runs.append((f"split files, seed {seed}", ["--train", str(train), "--test", str(test)]))
         for label, data in runs:
             for tuned in (False, True):
-                extra = ["--tune-budget", args.budget] if tuned else ["--no-tune"]
+                extra = ["--tune-fits", args.fits] if tuned else ["--no-tune"]
                 model_dir = Path(tempfile.mkdtemp(dir=tmp))  # no saved parameters: tuned as on a first start
                 print(json.dumps({**run(label, data + extra, model_dir), "tuning": tuned}), flush=True)
     return 0

@@ -141,10 +141,11 @@ def pickled_ratings(users: np.ndarray, movies: np.ndarray, values) -> bytes:
 
 
 def _als(sc, arrays, values_of, implicit: bool, rank: int, iterations: int, reg: float, seed: int,
-         alpha: float = 0.0):
+         alpha: float = 0.0, blocks: int | None = None):
     """Train mllib's ALS (``trainALSModel`` or ``trainImplicitALSModel``, what ``ALS.train`` and
     ``ALS.trainImplicit`` call) on Ratings pickled in batches from ``arrays``; ``values_of(users, movies,
-    ratings)`` gives each rating's value.  Returns a ``MatrixFactorizationModel``."""
+    ratings)`` gives each rating's value; ``blocks`` None: one per core.  Returns a
+    ``MatrixFactorizationModel``."""
     from pyspark.mllib.common import callMLlibFunc
     from pyspark.mllib.recommendation import MatrixFactorizationModel
     from pyspark.serializers import NoOpSerializer
@@ -157,13 +158,14 @@ def _als(sc, arrays, values_of, implicit: bool, rank: int, iterations: int, reg:
 
     pickled = arrays.flatMap(batches)
     pickled._jrdd_deserializer = NoOpSerializer()  # each element goes to the JVM as its bytes
+    blocks = blocks or _blocks(sc)
     with materialized(pickled):
         java_ratings = sc._jvm.org.apache.spark.mllib.api.python.SerDe.pythonToJava(pickled._jrdd, True)
         if implicit:
-            model = callMLlibFunc("trainImplicitALSModel", java_ratings, rank, iterations, float(reg), _blocks(sc),
+            model = callMLlibFunc("trainImplicitALSModel", java_ratings, rank, iterations, float(reg), blocks,
                                   float(alpha), False, seed)
         else:
-            model = callMLlibFunc("trainALSModel", java_ratings, rank, iterations, float(reg), _blocks(sc), False,
+            model = callMLlibFunc("trainALSModel", java_ratings, rank, iterations, float(reg), blocks, False,
                                   seed)
     return MatrixFactorizationModel(model)
 
@@ -175,9 +177,11 @@ def _blocks(sc) -> int:
     return max(1, sc.defaultParallelism)
 
 
-def fit_rating_model(sc, arrays, params: RatingParams, scale: Scale) -> tuple[RatingModel, int]:
+def fit_rating_model(sc, arrays, params: RatingParams, scale: Scale,
+                     blocks: int | None = None) -> tuple[RatingModel, int]:
     """Fit the damped-bias baseline (vectorised sums per partition), then ALS on its residuals (or on
-    raw ratings).  ``arrays``: the ratings as ``packed`` gives them.
+    raw ratings).  ``arrays``: the ratings as ``packed`` gives them; ``blocks``: ALS's (None: one per
+    core; the factors depend on it, as each block draws its own starting values).
 
     Returns the model and the number of ratings it was fitted on.
     """
@@ -207,7 +211,8 @@ def fit_rating_model(sc, arrays, params: RatingParams, scale: Scale) -> tuple[Ra
 
     with phase(f"rating model: ALS rank {params.rank}, {params.iterations} iterations", live=True), \
             checkpoints_removed(sc):
-        als = _als(sc, arrays, targets, False, params.rank, params.iterations, params.reg, params.seed)
+        als = _als(sc, arrays, targets, False, params.rank, params.iterations, params.reg, params.seed,
+                   blocks=blocks)
     user_factors, movie_factors = _collect_factors(als, user_ids.astype(np.int64), movie_ids.astype(np.int64),
                                                    params.rank)
     movie_bc.destroy()
@@ -219,15 +224,15 @@ def fit_rating_model(sc, arrays, params: RatingParams, scale: Scale) -> tuple[Ra
 
 
 def fit_ranking_model(sc, arrays, params: RankingParams, user_ids: np.ndarray,
-                      movie_ids: np.ndarray) -> RankingModel:
+                      movie_ids: np.ndarray, blocks: int | None = None) -> RankingModel:
     """Fit implicit-feedback ALS on every rating as an interaction (see ``RankingParams.preferences``);
-    ``arrays``: the ratings as ``packed`` gives them."""
+    ``arrays``: the ratings as ``packed`` gives them; ``blocks`` as for ``fit_rating_model``."""
 
     preferences = params.preferences
     with phase(f"ranking model: implicit ALS rank {params.rank}, {params.iterations} iterations", live=True), \
             checkpoints_removed(sc):
         als = _als(sc, arrays, lambda users, movies, ratings: preferences(ratings), True, params.rank,
-                   params.iterations, params.reg, params.seed, params.alpha)
+                   params.iterations, params.reg, params.seed, params.alpha, blocks)
     user_factors, movie_factors = _collect_factors(als, user_ids, movie_ids, params.rank)
     return RankingModel(user_ids=user_ids, user_factors=user_factors, movie_ids=movie_ids,
                         movie_factors=movie_factors, params=params)

@@ -15,6 +15,7 @@ from fixtures import write_ratings_csv
 
 import evaluate
 from datasets import movielens
+from model import TuneBudget
 from spark import tuning
 
 LIST_FIELDS = {"precision_at_10", "recall_at_10", "ndcg_at_10", "catalog_coverage"}
@@ -86,9 +87,9 @@ def test_cli_missing_dataset_is_one_line(sc, tmp_path, capsys):
 def test_tune_reports_every_candidate_and_picks_the_best(sc, csv_fixture):
     ratings, _ = movielens.load_ratings(sc, movielens.detect_layout(sc, str(csv_fixture.path)))
     printed = io.StringIO()
-    result = evaluate.tune(sc, ratings, quick(4), seed=1, budget=0,
+    result = evaluate.tune(sc, ratings, quick(4), seed=1, budget=TuneBudget(fits=1),
                            ranking_space={"confidence": ("binary", "signed")}, blends=(0.0, 1.0), out=printed)
-    assert [(row["rank"], row["reg"]) for row in result["table"]] == [(4, 0.05)]  # no budget: the start only
+    assert [(row["rank"], row["reg"]) for row in result["table"]] == [(4, 0.05)]  # one fit: the start only
     chosen = result["chosen"]
     assert (chosen["rating"]["rank"], chosen["rating"]["reg"]) == (4, 0.05)
     best = min(result["rating_blend_table"], key=lambda row: row["valid_rmse"])
@@ -136,7 +137,8 @@ def test_a_saved_params_json_is_used_only_when_named_and_the_source_is_said(tmp_
     save_params(tmp_path, saved)  # as the service leaves it in the model folder
     parse = evaluate.build_parser().parse_args
     base = ["--dataset", "d", "--model-dir", str(tmp_path)]
-    assert evaluate.choose_params(parse(base)) == (ModelParams(), 120.0, "tuned on the training part")
+    assert evaluate.choose_params(parse(base)) == (ModelParams(), TuneBudget(), "tuned on the training part")
+    assert evaluate.choose_params(parse([*base, "--tune-fits", "3"]))[1] == TuneBudget(fits=3)
     assert evaluate.choose_params(parse([*base, "--no-tune"])) == (ModelParams(), None, "the defaults")
     params, budget, source = evaluate.choose_params(parse([*base, "--rank", "7"]))
     assert params.rating.rank == 7 and budget is None and source == "model flags"

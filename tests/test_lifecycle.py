@@ -201,18 +201,20 @@ def test_checkpoints_are_deleted_after_each_fit(sc, make_engine, csv_fixture):
 def test_role_tuning_and_retrain_flags_and_their_environment_fallbacks(monkeypatch):
     from settings import build_parser
 
-    args = build_parser().parse_args(["--no-tune", "--tune-budget", "30", "--retrain-after", "5000",
+    args = build_parser().parse_args(["--no-tune", "--tune-fits", "30", "--retrain-after", "5000",
                                       "--retrain-interval", "60", "--role", "api"])
-    assert (args.no_tune, args.tune_budget, args.retrain_after, args.retrain_interval, args.role) == \
-        (True, 30.0, (5000, None), 60.0, "api")
+    assert (args.no_tune, args.tune_fits, args.retrain_after, args.retrain_interval, args.role) == \
+        (True, 30, (5000, None), 60.0, "api")
     defaults = build_parser().parse_args([])
     assert (defaults.role, defaults.retrain_after, defaults.retrain_interval) == ("all", (None, 0.01), 900.0)
     monkeypatch.setenv("RECOMMENDER_NO_TUNE", "1")
-    monkeypatch.setenv("RECOMMENDER_TUNE_BUDGET", "45")
+    monkeypatch.setenv("RECOMMENDER_TUNE_FITS", "45")
+    monkeypatch.setenv("RECOMMENDER_TUNE_TIME_CAP", "600")
     monkeypatch.setenv("RECOMMENDER_RETRAIN_AFTER", "2.5%")
     monkeypatch.setenv("RECOMMENDER_ROLE", "trainer")
     args = build_parser().parse_args([])
-    assert (args.no_tune, args.tune_budget, args.retrain_after, args.role) == (True, 45.0, (None, 0.025), "trainer")
+    assert (args.no_tune, args.tune_fits, args.tune_time_cap, args.retrain_after, args.role) == \
+        (True, 45, 600.0, (None, 0.025), "trainer")
     monkeypatch.setenv("RECOMMENDER_NO_TUNE", "off")
     monkeypatch.setenv("RECOMMENDER_RETRAIN_AFTER", "0")
     args = build_parser().parse_args([])
@@ -225,7 +227,8 @@ def test_role_tuning_and_retrain_flags_and_their_environment_fallbacks(monkeypat
     ("RECOMMENDER_THREADS", "0", "RECOMMENDER_THREADS='0': expected a whole number from 1"),
     ("RECOMMENDER_HEAP", "lots", "RECOMMENDER_HEAP='lots': expected a size such as 512m"),
     ("RECOMMENDER_SCALE", "1-5", "RECOMMENDER_SCALE='1-5': expected LOW,HIGH,STEP"),
-    ("RECOMMENDER_TUNE_BUDGET", "-5", "RECOMMENDER_TUNE_BUDGET='-5': expected a number of seconds"),
+    ("RECOMMENDER_TUNE_FITS", "0", "RECOMMENDER_TUNE_FITS='0': expected a whole number from 1"),
+    ("RECOMMENDER_TUNE_TIME_CAP", "-5", "RECOMMENDER_TUNE_TIME_CAP='-5': expected a number of seconds"),
     ("RECOMMENDER_NO_TUNE", "maybe", "RECOMMENDER_NO_TUNE='maybe': expected 1 or 0"),
     ("RECOMMENDER_RETRAIN_AFTER", "lots", "RECOMMENDER_RETRAIN_AFTER='lots': expected a number of ratings"),
     ("RECOMMENDER_RETRAIN_AFTER", "150%", "RECOMMENDER_RETRAIN_AFTER='150%': expected a number of ratings"),

@@ -37,7 +37,7 @@ class Engine(Protocol):
 
     store: RatingsStore
     model_dir: Path
-    tune_budget: float | None
+    tune_budget: object | None  # a model.TuneBudget while the parameters are to be tuned
     params_source: str
 
     def current_meta(self) -> dict | None: ...

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from datasets import movielens
-from model import ModelError
+from model import ModelError, TuneBudget
 from storage.params import saved_params
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,10 @@ class TrainerRole:
                                      checkpoint_dir=args.checkpoint_dir)
         except RuntimeError as exc:
             raise SetupError(str(exc)) from None
+        budget = None if args.no_tune else TuneBudget(args.tune_fits, args.tune_time_cap)
         try:
             self.engine = RecommendationEngine(self.sc, args.dataset, self.model_dir, scale=args.scale,
-                                               tune_budget=None if args.no_tune else args.tune_budget,
+                                               tune_budget=budget,
                                                keep_versions=args.keep_versions)
         except movielens.DatasetError as exc:
             self.sc.stop()
