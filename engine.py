@@ -24,7 +24,7 @@ import numpy as np
 from datasets import movielens
 from model import ModelError, ModelParams, Scale, TuneBudget
 from settings import default_model_dir
-from spark import tuning
+from spark import internals, tuning
 from spark.training import Cancelled, collect_ratings, fit_models, phase
 from storage.catalogue import Catalogue, Histories
 from storage.params import save_params, saved_params
@@ -227,7 +227,7 @@ class RecommendationEngine:
         """
         self._stopping.set()
         try:
-            self.sc._jsc.sc().cancelJobGroupAndFutureJobs(self.job_group)
+            internals.cancel_for_good(self.sc, self.job_group)
         except Exception:  # the JVM may have had the signal too (process-group kill)
             log.info("Spark had already stopped")
 

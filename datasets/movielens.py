@@ -68,14 +68,10 @@ def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def _hadoop_path(sc, uri: str):
-    jvm = sc._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    return path, path.getFileSystem(sc._jsc.hadoopConfiguration())
-
-
 def _exists(sc, uri: str) -> bool:
-    path, fs = _hadoop_path(sc, uri)
+    from spark.internals import hadoop_path  # only with Spark: an API process imports this module without it
+
+    path, fs = hadoop_path(sc, uri)
     return bool(fs.exists(path))
 
 
@@ -119,7 +115,9 @@ def fingerprint(sc, layout: Layout) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
         else:
-            path, fs = _hadoop_path(sc, uri)
+            from spark.internals import hadoop_path
+
+            path, fs = hadoop_path(sc, uri)
             status = fs.getFileStatus(path)
             digest.update(f"{uri}:{status.getLen()}:{status.getModificationTime()}".encode())
     return digest.hexdigest()

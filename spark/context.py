@@ -21,6 +21,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from spark import internals
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_JAVA = (17, 21)
@@ -191,10 +193,13 @@ def create_context(master: str | None = None, app_name: str = "movie-recommender
     spark_conf.set("spark.driver.extraJavaOptions", java_options.strip())
     sc = SparkContext.getOrCreate(spark_conf)
     sc.setLogLevel(log_level)
+    if not internals.supported(sc.version):
+        log.warning("pyspark %s is outside the supported range %s to %s (exclusive): spark/internals.py may "
+                    "need changes; run tests/test_internals.py", sc.version, *internals.SUPPORTED)
     checkpoint = checkpoint_dir or str(work / "checkpoints")
     sc.setCheckpointDir(checkpoint)
     # Spark checkpoints into a fresh sub-folder of a given directory: that one is this process's to remove.
-    own = sc._jsc.sc().getCheckpointDir().get()
+    own = sc.getCheckpointDir()
     if own.startswith("file:"):
         atexit.register(shutil.rmtree, own.removeprefix("file:"), True)
     modules = _project_zip(work)

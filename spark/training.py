@@ -29,6 +29,7 @@ from model import (
     RatingParams,
     Scale,
 )
+from spark import internals
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +76,19 @@ def checkpoints_removed(sc):
     one set of files per retrain.
     """
     def listing() -> set[str]:
-        where = sc._jsc.sc().getCheckpointDir()
-        if where.isEmpty():
+        where = sc.getCheckpointDir()
+        if where is None:
             return set()
-        path = sc._jvm.org.apache.hadoop.fs.Path(where.get())
-        fs = path.getFileSystem(sc._jsc.hadoopConfiguration())
+        path, fs = internals.hadoop_path(sc, where)
         return {str(s.getPath().toString()) for s in fs.listStatus(path)} if fs.exists(path) else set()
 
     before = listing()
     try:
         yield
     finally:
-        hadoop = sc._jvm.org.apache.hadoop.fs.Path
         for entry in listing() - before:
-            path = hadoop(entry)
-            path.getFileSystem(sc._jsc.hadoopConfiguration()).delete(path, True)
+            path, fs = internals.hadoop_path(sc, entry)
+            fs.delete(path, True)
 
 
 @contextmanager
@@ -120,24 +119,7 @@ def _merge_sums(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return keys, np.bincount(inverse, sums, len(keys)), np.bincount(inverse, counts, len(keys))
 
 
-# mllib's ALS takes Rating objects pickled by Python; pickling them one by one (pyspark's
-# Rating.__reduce__) cost 35 s a model at 20M ratings on 2 cores.  This writes the same pickle
-# (protocol 2: a list of Rating(user, movie, value) calls) for a whole batch with NumPy.
-_PICKLE_HEAD = b"\x80\x02]cpyspark.mllib.recommendation\nRating\nq\x000("  # list, Rating in memo 0, MARK
-_PICKLE_TAIL = b"e."  # APPENDS, STOP
-_PICKLE_RECORD = np.dtype([("get", "S2"), ("user_op", "S1"), ("user", "<i4"), ("movie_op", "S1"), ("movie", "<i4"),
-                           ("value_op", "S1"), ("value", ">f8"), ("call", "S2")])
 PICKLE_BATCH = 10_000  # ratings per pickled list
-
-
-def pickled_ratings(users: np.ndarray, movies: np.ndarray, values) -> bytes:
-    """``[Rating(user, movie, value), ...]`` pickled as Python's pickle would (BININT ids, BINFLOAT value)."""
-    record = np.empty(len(users), dtype=_PICKLE_RECORD)
-    record["get"], record["user_op"], record["movie_op"], record["value_op"] = b"h\x00", b"J", b"J", b"G"
-    record["user"], record["movie"] = users, movies
-    record["value"] = values
-    record["call"] = b"\x87R"  # TUPLE3, REDUCE
-    return _PICKLE_HEAD + record.tobytes() + _PICKLE_TAIL
 
 
 def _als(sc, arrays, values_of, implicit: bool, rank: int, iterations: int, reg: float, seed: int,
@@ -146,28 +128,14 @@ def _als(sc, arrays, values_of, implicit: bool, rank: int, iterations: int, reg:
     ``ALS.trainImplicit`` call) on Ratings pickled in batches from ``arrays``; ``values_of(users, movies,
     ratings)`` gives each rating's value; ``blocks`` None: one per core.  Returns a
     ``MatrixFactorizationModel``."""
-    from pyspark.mllib.common import callMLlibFunc
-    from pyspark.mllib.recommendation import MatrixFactorizationModel
-    from pyspark.serializers import NoOpSerializer
-
     def batches(part):
         users, movies, ratings = part
         values = np.broadcast_to(np.asarray(values_of(users, movies, ratings), dtype=np.float64), users.shape)
-        return [pickled_ratings(users[s:s + PICKLE_BATCH], movies[s:s + PICKLE_BATCH], values[s:s + PICKLE_BATCH])
-                for s in range(0, len(users), PICKLE_BATCH)]
+        cuts = [slice(s, s + PICKLE_BATCH) for s in range(0, len(users), PICKLE_BATCH)]
+        return [internals.pickled_ratings(users[cut], movies[cut], values[cut]) for cut in cuts]
 
-    pickled = arrays.flatMap(batches)
-    pickled._jrdd_deserializer = NoOpSerializer()  # each element goes to the JVM as its bytes
-    blocks = blocks or _blocks(sc)
-    with materialized(pickled):
-        java_ratings = sc._jvm.org.apache.spark.mllib.api.python.SerDe.pythonToJava(pickled._jrdd, True)
-        if implicit:
-            model = callMLlibFunc("trainImplicitALSModel", java_ratings, rank, iterations, float(reg), blocks,
-                                  float(alpha), False, seed)
-        else:
-            model = callMLlibFunc("trainALSModel", java_ratings, rank, iterations, float(reg), blocks, False,
-                                  seed)
-    return MatrixFactorizationModel(model)
+    with materialized(internals.as_bytes(arrays.flatMap(batches))) as pickled:
+        return internals.train_als(sc, pickled, implicit, rank, iterations, reg, blocks or _blocks(sc), seed, alpha)
 
 
 def _blocks(sc) -> int:
@@ -383,11 +351,9 @@ def _collect_factors(als, user_ids: np.ndarray, movie_ids: np.ndarray, rank: int
     """Collect an mllib model's factors into matrices aligned with the ids, then free them in Spark."""
     # mllib's userFeatures() adds a Python map over the rows; the JVM's rows, unpickled in the driver, need none.
     with phase("collect factors"):
-        user_factors = _factors_to_arrays(als.call("getUserFeatures").collect(), user_ids, rank)
-        movie_factors = _factors_to_arrays(als.call("getProductFeatures").collect(), movie_ids, rank)
-    # Free what Spark keeps per training, so a long-running service does not accumulate it.
-    als._java_model.userFeatures().unpersist(False)
-    als._java_model.productFeatures().unpersist(False)
+        user_factors = _factors_to_arrays(internals.factor_rows(als, users=True), user_ids, rank)
+        movie_factors = _factors_to_arrays(internals.factor_rows(als, users=False), movie_ids, rank)
+    internals.free_factors(als)
     return user_factors, movie_factors
 
 

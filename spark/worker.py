@@ -40,8 +40,7 @@ def quiet_on_closed_socket(worker):
 
 
 if __name__ == "__main__":
-    from pyspark import daemon
+    from spark.internals import run_daemon
 
     keep_directories()
-    daemon.worker = quiet_on_closed_socket(daemon.worker)
-    daemon.manager()
+    run_daemon(quiet_on_closed_socket)

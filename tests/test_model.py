@@ -186,17 +186,3 @@ def test_neighbour_sums_use_the_k_most_similar_positive_neighbours_the_user_rate
     assert ss == pytest.approx([0.8 + 0.5, 0.7 + 0.6])
 
 
-def test_ratings_pickled_in_batches_are_what_python_pickles():
-    """ALS gets its ratings as pickles written by NumPy; Python reads them back as the same Ratings."""
-    import pickle
-
-    from pyspark.mllib.recommendation import Rating
-
-    from spark.training import pickled_ratings
-
-    users, movies = np.array([1, 2**31 - 1, 7]), np.array([3, 5, 2**20])
-    values = np.array([4.5, -0.123456789, 1e-300])
-    assert pickle.loads(pickled_ratings(users, movies, values)) == [Rating(1, 3, 4.5),
-                                                                    Rating(2**31 - 1, 5, -0.123456789),
-                                                                    Rating(7, 2**20, 1e-300)]
-    assert pickle.loads(pickled_ratings(users[:0], movies[:0], values[:0])) == []
