@@ -55,7 +55,11 @@ SELECT user, movie, rating, seq FROM ratings AS r WHERE seq <= :upto AND NOT EXI
     SELECT 1 FROM ratings AS n WHERE n.user = r.user AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= :upto)
 """
 TRAINER_STATUS, RETRAIN_REQUESTED = "trainer", "retrain_requested"  # meta keys
-COMPACT_BATCH = 2000  # requests whose replaced rows one compaction transaction deletes
+COMPACT_BATCH = 500  # replaced rows one compaction transaction deletes (by key: a few ms of the writer lock)
+REPLACED = """
+SELECT seq, movie FROM ratings AS r WHERE seq <= :upto AND EXISTS (
+    SELECT 1 FROM ratings AS n WHERE n.user = r.user AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= :upto)
+"""
 
 
 class StoreError(RuntimeError):
@@ -156,18 +160,19 @@ class RatingsStore:
     def compact(self, upto: int) -> int:
         """Delete ratings that a later rating of the same user and movie, up to request ``upto``, replaced.
 
-        Works in short transactions of COMPACT_BATCH requests each, so a POST waits
-        for one batch at most.  Returns the number of rows deleted; :meth:`latest` as
-        of ``upto`` or later does not change.
+        The replaced rows are found in a read snapshot, which holds no lock (a row
+        replaced as of ``upto`` stays replaced: the newest one never goes), then
+        deleted by key in transactions of COMPACT_BATCH rows, so a POST waits a few
+        milliseconds at most.  Returns the number of rows deleted; :meth:`latest`
+        as of ``upto`` or later does not change.
         """
+        keys = self._reader().execute(REPLACED, {"upto": upto}).fetchall()
         deleted = 0
-        for low in range(0, upto, COMPACT_BATCH):
+        for start in range(0, len(keys), COMPACT_BATCH):
             with self._lock, self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                deleted += self._db.execute(
-                    "DELETE FROM ratings AS r WHERE seq > :low AND seq <= :high AND EXISTS (SELECT 1 FROM ratings "
-                    "AS n WHERE n.user = r.user AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= :upto)",
-                    {"low": low, "high": min(low + COMPACT_BATCH, upto), "upto": upto}).rowcount
+                deleted += self._db.executemany("DELETE FROM ratings WHERE seq = ? AND movie = ?",
+                                                keys[start:start + COMPACT_BATCH]).rowcount
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if deleted:
