@@ -87,8 +87,9 @@ class RankingParams:
 class NeighbourParams:
     """The item-neighbourhood model, and how it and ALS blend into the predicted rating.
 
-    Each movie keeps ``neighbours`` candidates (the movies the ranking model
-    scores closest to it) with the Pearson correlation of the baseline
+    Each movie keeps ``neighbours`` candidates (the movies closest to it in
+    the ranking model's factors, by ``candidates``: cosine, or the raw dot
+    product, which favours popular movies) with the Pearson correlation of the baseline
     residuals over their common raters, shrunk by ``(n - 1) / (n - 1 + shrinkage)``.
     A prediction takes the ``k`` most similar (positive) neighbours the user
     rated: ``knn = sum(s * x) / (sum(s) + support)``, ``x`` the user's
@@ -100,6 +101,7 @@ class NeighbourParams:
 
     enabled: bool = True
     neighbours: int = 200
+    candidates: str = "dot"  # how the ranking model's factors pick them: "dot" (measured better) or "cosine"
     shrinkage: float = 100.0
     k: int = 40
     # Fitted on a validation split carved from ml-latest-small's seed-42 training part, default rating model.
@@ -107,6 +109,10 @@ class NeighbourParams:
     intercept: float = -0.0452
     als_weight: float = 0.5472
     knn_weight: float = 1.366
+
+    def __post_init__(self) -> None:
+        if self.candidates not in ("cosine", "dot"):
+            raise ModelError(f"neighbour candidates must be cosine or dot, not {self.candidates!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -221,7 +221,7 @@ class Recommender:
         return self._movie(served, row), (round(float(served.sums[row] / count), 4) if count else None)
 
     def similar(self, movie: int, count: int = 10, min_count: int = 25) -> list[tuple[Movie, float]]:
-        """Movies closest in cosine to the given one in the ranking model, among those with ``min_count`` ratings."""
+        """Movies most like the given one (see ``Snapshot.similar``), among those with ``min_count`` ratings."""
         served = self.current()
         row = served.row(movie)
         rows, sims = served.snapshot.similar(row, candidates(served.counts, min_count), count)

@@ -227,7 +227,7 @@ def fit_neighbour_model(sc, arrays, rating: RatingModel, ranking: RankingModel,
         raise ValueError("the ranking and the rating model must cover the same movies")
     width = min(params.neighbours, n - 1)
     with phase(f"neighbourhood: {width} candidates a movie, shrinkage {params.shrinkage:g}", live=True):
-        candidates = _candidates(sc, ranking.movie_factors, width)
+        candidates = _candidates(sc, ranking.movie_factors, width, params.candidates == "cosine")
         common, sxy, sxx, syy = _residual_sums(sc, arrays, rating, candidates)
         den = np.sqrt(sxx * syy)
         corr = np.divide(sxy, den, out=np.zeros_like(sxy), where=den > 0)
@@ -240,11 +240,15 @@ def fit_neighbour_model(sc, arrays, rating: RatingModel, ranking: RankingModel,
     return NeighbourModel(neighbours, similarity, params)
 
 
-def _candidates(sc, factors: np.ndarray, width: int) -> np.ndarray:
-    """Rows of the ``width`` best-scored other movies for every movie (``factors @ factors.T``), in Spark
-    tasks over blocks of movies, so the all-pairs product is never whole in one place."""
+def _candidates(sc, factors: np.ndarray, width: int, cosine: bool = True) -> np.ndarray:
+    """Rows of the ``width`` best-scored other movies for every movie (``factors @ factors.T``, of unit rows
+    with ``cosine``), in Spark tasks over blocks of movies, so the all-pairs product is never whole in one
+    place."""
     n = len(factors)
     block = max(1, min(n, BLOCK_CELLS // n))
+    if cosine:
+        norms = np.linalg.norm(factors, axis=1, keepdims=True)
+        factors = np.divide(factors, norms, out=np.zeros_like(factors), where=norms > 0)
     factors_bc = sc.broadcast(factors.astype(np.float32))
 
     def best(start: int):

@@ -144,16 +144,21 @@ def test_top_10_has_no_ties_from_clipping(real):
     assert clipped_somewhere  # these users rate generously: several shown predictions hit the top of the scale
 
 
-def test_similar_movies_come_from_the_ranking_model_and_respect_min_count(real):
+def test_similar_movies_are_the_neighbourhood_first_then_the_ranking_models_cosine(real):
+    """Toy Story 2 is in Toy Story's first three (the ranking model's cosine alone put Independence Day,
+    Aladdin, Forrest Gump, Star Wars and The Lion King first); the rest fill by cosine; min_count holds."""
     served = real.current()
-    toy_story = served.catalogue.row(1)
+    snapshot, toy_story = served.snapshot, served.catalogue.row(1)
     similar = real.similar(1, 10)
     assert len(similar) == 10 and all(m.ratings_count >= 25 for m, _ in similar)
-    assert 3114 in {m.movie_id for m, _ in similar}  # Toy Story 2
-    unit = served.snapshot.rank_unit
-    expected = [float(unit[served.catalogue.row(m.movie_id)] @ unit[toy_story]) for m, _ in similar]
+    assert 3114 in [m.movie_id for m, _ in similar[:3]]  # Toy Story 2
+    rows = [served.catalogue.row(m.movie_id) for m, _ in similar]
+    by_neighbourhood = dict(zip(snapshot.neighbours[toy_story].tolist(), snapshot.similarity[toy_story].tolist()))
+    expected = [by_neighbourhood.get(r, float(snapshot.rank_unit[r] @ snapshot.rank_unit[toy_story])) for r in rows]
     assert [s for _, s in similar] == pytest.approx(expected, abs=1e-4)
     assert all(m.ratings_count >= 3 for m, _ in real.similar(1, 20, min_count=3))
+    popular = real.similar(1, 300, min_count=200)  # fewer neighbours pass: the list is filled by cosine
+    assert all(m.ratings_count >= 200 for m, _ in popular) and len({m.movie_id for m, _ in popular}) == len(popular)
 
 
 def test_the_published_version_carries_what_an_api_process_needs(real_model, real_dataset):
