@@ -66,21 +66,25 @@ class RankingParams:
     alpha: float = 0.3
     confidence: str = "signed"
     threshold: float = 2.5
+    centre: str = "fixed"  # signed: the dislike/like boundary, "fixed" (threshold) or "user" (the user's mean rating)
     seed: int = 42
     blend: float = 0.5  # weight of the rating model's (standardised) prediction in the ranking score
 
     def __post_init__(self) -> None:
         if self.confidence not in CONFIDENCES:
             raise ModelError(f"confidence must be one of {', '.join(CONFIDENCES)}, not {self.confidence!r}")
+        if self.centre not in ("fixed", "user"):
+            raise ModelError(f"centre must be fixed or user, not {self.centre!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def preferences(self, ratings):
-        """The values handed to ``trainImplicit`` for these ratings (NumPy arrays or one float)."""
+    def preferences(self, ratings, user_means=None):
+        """The values handed to ``trainImplicit`` for these ratings (NumPy arrays or one float);
+        ``user_means``: each rating's user's mean rating, for ``centre`` "user"."""
         if self.confidence == "binary":
             return np.ones_like(ratings, dtype=np.float64) if isinstance(ratings, np.ndarray) else 1.0
-        return ratings - self.threshold
+        return ratings - (user_means if self.centre == "user" else self.threshold)
 
 
 @dataclass(frozen=True)
@@ -319,7 +323,9 @@ class RankingModel(_Ids):
         Movies the model has not seen are ignored.
         """
         known = movie_rows >= 0
-        values = np.asarray(self.params.preferences(np.asarray(ratings, dtype=np.float64)))[known]
+        ratings = np.asarray(ratings, dtype=np.float64)
+        mean = ratings.mean() if len(ratings) else 0.0
+        values = np.asarray(self.params.preferences(ratings, mean))[known]
         Y = self.movie_factors[movie_rows[known]]
         c1 = self.params.alpha * np.abs(values)
         positive = values > 0

@@ -196,18 +196,31 @@ def fit_ranking_model(sc, arrays, params: RankingParams, user_ids: np.ndarray,
     """Fit implicit-feedback ALS on every rating as an interaction (see ``RankingParams.preferences``);
     ``arrays``: the ratings as ``packed`` gives them; ``blocks`` as for ``fit_rating_model``."""
 
-    preferences = params.preferences
+    preferences, means_bc = params.preferences, None
+    if params.confidence == "signed" and params.centre == "user":
+        ids, sums, counts = _merge_sums(arrays.map(lambda p: _sums_by(p[0], p[2])).collect())
+        means_bc = sc.broadcast((ids, sums / counts))
+
+    def values_of(users, movies, ratings):
+        if means_bc is None:
+            return preferences(ratings)
+        ids, means = means_bc.value
+        return preferences(ratings, means[np.searchsorted(ids, users)])
+
     with phase(f"ranking model: implicit ALS rank {params.rank}, {params.iterations} iterations", live=True), \
             checkpoints_removed(sc):
-        als = _als(sc, arrays, lambda users, movies, ratings: preferences(ratings), True, params.rank,
-                   params.iterations, params.reg, params.seed, params.alpha, blocks)
+        als = _als(sc, arrays, values_of, True, params.rank, params.iterations, params.reg, params.seed,
+                   params.alpha, blocks)
     user_factors, movie_factors = _collect_factors(als, user_ids, movie_ids, params.rank)
+    if means_bc is not None:  # only now: collecting the factors ships the lineage that holds it
+        means_bc.destroy()
     return RankingModel(user_ids=user_ids, user_factors=user_factors, movie_ids=movie_ids,
                         movie_factors=movie_factors, params=params)
 
 
 BLOCK_CELLS = 1 << 24  # scores a candidate task holds at once (64 MB of float32)
 FLUSH_HITS = 1 << 22  # co-rated pairs gathered (24 bytes each) before they are added up
+REDUCE_CELLS = 1 << 20  # (movie, candidate) cells per block the tasks' sums are added up in (32 MB)
 
 
 def fit_neighbour_model(sc, arrays, rating: RatingModel, ranking: RankingModel,
@@ -270,6 +283,9 @@ def _residual_sums(sc, arrays, rating: RatingModel, candidates: np.ndarray):
 
     Ratings travel to user-keyed partitions as packed arrays; each task walks
     its users and adds up the co-rated (movie, candidate) pairs with bincount.
+    The tasks' sums are added up per block of movies in the executors, so the
+    driver receives one copy of the result however many tasks there are (a
+    plain ``reduce`` gathered every task's whole array in the driver first).
     """
     parts = max(1, sc.defaultParallelism)
     n, width = candidates.shape
@@ -326,14 +342,17 @@ def _residual_sums(sc, arrays, rating: RatingModel, candidates: np.ndarray):
                 flush()
                 held = 0
         flush()
-        yield total
+        for start in range(0, n, rows_per_block):  # keyed by block: added up across tasks in the executors
+            yield start, total[:, start * width:(start + rows_per_block) * width]
 
+    rows_per_block = max(1, REDUCE_CELLS // width)
     try:
-        total = (arrays.flatMap(residuals).partitionBy(parts, lambda d: d).values()
-                 .mapPartitions(sums).reduce(lambda a, b: a + b))
+        blocks = dict(arrays.flatMap(residuals).partitionBy(parts, lambda d: d).values()
+                      .mapPartitions(sums).reduceByKey(np.add, parts).collect())
     finally:
         model_bc.destroy()
         candidates_bc.destroy()
+    total = np.concatenate([blocks[start] for start in range(0, n, rows_per_block)], axis=1)
     return tuple(t.reshape(n, width) for t in total)
 
 

@@ -17,8 +17,14 @@ from storage.versions import ModelVersions
 
 @pytest.fixture(scope="module")
 def models(sc, csv_fixture):
+    from spark import training
+
     ratings, _ = movielens.load_ratings(sc, movielens.detect_layout(sc, str(csv_fixture.path)))
-    return fit_models(sc, ratings, FAST, Scale(0.5, 5.0, 0.5))
+    cells, training.REDUCE_CELLS = training.REDUCE_CELLS, 100  # the neighbourhood's sums in several blocks
+    try:
+        return fit_models(sc, ratings, FAST, Scale(0.5, 5.0, 0.5))
+    finally:
+        training.REDUCE_CELLS = cells
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +82,10 @@ def test_signed_confidence_makes_low_ratings_dislikes(models, csv_fixture):
     assert params.confidence == "signed"
     assert list(params.preferences(np.array([4.5, 2.5, 1.0]))) == [2.0, 0.0, -1.5]
     assert RankingParams(confidence="binary").preferences(np.array([4.5, 1.0])).tolist() == [1.0, 1.0]
+    by_user = RankingParams(centre="user")  # the user's mean as the boundary (measured: ranks worse than 2.5)
+    assert by_user.preferences(np.array([4.5, 2.5]), np.array([3.0, 3.0])).tolist() == [1.5, -0.5]
+    with pytest.raises(ModelError):
+        RankingParams(centre="median")
     # Loving comedies and hating dramas ranks the unrated comedies first, though both were "watched".
     rows = ranking.movie_rows(np.array(csv_fixture.comedies[:5] + csv_fixture.dramas[:5]))
     vector = ranking.fold_in(rows, np.array([5.0] * 5 + [0.5] * 5))
