@@ -56,6 +56,9 @@ SELECT user, movie, rating, seq FROM ratings AS r WHERE seq <= :upto AND NOT EXI
 """
 TRAINER_STATUS, RETRAIN_REQUESTED = "trainer", "retrain_requested"  # meta keys
 COMPACT_BATCH = 500  # replaced rows one compaction transaction deletes (by key: a few ms of the writer lock)
+# A pause after each: a POST in another process that found the lock taken sleeps in SQLite's busy handler
+# (1, 2, 5, 10, 15, 20, 25 ms ...) and must find it free when it wakes, or it sleeps longer.
+COMPACT_PAUSE = 0.03
 REPLACED = """
 SELECT seq, movie FROM ratings AS r WHERE seq <= :upto AND EXISTS (
     SELECT 1 FROM ratings AS n WHERE n.user = r.user AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= :upto)
@@ -173,6 +176,7 @@ class RatingsStore:
                 self._db.execute("BEGIN IMMEDIATE")
                 deleted += self._db.executemany("DELETE FROM ratings WHERE seq = ? AND movie = ?",
                                                 keys[start:start + COMPACT_BATCH]).rowcount
+            time.sleep(COMPACT_PAUSE)
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if deleted:
