@@ -53,19 +53,14 @@ def test_training_on_pickled_batches_gives_the_model_the_public_api_gives(sc, im
         for key, vector in expected.items():
             assert np.allclose(rows[key], vector, atol=1e-6)
     assert ours.predict(1, 1) == pytest.approx(theirs.predict(1, 1), abs=1e-6)
-    with pytest.raises(ValueError):  # elements already pickled by pyspark cannot go as they are
-        internals.as_bytes(sc.parallelize([b"x"]))
-
-
-def test_freeing_a_models_factors_unpersists_them(sc):
-    from pyspark.mllib.recommendation import ALS
-
-    model = ALS.train(sc.parallelize(RATINGS, 2), 2, 2, 0.1, seed=1)
-    java = model._java_model
+    # Freeing a model's factors unpersists the RDDs Spark caches for it.
+    java = ours._java_model
     assert java.userFeatures().getStorageLevel().useMemory()
-    internals.free_factors(model)
+    internals.free_factors(ours)
     assert not java.userFeatures().getStorageLevel().useMemory()
     assert not java.productFeatures().getStorageLevel().useMemory()
+    with pytest.raises(ValueError):  # elements already pickled by pyspark cannot go as they are
+        internals.as_bytes(sc.parallelize([b"x"]))
 
 
 def test_a_group_cancelled_for_good_refuses_its_later_jobs_and_no_other(sc):

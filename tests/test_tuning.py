@@ -100,7 +100,7 @@ def test_a_new_dataset_is_served_with_the_defaults_first_then_tuned_and_served_a
     fits = []
     real_fit = tuning.fit_rating_model
     monkeypatch.setattr(tuning, "fit_rating_model", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
-    engine = RecommendationEngine(sc, str(csv_fixture.path), model_dir, tune_budget=TuneBudget(fits=2))
+    engine = RecommendationEngine(sc, str(csv_fixture.path), model_dir, tune_budget=TuneBudget(fits=1))
     published, second = [], threading.Event()
     real_publish = engine.fit_and_publish
 
@@ -124,7 +124,7 @@ def test_a_new_dataset_is_served_with_the_defaults_first_then_tuned_and_served_a
     report = json.loads((model_dir / "tune.json").read_text())
     assert [(number, params) for number, params in published] == [(1, base), (2, picked)]
     assert ModelVersions(model_dir).load(2)[0].models.params == picked
-    assert report["chosen"] == picked.as_dict() and len(report["table"]) == report["fits"] == 2
+    assert report["chosen"] == picked.as_dict() and len(report["table"]) == report["fits"] == 1
     assert not report["time_cap_hit"]
     first = report["table"][0]
     assert (first["rank"], first["reg"]) == (base.rating.rank, base.rating.reg)
@@ -139,11 +139,11 @@ def test_a_new_dataset_is_served_with_the_defaults_first_then_tuned_and_served_a
     # same pick (a split by randomSplit, or ALS blocks per core, each gives other figures here).
     monkeypatch.setattr(type(sc), "defaultParallelism", property(lambda self: 3))
     elsewhere, again_report = tuning.tune(sc, sc.parallelize(csv_fixture.ratings, 5), base, engine.scale,
-                                          TuneBudget(fits=2))
+                                          TuneBudget(fits=1))
     assert elsewhere == picked
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in again_report["table"]] == \
         [{k: v for k, v in row.items() if k != "seconds"} for row in report["table"]]
-    again = RecommendationEngine(sc, str(csv_fixture.path), model_dir, tune_budget=TuneBudget(fits=2))
+    again = RecommendationEngine(sc, str(csv_fixture.path), model_dir, tune_budget=TuneBudget(fits=1))
     try:
         assert again.params == picked and again.tune_budget is None
         assert Trainer(again, RetrainPolicy(None, None, 0))._due() is None  # nothing to fit or tune
