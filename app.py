@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from serving.errors import InputError, NotFound
 from serving.recommender import Movie, Recommender
 from serving.validation import MAX_ID
+from storage.tokens import UserTokens
 from web import web_bp
 
 MAX_BODY = 1 << 20  # 1 MiB
@@ -160,22 +161,32 @@ def refuse_other_sites() -> None:
                          "page, or without an Origin header as curl and scripts do", 403)
 
 
-def require_token() -> None:
-    """With an API token configured, posting and reading a user's ratings, and asking for a fit, need
-    ``Authorization: Bearer <token>``."""
-    token = current_app.config.get("API_TOKEN")
-    if not token:
+def authorize(user: int | None) -> None:
+    """With an admin token configured, a user's ratings and recommendations (``user``) need
+    ``Authorization: Bearer <token>`` with the admin token or that user's own token; operator
+    endpoints (``user`` None) need the admin token.  Without one, everything is open (loopback)."""
+    admin = current_app.config.get("API_TOKEN")
+    if not admin:
         return
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value:
         raise InputError("a valid 'Authorization: Bearer <token>' header is required for a user's ratings", 401)
+    if hmac.compare_digest(value.encode(), admin.encode()):
+        return
+    owner = current_app.extensions["tokens"].owner(value)
+    if owner is None:
+        raise InputError("a valid 'Authorization: Bearer <token>' header is required for a user's ratings", 401)
+    if user is None:
+        raise InputError("this needs the admin token; a user's token reads and writes that user only", 403)
+    if owner != user:
+        raise InputError(f"this token is user {owner}'s: it cannot read or write user {user}", 403)
 
 
 @ratings_bp.get("/<user_id>/ratings/top/<count>")
 def top_ratings(user_id: str, count: str):
-    require_token()
     user = parse_id(user_id, "user id")
+    authorize(user)
     n = bounded(count, "count", 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
     genre = request.args.get("genre")
@@ -190,8 +201,9 @@ def top_ratings(user_id: str, count: str):
 
 @ratings_bp.get("/<user_id>/ratings/<movie_id>")
 def movie_rating(user_id: str, movie_id: str):
-    require_token()
-    p = _recommender().predict(parse_id(user_id, "user id"), parse_id(movie_id, "movie id"))
+    user = parse_id(user_id, "user id")
+    authorize(user)
+    p = _recommender().predict(user, parse_id(movie_id, "movie id"))
     m = p.movie
     return jsonify({"user": p.user, "movieId": m.movie_id, "title": m.title, "genres": list(m.genres),
                     "predicted_rating": p.predicted_rating, "ratings_count": m.ratings_count,
@@ -200,16 +212,16 @@ def movie_rating(user_id: str, movie_id: str):
 
 @ratings_bp.get("/<user_id>/ratings")
 def user_ratings(user_id: str):
-    require_token()
     user = parse_id(user_id, "user id")
+    authorize(user)
     rated = [{"movieId": m.movie_id, "title": m.title, "rating": r} for m, r in _recommender().rated(user)]
     return jsonify({"user": user, "ratings": rated})
 
 
 @ratings_bp.post("/<user_id>/ratings")
 def add_ratings(user_id: str):
-    require_token()
     user = parse_id(user_id, "user id")
+    authorize(user)
     pairs, labels = read_ratings_body()
     version = _recommender().add_ratings(user, pairs, labels)
     return jsonify({"user": user, "accepted": len(pairs), "model_version": version}), 201
@@ -217,11 +229,11 @@ def add_ratings(user_id: str):
 
 @movies_bp.get("/recommend")
 def recommend():
-    require_token()
     raw_user = request.args.get("user")
     if raw_user is None:
         raise InputError("user is required: /recommend?user=<id>&n=5")
     user = parse_id(raw_user, "user")
+    authorize(user)
     n = int_arg("n", 5, 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
     top = _recommender().recommend(user, n, min_count, request.args.get("genre"))
@@ -269,10 +281,31 @@ def openapi():
 @operator_bp.post("/admin/retrain")
 def retrain():
     """Ask the trainer for a fit on every stored rating now (it starts within a second unless one runs)."""
-    require_token()
+    authorize(None)
     recommender = _recommender()
     asked = recommender.request_retrain()
     return jsonify({"requested_at": asked, "model_version": recommender.version}), 202
+
+
+def _tokens():
+    """The user tokens, after checking the caller is the operator; there are none without an admin token."""
+    if not current_app.config.get("API_TOKEN"):
+        raise InputError("user tokens need an admin token: start the service with --api-token-file", 403)
+    authorize(None)
+    return current_app.extensions["tokens"]
+
+
+@operator_bp.post("/admin/users/<user_id>/token")
+def issue_token(user_id: str):
+    """Issue a user their own token (replacing any earlier one): it reads and writes that user only."""
+    user = parse_id(user_id, "user id")
+    return jsonify({"user": user, "token": _tokens().issue(user)}), 201
+
+
+@operator_bp.delete("/admin/users/<user_id>/token")
+def revoke_token(user_id: str):
+    user = parse_id(user_id, "user id")
+    return jsonify({"user": user, "revoked": _tokens().revoke(user)})
 
 
 def _error(message: str, status: int):
@@ -283,9 +316,11 @@ def _error(message: str, status: int):
 
 def create_app(recommender: Recommender, api_token: str | None = None,
                allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES) -> Flask:
-    """Build the Flask app around a recommender; ``api_token`` guards posting and reading users' ratings and
-    asking for a fit; ``allowed_hosts`` are the host names requests may name (None: any, for a service on a
-    public address, which needs a token anyway)."""
+    """Build the Flask app around a recommender.
+
+    ``api_token`` is the admin token: with it, a user's ratings need it or the user's own token (issued at
+    ``/admin/users/<id>/token``), and operator endpoints need it.  ``allowed_hosts`` are the host names
+    requests may name (None: any, for a service on a public address, which needs a token anyway)."""
     app = Flask(__name__)
     app.debug = False  # never the interactive debugger, whatever FLASK_DEBUG says: it runs code for anyone
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token, ALLOWED_HOSTS=allowed_hosts,
@@ -293,6 +328,8 @@ def create_app(recommender: Recommender, api_token: str | None = None,
     app.before_request(refuse_other_sites)
     app.json.sort_keys = False
     app.extensions["recommender"] = recommender
+    if api_token:
+        app.extensions["tokens"] = UserTokens(recommender.store.path)
     for blueprint in (ratings_bp, movies_bp, status_bp, operator_bp, web_bp):
         app.register_blueprint(blueprint)
 

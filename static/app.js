@@ -21,7 +21,7 @@ let tokenPrompt = null;
 
 function askForToken() {
   tokenPrompt ??= Promise.resolve().then(() => {
-    const token = (window.prompt("This service needs its API token to show and save your ratings:") || "").trim();
+    const token = (window.prompt("This service needs your user token (from its operator) to show and save your ratings:") || "").trim();
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     tokenPrompt = null;
     return token;

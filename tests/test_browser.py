@@ -149,23 +149,25 @@ def test_api_errors_are_shown_to_the_person(page_server, browser):
     page.close()
 
 
-def test_the_page_asks_for_the_api_token_once_and_sends_it(page_server, browser):
+def test_the_page_asks_for_the_users_token_once_and_sends_it(page_server, browser):
+    """A visitor gives their own token (issued by the operator), not the admin token."""
     from conftest import LiveServer
 
     guarded = LiveServer(page_server.recommender, api_token="s3cret")
     try:
+        token = guarded.call("POST", "/admin/users/1/token", headers={"Authorization": "Bearer s3cret"})[1]["token"]
         page = browser.new_page()
         prompts = []
 
         def answer(dialog):
             prompts.append(dialog.message)
-            dialog.accept("s3cret")
+            dialog.accept(token)
 
         page.on("dialog", answer)
         page.goto(f"http://127.0.0.1:{guarded.port}/")
         page.wait_for_selector("#recommendations li")  # the user's list loads once the token is given
         rated = _rate_all_results(page, "Heat", 1)
-        assert len(prompts) == 1 and "API token" in prompts[0]
+        assert len(prompts) == 1 and "your user token" in prompts[0]
         assert rated[0] in {m.movie_id for m, _ in page_server.recommender.rated(1)}
         page.close()
     finally:

@@ -174,6 +174,56 @@ def test_api_token_guards_posts_and_each_users_ratings(live, csv_fixture):
         assert server.get(path)[0] == 200, path  # the catalogue is public
 
 
+def test_each_user_token_reads_and_writes_its_own_user_only(live):
+    """The admin token issues user tokens (stored hashed, in the store every API process shares); a user's
+    token reads and writes that user and nobody else, and no operator endpoint; reissuing or revoking ends it."""
+    import hashlib
+    import sqlite3
+
+    server = live(api_token="admin-s3cret")
+    admin = {"Authorization": "Bearer admin-s3cret"}
+    assert server.call("POST", "/admin/users/7/token")[0] == 401
+    status, issued, _ = server.call("POST", "/admin/users/7/token", headers=admin)
+    assert status == 201 and issued["user"] == 7
+    token = issued["token"]
+    own = {"Authorization": f"Bearer {token}"}
+    payload = [{"movieId": 1, "rating": 4.0}]
+    assert server.post_json("/7/ratings", payload, own)[0] == 201
+    for path in ("/7/ratings", "/7/ratings/1", "/7/ratings/top/3", "/recommend?user=7"):
+        assert server.call("GET", path, headers=own)[0] == 200, path
+    entries = server.recommender.store.entries()
+    for method, path in (("POST", "/8/ratings"), ("GET", "/8/ratings"), ("GET", "/8/ratings/top/3"),
+                         ("GET", "/recommend?user=8")):
+        status, body, _ = server.call(method, path, '[{"movieId": 1, "rating": 1}]' if method == "POST" else None,
+                                      own)
+        assert status == 403 and "user 7's" in body["error"], path
+    for method, path in (("POST", "/admin/retrain"), ("POST", "/admin/users/8/token"),
+                         ("DELETE", "/admin/users/7/token")):
+        status, body, _ = server.call(method, path, headers=own)
+        assert status == 403 and "admin token" in body["error"], path
+    assert server.recommender.store.entries() == entries and server.recommender.store.retrain_requested() is None
+    assert server.call("GET", "/8/ratings", headers=admin)[0] == 200  # the operator reads anyone
+    # Stored as a hash only.
+    with sqlite3.connect(server.recommender.store.path) as db:
+        stored = db.execute("SELECT user, hash FROM user_tokens").fetchall()
+    assert stored == [(7, hashlib.sha256(token.encode()).digest())]
+    path = server.recommender.store.path
+    for file in (path, path.with_name(path.name + "-wal")):
+        assert not file.exists() or token.encode() not in file.read_bytes()
+    # Reissued: the old token stops working; revoked: the new one too.
+    renewed = server.call("POST", "/admin/users/7/token", headers=admin)[1]["token"]
+    assert server.call("GET", "/7/ratings", headers=own)[0] == 401
+    assert server.call("GET", "/7/ratings", headers={"Authorization": f"Bearer {renewed}"})[0] == 200
+    assert server.call("DELETE", "/admin/users/7/token", headers=admin)[1] == {"user": 7, "revoked": True}
+    assert server.call("GET", "/7/ratings", headers={"Authorization": f"Bearer {renewed}"})[0] == 401
+
+
+def test_user_tokens_need_an_admin_token(live):
+    server = live()
+    status, body, _ = server.call("POST", "/admin/users/7/token")
+    assert status == 403 and "admin token" in body["error"]
+
+
 def test_access_log_is_written_by_translogger(shared, caplog):
     server = shared
     with caplog.at_level("INFO", logger="wsgi"):
