@@ -5,9 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,24 +58,53 @@ class ServerProcess:
             command += ["--dataset", str(dataset), "--master", "local[2]"]
         if role != "trainer":
             command += ["--port", str(self.port)]
+        self._printed: list[str] = []
+        self._ended = False
+        self._news = threading.Condition()  # notified at every line the process prints, and when it ends
         self.proc = subprocess.Popen(
-            [*command, *extra], cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
+            [*command, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             # Its own checkpoint folder, as in production; a trainer's JVM runs C1 only, like the tests' own.
             env={**{k: v for k, v in os.environ.items() if k != "SPARK_CHECKPOINT_DIR"},
                  "SPARK_SUBMIT_OPTS": C1_ONLY, "TMPDIR": str(self.tmp), **(env or {})})
+        threading.Thread(target=self._read, daemon=True).start()
         if role != "trainer":
-            until(lambda: self._serving(), 180, f"{role} on port {self.port}")
+            self.wait_for("serving on http://", 180)  # printed once CherryPy's bus has started
             if ready:
-                until(lambda: self.get("/health")[0] == 200, 180, "a published version")
+                self.wait_for(r"model version \d+ in service", 180)
 
-    def _serving(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited with {self.proc.returncode}: {self.output()[-3000:]}")
-        return "serving on http://" in self.output()  # printed once CherryPy's bus has started
+    def _read(self) -> None:
+        """Copy what the process prints to its .out file, a line at a time, and wake whoever waits for one."""
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            self.out.write(line)
+            self.out.flush()
+            with self._news:
+                self._printed.append(line)
+                self._news.notify_all()
+        with self._news:
+            self._ended = True
+            self._news.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float, count: int = 1) -> None:
+        """Block until the process has printed ``count`` lines matching ``pattern`` (a regular expression);
+        fail at once if it ends first."""
+        found = re.compile(pattern)
+
+        def seen() -> int:
+            return sum(1 for line in self._printed if found.search(line))
+
+        with self._news:
+            self._news.wait_for(lambda: self._ended or seen() >= count, timeout)
+            if seen() >= count:
+                return
+            ended = self._ended
+        self.proc.poll()
+        raise AssertionError(f"{'ended (' + str(self.proc.returncode) + ')' if ended else 'timed out'} before "
+                             f"printing {pattern!r}: {self.output()[-3000:]}")
 
     def output(self) -> str:
-        with open(self.out.name) as fh:
-            return fh.read()
+        with self._news:
+            return "".join(self._printed)
 
     def post(self, user: int, text: str):
         return request(self.port, "POST", f"/{user}/ratings", text.encode(),
@@ -82,9 +113,10 @@ class ServerProcess:
     def get(self, path: str):
         return request(self.port, "GET", path)
 
-    def wait_until_training(self, timeout: float = 60) -> None:
-        """Return once the service says a fit runs."""
-        until(lambda: self.get("/health")[1]["training"], timeout, "a fit to start")
+    def wait_until_training(self, requests: int = 1, timeout: float = 60) -> None:
+        """Return once this process's trainer (role all or trainer) has started the fit for the
+        ``requests``-th ``POST /admin/retrain``."""
+        self.wait_for("fitting: a fit was requested", timeout, requests)
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
@@ -92,6 +124,8 @@ class ServerProcess:
         try:
             return self.proc.wait(timeout)
         finally:
+            with self._news:
+                self._news.wait_for(lambda: self._ended, 30)  # the last lines are copied
             self.out.close()
 
 

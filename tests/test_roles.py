@@ -109,7 +109,8 @@ def test_two_api_processes_and_a_trainer_share_one_folder(servers, csv_fixture, 
     for t in loaders:
         t.start()
     assert request(a.port, "POST", "/admin/retrain")[0] == 202
-    until(lambda: all(api.get("/health")[1]["model_version"] == 2 for api in (a, b)), 120, "version 2 on both")
+    for api in (a, b):
+        api.wait_for("model version 2 in service", 120)
     stop.set()
     for t in loaders:
         t.join()
@@ -120,12 +121,13 @@ def test_two_api_processes_and_a_trainer_share_one_folder(servers, csv_fixture, 
     # The trainer killed in the middle of a fit: version 2 keeps serving; the next trainer publishes.
     assert _post(a.port, 6600, [(1, 4.5), (2, 1.0)]) == 201
     assert request(a.port, "POST", "/admin/retrain")[0] == 202
-    a.wait_until_training()
+    trainer.wait_until_training(requests=2)
     trainer.stop(signal.SIGKILL)  # the trainer and its JVM
     assert a.get("/health")[1]["model_version"] == 2
     assert b.get("/6600/ratings/1")[1]["user_rating"] == 4.5  # posted ratings still answer, folded in
     second = servers(folder, *ON_REQUEST_ONLY, role="trainer")  # the lock died with the first trainer
-    until(lambda: all(api.get("/health")[1]["model_version"] == 3 for api in (a, b)), 120, "the next version")
+    for api in (a, b):
+        api.wait_for("model version 3 in service", 120)
     assert "fitting: a fit was requested" in second.output()  # the unanswered request is honoured
     assert not [p.name for p in (folder / "versions").iterdir() if p.name.startswith(".")]
     assert a.get("/health")[1]["pending_ratings"] == 0

@@ -20,7 +20,7 @@ from server import descendants
 
 def test_sigterm_during_a_fit_stops_cleanly_and_restart_keeps_ratings(servers, csv_fixture, tmp_path):
     first = servers(tmp_path / "m", "--heap", "512m")
-    until(lambda: "checkpoints in" in first.output(), 120, "the trainer's Spark")
+    first.wait_for("checkpoints in", 120)
     java = java_command_lines(first.proc.pid)
     assert len(java) == 1 and "-Xmx512m" in java[0] and "-Xms512m" in java[0]  # --heap reached the JVM
     assert "log4j2.configurationFile" in java[0]
