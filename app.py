@@ -11,14 +11,16 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from serving.errors import InputError, NotFound
+from metrics import CONTENT_TYPE, Metrics
+from serving.errors import InputError, NotFound, StoreUnavailable
 from serving.recommender import Movie, Recommender
 from serving.validation import MAX_ID
 from storage.tokens import UserTokens
@@ -224,6 +226,7 @@ def add_ratings(user_id: str):
     authorize(user)
     pairs, labels = read_ratings_body()
     version = _recommender().add_ratings(user, pairs, labels)
+    current_app.extensions["metrics"].posted.inc(len(pairs))
     return jsonify({"user": user, "accepted": len(pairs), "model_version": version}), 201
 
 
@@ -273,6 +276,13 @@ def health():
     return jsonify(_recommender().status())
 
 
+@status_bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus text format; an operator endpoint (the admin token, when one is set)."""
+    authorize(None)
+    return Response(current_app.extensions["metrics"].exposition(), content_type=CONTENT_TYPE)
+
+
 @status_bp.get("/openapi.json")
 def openapi():
     return jsonify(current_app.config["OPENAPI"])
@@ -308,6 +318,23 @@ def revoke_token(user_id: str):
     return jsonify({"user": user, "revoked": _tokens().revoke(user)})
 
 
+STARTED = "recommender.started"  # the WSGI environ key of a request's start time
+
+
+def _start_clock() -> None:
+    request.environ[STARTED] = time.perf_counter()
+
+
+def _count(response: Response) -> Response:
+    """Count every answer by route, method and status, with its latency (each proxy read once)."""
+    req = request._get_current_object()
+    rule = req.url_rule
+    elapsed = time.perf_counter() - req.environ.get(STARTED, time.perf_counter())
+    current_app.extensions["metrics"].observe(rule.rule if rule is not None else "unmatched", req.method,
+                                              response.status_code, elapsed)
+    return response
+
+
 def _error(message: str, status: int):
     response = jsonify({"error": message})
     response.status_code = status
@@ -325,6 +352,9 @@ def create_app(recommender: Recommender, api_token: str | None = None,
     app.debug = False  # never the interactive debugger, whatever FLASK_DEBUG says: it runs code for anyone
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token, ALLOWED_HOSTS=allowed_hosts,
                       OPENAPI=yaml.safe_load(OPENAPI_PATH.read_text()))
+    app.extensions["metrics"] = Metrics(recommender)
+    app.before_request(_start_clock)
+    app.after_request(_count)
     app.before_request(refuse_other_sites)
     app.json.sort_keys = False
     app.extensions["recommender"] = recommender
@@ -335,6 +365,8 @@ def create_app(recommender: Recommender, api_token: str | None = None,
 
     @app.errorhandler(InputError)
     def input_error(exc: InputError):
+        if isinstance(exc, StoreUnavailable):
+            app.extensions["metrics"].store_errors.inc()
         return _error(exc.message, exc.status)
 
     @app.errorhandler(NotFound)

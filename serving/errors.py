@@ -21,3 +21,7 @@ class Unavailable(InputError):
 
     def __init__(self, message: str):
         super().__init__(message, 503)
+
+
+class StoreUnavailable(Unavailable):
+    """The ratings store could not take a write; nothing of it was kept."""

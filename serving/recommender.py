@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from model import ModelError
-from serving.errors import InputError, Unavailable
+from serving.errors import InputError, StoreUnavailable, Unavailable
 from serving.snapshot import candidates
 from serving.state import Served
 from serving.validation import check_ratings, check_user
@@ -242,7 +242,7 @@ class Recommender:
             self.store.append(user, pairs)
         except StoreError as exc:
             log.error("%s", exc)
-            raise Unavailable("the ratings could not be stored; nothing was saved, try again later") from None
+            raise StoreUnavailable("the ratings could not be stored; nothing was saved, try again later") from None
         return self.current().number
 
     def request_retrain(self) -> float:
@@ -251,7 +251,7 @@ class Recommender:
             return self.store.request_retrain()
         except Exception as exc:
             log.error("could not record the retrain request: %s", exc)
-            raise Unavailable("the retrain request could not be stored; try again later") from None
+            raise StoreUnavailable("the retrain request could not be stored; try again later") from None
 
     def status(self) -> dict:
         """What /health reports: the version in service, what it has not seen, and the trainer's state."""

@@ -303,3 +303,57 @@ def test_writes_from_other_sites_and_other_host_names_are_refused(live):
     assert server.call("POST", "/5555/ratings", b'[{"movieId": 1, "rating": 4.5}]', same)[0] == 201
     assert server.call("GET", "/1/ratings/top/3", headers={"Host": f"localhost:{server.port}"})[0] == 200
     assert server.post_json("/5556/ratings", [{"movieId": 2, "rating": 3.0}])[0] == 201  # no Origin: curl
+
+
+def test_metrics_count_requests_ratings_and_store_errors_and_describe_the_version(live, csv_fixture, monkeypatch):
+    """/metrics in Prometheus text format: what this process answered, posted and failed to store, and the
+    version in service as the recommender sees it when scraped."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from storage.ratings import StoreError
+
+    server = live()
+    for _ in range(2):
+        assert server.get("/1/ratings/top/3")[0] == 200
+    assert server.post_json("/6100/ratings", [{"movieId": 1, "rating": 4.0}, {"movieId": 2, "rating": 2.5}])[0] == 201
+    assert server.get("/no/such/route")[0] == 404
+
+    def full(user, ratings):
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(server.recommender.store, "append", full)
+    assert server.post_json("/6101/ratings", [{"movieId": 1, "rating": 4.0}])[0] == 503
+    status, _, raw = server.call("GET", "/metrics")
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(raw.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def value(name, **labels):
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    top = "/<user_id>/ratings/top/<count>"
+    assert value("recommender_http_requests_total", endpoint=top, method="GET", status="200") == 2
+    assert value("recommender_http_request_seconds_count", endpoint=top) == 2
+    assert value("recommender_http_requests_total", endpoint="/<user_id>/ratings", method="POST", status="201") == 1
+    assert value("recommender_http_requests_total", endpoint="/<user_id>/ratings", method="POST", status="503") == 1
+    assert value("recommender_http_requests_total", endpoint="unmatched", method="GET", status="404") == 1
+    assert value("recommender_posted_ratings_total") == 2  # the refused one is not counted
+    assert value("recommender_store_errors_total") == 1
+    rec = server.recommender
+    assert value("recommender_model_version") == rec.version
+    assert value("recommender_pending_ratings") == 2
+    assert value("recommender_trained_ratings") == len(csv_fixture.ratings) + 2
+    assert {model for (name, labels), _ in samples.items() if name == "recommender_fit_seconds"
+            for _, model in labels} == {"rating", "ranking", "neighbours", "total"}
+    assert sum(v for (name, _), v in samples.items() if name == "recommender_trainer_state") == 1
+    assert value("recommender_model_age_seconds") >= 0
+
+
+def test_metrics_are_an_operator_endpoint_when_a_token_is_set(live):
+    server = live(api_token="admin-s3cret")
+    assert server.get("/metrics")[0] == 401
+    user = server.call("POST", "/admin/users/5/token", headers={"Authorization": "Bearer admin-s3cret"})[1]["token"]
+    assert server.call("GET", "/metrics", headers={"Authorization": f"Bearer {user}"})[0] == 403
+    assert server.call("GET", "/metrics", headers={"Authorization": "Bearer admin-s3cret"})[0] == 200

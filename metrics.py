@@ -1,0 +1,81 @@
+"""Prometheus metrics of one API process, served at /metrics (Prometheus scrapes each process).
+
+Counted as requests pass: requests per endpoint (the route's rule, so the
+label set stays small), method and status, with their latency; ratings
+posted; store errors.  Read when scraped, from the recommender: the version in
+service, its age, how long its fit took per model, the ratings it has not
+seen, and the trainer's state.  Each app gets its own registry (no globals).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+TRAINER_STATES = ("fitting", "tuning", "idle", "failed", "stopped", "not running", "unknown")
+
+
+class Metrics:
+    """The counters an app updates per request, and the registry /metrics exposes."""
+
+    def __init__(self, recommender):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter("recommender_http_requests", "HTTP requests answered",
+                                ["endpoint", "method", "status"], registry=self.registry)
+        self.latency = Histogram("recommender_http_request_seconds", "Time to answer a request, by endpoint",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.posted = Counter("recommender_posted_ratings", "Ratings accepted and stored", registry=self.registry)
+        self.store_errors = Counter("recommender_store_errors", "Writes the ratings store could not take",
+                                    registry=self.registry)
+        self.registry.register(ServingCollector(recommender))
+        self._children: dict[tuple, tuple] = {}
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        key = (endpoint, method, status)
+        children = self._children.get(key)
+        if children is None:  # labels() validates and locks: done once per label set, not per request
+            children = self._children[key] = (self.requests.labels(endpoint, method, str(status)),
+                                              self.latency.labels(endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ServingCollector:
+    """What the recommender knows, read at each scrape."""
+
+    def __init__(self, recommender):
+        self.recommender = recommender
+
+    def collect(self):
+        try:
+            served = self.recommender.current()
+            status = self.recommender.status()
+        except Exception:  # no version yet, or the store is down: only the per-request metrics
+            return
+        meta = served.version.meta
+        yield GaugeMetricFamily("recommender_model_version", "Number of the model version in service",
+                                value=served.number)
+        if meta.get("created"):
+            yield GaugeMetricFamily("recommender_model_age_seconds", "Seconds since the version in service was "
+                                    "published", value=max(0.0, time.time() - float(meta["created"])))
+        fits = GaugeMetricFamily("recommender_fit_seconds", "How long the version in service took to fit, "
+                                 "per model", labels=["model"])
+        for model, seconds in (meta.get("fit_seconds") or {}).items():
+            fits.add_metric([model], float(seconds))
+        yield fits
+        yield GaugeMetricFamily("recommender_trained_ratings", "Ratings the version in service knows, posted "
+                                "ones folded in", value=status["n_ratings"])
+        yield GaugeMetricFamily("recommender_pending_ratings", "Ratings posted since the version in service "
+                                "was trained (folded in, not yet fitted)", value=status["pending_ratings"])
+        state = GaugeMetricFamily("recommender_trainer_state", "1 for the trainer's state", labels=["state"])
+        current = status["trainer"]["state"]
+        for name in TRAINER_STATES:
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        yield state
