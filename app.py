@@ -194,10 +194,12 @@ def top_ratings(user_id: str, count: str):
     genre = request.args.get("genre")
     top = _recommender().recommend(user, n, min_count, genre)
     body = {"user": user, "movies": [{**movie_json(s.movie), "predicted_rating": s.predicted_rating,
-                                      "score": s.score} for s in top.movies],
+                                      "ranking_score": s.ranking_score} for s in top.movies],
             "model_version": top.version}
     if top.fallback:
         body["fallback"] = top.fallback
+    if top.reason:
+        body["reason"] = top.reason
     return jsonify({**body, "min_count": min_count, "genre": genre})
 
 
@@ -240,10 +242,14 @@ def recommend():
     n = int_arg("n", 5, 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
     top = _recommender().recommend(user, n, min_count, request.args.get("genre"))
+    # The tutorial's clients read "score" (the predicted stars): kept, next to its own name.
     body = {"user": user, "recommendations": [
-        {"movieId": s.movie.movie_id, "title": s.movie.title, "score": s.predicted_rating} for s in top.movies]}
+        {"movieId": s.movie.movie_id, "title": s.movie.title, "predicted_rating": s.predicted_rating,
+         "score": s.predicted_rating} for s in top.movies]}
     if top.fallback:
         body["fallback"] = top.fallback
+    if top.reason:
+        body["reason"] = top.reason
     return jsonify(body)
 
 

@@ -44,11 +44,12 @@ class Movie:
 
 @dataclass(frozen=True)
 class Scored:
-    """A movie in a list: the clipped star prediction, and the score the list is ordered by."""
+    """A movie in a list: the clipped star prediction, and the ranking model's score the list is ordered
+    by (None in the popular fallback, which is ordered by the movie's ratings count)."""
 
     movie: Movie
     predicted_rating: float
-    score: float
+    ranking_score: float | None
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class TopN:
     movies: list[Scored]
     version: int
     fallback: str | None  # "popular" for a user the models know nothing about
+    reason: str | None = None  # why the list is empty, when it is
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,11 @@ class Recommender:
     def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None) -> TopN:
         """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings.
 
-        The ranking model orders them (``score``, unclipped); each shows its
-        ``predicted_rating`` (ALS blended with the neighbourhood of the user's
-        ratings), clipped to the scale.  A user the models know nothing about
-        gets the most-rated movies (``score`` is the rating count), marked
-        ``fallback: popular``.
+        The ranking model orders them (``ranking_score``, unclipped); each shows
+        its ``predicted_rating`` (ALS blended with the neighbourhood of the
+        user's ratings), clipped to the scale.  A user the models know nothing
+        about gets the most-rated movies, marked ``fallback: popular``.  An empty
+        list says why (``reason``).
         """
         served = self.current()
         snapshot = served.snapshot
@@ -180,9 +182,10 @@ class Recommender:
         vectors = snapshot.user_vectors(user)
         rows, scores = snapshot.top_n(vectors, rows, count, served.counts)
         predicted = snapshot.predicted_ratings(vectors, rows, rated=_pairs(rated))
-        movies = [Scored(self._movie(served, r), round(float(p), 4), float(s))
+        movies = [Scored(self._movie(served, r), round(float(p), 4), None if vectors is None else float(s))
                   for r, p, s in zip(rows.tolist(), predicted.tolist(), scores.tolist())]
-        return TopN(user, movies, served.number, "popular" if vectors is None else None)
+        reason = None if movies else _empty_reason(served, min_count, genre)
+        return TopN(user, movies, served.number, "popular" if vectors is None else None, reason)
 
     def predict(self, user: int, movie: int) -> Prediction:
         """The predicted rating of one movie for one user, and the user's own rating if any."""
@@ -275,6 +278,21 @@ class Recommender:
                 "trainer": {"state": state, "pid": trainer.get("pid"), "last_fit": trainer.get("last_fit"),
                             "error": trainer.get("error")},
                 "last_retrain_error": trainer.get("error"), "next_fit": due}
+
+
+def _empty_reason(served, min_count: int, genre: str | None) -> str:
+    """Why no movie is left: the filter asks for more ratings than any movie has, or the user rated all
+    that pass it."""
+    mask = served.genre_mask(genre)
+    counts = served.counts if mask is None else served.counts[mask]
+    where = f" in {genre}" if genre else ""
+    if not len(counts):
+        return f"no movie{where}"
+    largest = int(counts.max())
+    if min_count > largest:
+        return f"no movie{where} has {min_count} ratings or more: the most-rated has {largest}"
+    passing = int((counts >= min_count).sum())
+    return f"you have rated all {passing} movie(s){where} with at least {min_count} ratings"
 
 
 def _pairs(ratings) -> tuple[np.ndarray, np.ndarray] | None:

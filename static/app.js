@@ -167,6 +167,8 @@ async function loadRecommendations(event) {
   const count = encodeURIComponent($("count").value);
   const data = await api("GET", `/${encodeURIComponent(user())}/ratings/top/${count}?${params}`);
   $("fallback").hidden = data.fallback !== "popular";
+  $("empty-reason").hidden = !data.reason;  // an empty list says why (a filter no movie passes)
+  $("empty-reason").textContent = data.reason ? `Nothing to show: ${data.reason}.` : "";
   const list = $("recommendations");
   list.replaceChildren();
   list.dataset.minCount = data.min_count;  // which filter the list shows (tests wait on it)

@@ -77,6 +77,15 @@ def test_rate_five_movies_and_get_recommendations(page_server, browser):
     shown = _shown(page)
     assert len(shown) == 10 and all(count >= 150 for _, count in shown)
     assert not {m for m, _ in shown} & set(rated)
+    assert not page.is_visible("#empty-reason")
+
+    page.fill("#min-count", "100000")  # above every movie's count: the page says why the list is empty
+    page.dispatch_event("#min-count", "change")
+    page.wait_for_selector('#recommendations[data-min-count="100000"]', state="attached")
+    assert _shown(page) == [] and "the most-rated has 329" in page.inner_text("#empty-reason")
+    page.fill("#min-count", "150")
+    page.dispatch_event("#min-count", "change")
+    page.wait_for_selector('#recommendations[data-min-count="150"] li')
 
     _check_layout(page)
     page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Model version')")

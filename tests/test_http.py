@@ -65,7 +65,8 @@ def test_unrated_user_gets_popular_fallback(shared):
     assert len(top["movies"]) == 3 and all(m["ratings_count"] >= 30 for m in top["movies"])
     status, rec, _ = server.get("/recommend?user=123456&n=2")
     assert status == 200 and rec["user"] == 123456 and rec["fallback"] == "popular"
-    assert [set(r) for r in rec["recommendations"]] == [{"movieId", "title", "score"}] * 2
+    assert [set(r) for r in rec["recommendations"]] == [{"movieId", "title", "predicted_rating", "score"}] * 2
+    assert all(r["score"] == r["predicted_rating"] for r in rec["recommendations"])  # the tutorial's name kept
 
 
 def test_search_similar_movie_and_health(shared, csv_fixture):
@@ -303,6 +304,14 @@ def test_writes_from_other_sites_and_other_host_names_are_refused(live):
     assert server.call("POST", "/5555/ratings", b'[{"movieId": 1, "rating": 4.5}]', same)[0] == 201
     assert server.call("GET", "/1/ratings/top/3", headers={"Host": f"localhost:{server.port}"})[0] == 200
     assert server.post_json("/5556/ratings", [{"movieId": 2, "rating": 3.0}])[0] == 201  # no Origin: curl
+
+
+def test_an_empty_list_says_why_in_the_json(shared):
+    status, body, _ = shared.get("/1/ratings/top/3?min_count=100000")
+    assert status == 200 and body["movies"] == [] and "the most-rated has" in body["reason"]
+    status, body, _ = shared.get("/recommend?user=1&min_count=100000")
+    assert status == 200 and body["recommendations"] == [] and "the most-rated has" in body["reason"]
+    assert "reason" not in shared.get("/1/ratings/top/3?min_count=0")[1]
 
 
 def test_metrics_count_requests_ratings_and_store_errors_and_describe_the_version(live, csv_fixture, monkeypatch):

@@ -19,7 +19,7 @@ def test_recommendations_exclude_rated_and_obey_min_count(make_recommender, csv_
     top = rec.recommend(1, 1000, min_count=0)
     assert top.movies and not rated & set(_ids(top))
     assert len(top.movies) == 40 - len(rated)
-    scores = [s.score for s in top.movies]
+    scores = [s.ranking_score for s in top.movies]
     assert scores == sorted(scores, reverse=True)
     threshold = sorted(counts)[len(counts) // 2]
     filtered = rec.recommend(1, 1000, min_count=int(threshold))
@@ -136,3 +136,24 @@ def test_a_write_by_another_process_is_seen_on_the_next_read(make_recommender, c
     assert b.predict(6100, csv_fixture.dramas[0]).user_rating == 5.0
     assert set(_ids(b.recommend(6100, 3, min_count=0))) <= set(csv_fixture.dramas)
     assert b.movie(csv_fixture.dramas[0])[0].ratings_count == a.movie(csv_fixture.dramas[0])[0].ratings_count
+
+
+def test_an_empty_list_says_why(make_recommender, csv_fixture):
+    """min_count above every movie's count names the most-rated movie's count; a user who rated every movie
+    a filter passes is told so; a list with movies has no reason."""
+    rec = make_recommender()
+    largest = int(rec.current().counts.max())
+    top = rec.recommend(1, 10, min_count=largest + 1)
+    assert top.movies == []
+    assert top.reason == f"no movie has {largest + 1} ratings or more: the most-rated has {largest}"
+    rec.add_ratings(6300, [(m, 4.0) for m in csv_fixture.dramas])
+    top = rec.recommend(6300, 10, min_count=0, genre="Drama")
+    assert top.movies == [] and top.reason == f"you have rated all {len(csv_fixture.dramas)} movie(s) in Drama " \
+        "with at least 0 ratings"
+    top = rec.recommend(6300, 10, min_count=0)
+    assert top.movies and top.reason is None
+    assert all(s.ranking_score is not None for s in top.movies)
+    fallback = rec.recommend(6301, 3, min_count=0)  # nobody: the most-rated, ordered by their count
+    assert fallback.fallback == "popular" and all(s.ranking_score is None for s in fallback.movies)
+    counts = [s.movie.ratings_count for s in fallback.movies]
+    assert counts == sorted(counts, reverse=True)
