@@ -74,6 +74,15 @@ class ServingCollector:
                                 "ones folded in", value=status["n_ratings"])
         yield GaugeMetricFamily("recommender_pending_ratings", "Ratings posted since the version in service "
                                 "was trained (folded in, not yet fitted)", value=status["pending_ratings"])
+        live = {name: GaugeMetricFamily(f"recommender_live_{name}", text, labels=["version"]) for name, text in (
+            ("rmse", "RMSE of each version's predictions of its last posted ratings, made before they were stored"),
+            ("mae", "MAE of the same"), ("ratings", "Posted ratings those figures cover"),
+            ("hit_rate", "Share of liked (>= 4) posted ratings whose movie was in the user's last served list"))}
+        for row in status.get("live_quality", []):
+            for name, family in live.items():
+                if row[name] is not None:
+                    family.add_metric([str(row["version"])], float(row[name]))
+        yield from live.values()
         state = GaugeMetricFamily("recommender_trainer_state", "1 for the trainer's state", labels=["state"])
         current = status["trainer"]["state"]
         for name in TRAINER_STATES:

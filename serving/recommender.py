@@ -23,6 +23,7 @@ import numpy as np
 
 from model import ModelError
 from serving.errors import InputError, StoreUnavailable, Unavailable
+from serving.quality import LiveQuality
 from serving.snapshot import candidates
 from serving.state import Served
 from serving.validation import check_ratings, check_user
@@ -86,6 +87,7 @@ class Recommender:
         self._watcher: threading.Thread | None = None
         self.load_error: str | None = None
         self._refused: int | None = None  # a version that failed its checks
+        self.quality = LiveQuality()  # how the versions do on the ratings posted here
 
     # --- versions ----------------------------------------------------------------------------
 
@@ -185,6 +187,8 @@ class Recommender:
         movies = [Scored(self._movie(served, r), round(float(p), 4), None if vectors is None else float(s))
                   for r, p, s in zip(rows.tolist(), predicted.tolist(), scores.tolist())]
         reason = None if movies else _empty_reason(served, min_count, genre)
+        if movies:
+            self.quality.shown(user, [s.movie.movie_id for s in movies])
         return TopN(user, movies, served.number, "popular" if vectors is None else None, reason)
 
     def predict(self, user: int, movie: int) -> Prediction:
@@ -241,11 +245,15 @@ class Recommender:
         check_user(user)
         served = self.current()
         check_ratings(served.catalogue, served.scale, pairs, labels)
+        snapshot, rated = served.snapshot, served.ratings_of(user)
+        rows = np.array([served.row(movie) for movie, _ in pairs], dtype=np.int64)
+        predicted = snapshot.predicted_ratings(snapshot.user_vectors(user), rows, rated=_pairs(rated))
         try:
             self.store.append(user, pairs)
         except StoreError as exc:
             log.error("%s", exc)
             raise StoreUnavailable("the ratings could not be stored; nothing was saved, try again later") from None
+        self.quality.posted(served.number, user, [m for m, _ in pairs], predicted.tolist(), [r for _, r in pairs])
         return self.current().number
 
     def request_retrain(self) -> float:
@@ -277,7 +285,8 @@ class Recommender:
                 "training": state in ("fitting", "tuning"),
                 "trainer": {"state": state, "pid": trainer.get("pid"), "last_fit": trainer.get("last_fit"),
                             "error": trainer.get("error")},
-                "last_retrain_error": trainer.get("error"), "next_fit": due}
+                "last_retrain_error": trainer.get("error"), "next_fit": due,
+                "live_quality": self.quality.summary()}
 
 
 def _empty_reason(served, min_count: int, genre: str | None) -> str:

@@ -358,6 +358,9 @@ def test_metrics_count_requests_ratings_and_store_errors_and_describe_the_versio
             for _, model in labels} == {"rating", "ranking", "neighbours", "total"}
     assert sum(v for (name, _), v in samples.items() if name == "recommender_trainer_state") == 1
     assert value("recommender_model_age_seconds") >= 0
+    live = rec.status()["live_quality"][0]  # the accepted post, scored before it was stored
+    assert value("recommender_live_ratings", version=str(rec.version)) == live["ratings"] == 2
+    assert value("recommender_live_rmse", version=str(rec.version)) == live["rmse"]
 
 
 def test_metrics_are_an_operator_endpoint_when_a_token_is_set(live):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -157,3 +159,39 @@ def test_an_empty_list_says_why(make_recommender, csv_fixture):
     assert fallback.fallback == "popular" and all(s.ranking_score is None for s in fallback.movies)
     counts = [s.movie.ratings_count for s in fallback.movies]
     assert counts == sorted(counts, reverse=True)
+
+
+def test_live_quality_scores_each_posted_rating_before_it_is_stored(make_recommender, csv_fixture):
+    """A scripted stream: the live RMSE and MAE are those of the predictions the service gave just before
+    each post (computed here by asking for them), and the hit rate counts liked posts by users who had been
+    shown a list; a refused post counts nothing."""
+    rec = make_recommender()
+    version = rec.version
+    user, stranger = 6400, 6401
+    shown = [s.movie.movie_id for s in rec.recommend(user, 3, min_count=0).movies]
+    outside = next(m for m in csv_fixture.comedies + csv_fixture.dramas if m not in shown)
+    stream = [(user, [(shown[0], 5.0), (outside, 4.5)]), (user, [(shown[1], 2.0)]), (stranger, [(outside, 5.0)])]
+    errors = []
+    for who, pairs in stream:
+        errors += [rec.predict(who, m).predicted_rating - r for m, r in pairs]
+        rec.add_ratings(who, pairs)
+    with pytest.raises(InputError):
+        rec.add_ratings(user, [(outside, 9.0)])  # off the scale: refused, not scored
+    [live] = rec.status()["live_quality"]
+    assert live["version"] == version and live["ratings"] == 4
+    assert live["rmse"] == pytest.approx(math.sqrt(sum(e * e for e in errors) / 4), abs=2e-4)
+    assert live["mae"] == pytest.approx(sum(abs(e) for e in errors) / 4, abs=2e-4)
+    # Liked by a user who had been shown a list: shown[0] (a hit) and `outside` (a miss); 2.0 is not liked,
+    # and the stranger was never shown one.
+    assert (live["liked"], live["hit_rate"]) == (2, 0.5)
+
+
+def test_live_quality_is_kept_per_version_newest_first():
+    from serving.quality import LiveQuality
+
+    quality = LiveQuality()
+    quality.posted(1, 10, [1, 2], [4.0, 3.0], [5.0, 3.0])
+    quality.posted(2, 10, [3], [2.0], [4.0])
+    assert quality.summary() == [
+        {"version": 2, "ratings": 1, "rmse": 2.0, "mae": 2.0, "liked": 0, "hit_rate": None},
+        {"version": 1, "ratings": 2, "rmse": round(math.sqrt(0.5), 4), "mae": 0.5, "liked": 0, "hit_rate": None}]

@@ -1,0 +1,75 @@
+"""Live quality: how the served models do on the ratings people post (prequential evaluation).
+
+Before a posted rating is stored, the version in service predicts it; once it
+is acknowledged, the pair (prediction, rating) counts towards that version's
+live RMSE and MAE over its last ``window`` posted ratings.  The live hit rate:
+of the posted ratings of 4 stars or more by users who had been shown a top-N
+list, the share whose movie was in the last list shown to that user.  Figures
+are kept per version, so a new version's figures stand next to the previous
+one's.  Each API process keeps its own (in memory), as Prometheus metrics are.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+LIKED = 4.0  # a posted rating this high is a movie the user wanted
+WINDOW = 1000  # posted ratings per version the live RMSE and MAE cover
+USERS_REMEMBERED = 100_000  # users whose last served list is kept (least recently served go first)
+VERSIONS_KEPT = 5
+
+
+@dataclass
+class VersionQuality:
+    errors: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # predicted - actual
+    liked: int = 0  # liked ratings by users who had been shown a list
+    hits: int = 0  # of those, for a movie in that list
+
+    def summary(self, version: int) -> dict:
+        n = len(self.errors)
+        return {"version": version, "ratings": n,
+                "rmse": round(math.sqrt(sum(e * e for e in self.errors) / n), 4) if n else None,
+                "mae": round(sum(abs(e) for e in self.errors) / n, 4) if n else None,
+                "liked": self.liked, "hit_rate": round(self.hits / self.liked, 4) if self.liked else None}
+
+
+class LiveQuality:
+    """Per-version live figures; thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._versions: OrderedDict[int, VersionQuality] = OrderedDict()
+        self._shown: OrderedDict[int, frozenset[int]] = OrderedDict()
+
+    def shown(self, user: int, movies: list[int]) -> None:
+        """A top-N list was served to ``user``."""
+        with self._lock:
+            self._shown[user] = frozenset(movies)
+            self._shown.move_to_end(user)
+            if len(self._shown) > USERS_REMEMBERED:
+                self._shown.popitem(last=False)
+
+    def posted(self, version: int, user: int, movies: list[int], predicted: list[float],
+               actual: list[float]) -> None:
+        """Acknowledged ratings and what ``version`` predicted for them before they were stored."""
+        with self._lock:
+            quality = self._versions.get(version)
+            if quality is None:
+                quality = self._versions[version] = VersionQuality()
+                while len(self._versions) > VERSIONS_KEPT:
+                    self._versions.popitem(last=False)
+            quality.errors.extend(p - a for p, a in zip(predicted, actual))
+            shown = self._shown.get(user)
+            if shown is not None:
+                for movie, rating in zip(movies, actual):
+                    if rating >= LIKED:
+                        quality.liked += 1
+                        quality.hits += movie in shown
+
+    def summary(self) -> list[dict]:
+        """Each version's figures, newest first."""
+        with self._lock:
+            return [q.summary(v) for v, q in sorted(self._versions.items(), reverse=True)]
