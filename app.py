@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from metrics import CONTENT_TYPE, Metrics
 from serving.errors import InputError, NotFound, StoreUnavailable
 from serving.recommender import Movie, Recommender
+from serving.status import operator_status
 from serving.validation import MAX_ID
 from storage.tokens import UserTokens
 from web import web_bp
@@ -287,6 +288,13 @@ def prometheus_metrics():
     """Prometheus text format; an operator endpoint (the admin token, when one is set)."""
     authorize(None)
     return Response(current_app.extensions["metrics"].exposition(), content_type=CONTENT_TYPE)
+
+
+@status_bp.get("/status.json")
+def operator_status_json():
+    """The operators' status (an operator endpoint); /status draws it."""
+    authorize(None)
+    return jsonify(operator_status(_recommender()))
 
 
 @status_bp.get("/openapi.json")

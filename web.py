@@ -29,6 +29,12 @@ def index():
                            dataset=dataset_name(served.version.meta.get("dataset", "")))
 
 
+@web_bp.get("/status")
+def status():
+    """The operators' page: it draws /status.json (asking for the admin token when the service has one)."""
+    return render_template("status.html")
+
+
 @web_bp.get("/favicon.ico")
 def favicon():
     """Browsers ask for /favicon.ico on their own; answer with the page's icon instead of a 404."""

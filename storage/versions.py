@@ -106,6 +106,16 @@ class ModelVersions:
             raise ModelError(f"{self.root / 'CURRENT'} holds {text[:40]!r}, not a version number")
         return int(text)
 
+    def describe(self, number: int) -> dict | None:
+        """A version's version.json without its arrays or checksums (None when unreadable): what it was
+        fitted on, when, how long each model took."""
+        try:
+            meta = json.loads((self.path(number) / "version.json").read_text())
+        except (OSError, ValueError):
+            return None
+        meta.pop("files", None)
+        return meta
+
     def numbers(self) -> list[int]:
         """Every complete version in the folder, oldest first."""
         if not self.root.is_dir():

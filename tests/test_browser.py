@@ -181,3 +181,14 @@ def test_the_page_asks_for_the_users_token_once_and_sends_it(page_server, browse
         page.close()
     finally:
         guarded.stop()
+
+
+def test_the_status_page_draws_versions_and_live_rmse(page_server, browser):
+    assert page_server.post_json("/6500/ratings", [{"movieId": 1, "rating": 4.0}])[0] == 201
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{page_server.port}/status")
+    page.wait_for_selector("#versions tbody tr.serving")
+    assert "(serving)" in page.inner_text("#versions tbody tr.serving")
+    assert page.locator("#live-chart rect.bar.serving").count() == 1
+    assert "Version" in page.inner_text("#serving") and page.is_hidden("#error")
+    page.close()

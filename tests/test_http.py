@@ -369,3 +369,26 @@ def test_metrics_are_an_operator_endpoint_when_a_token_is_set(live):
     user = server.call("POST", "/admin/users/5/token", headers={"Authorization": "Bearer admin-s3cret"})[1]["token"]
     assert server.call("GET", "/metrics", headers={"Authorization": f"Bearer {user}"})[0] == 403
     assert server.call("GET", "/metrics", headers={"Authorization": "Bearer admin-s3cret"})[0] == 200
+
+
+def test_operator_status_json_lists_versions_with_fits_and_live_figures(live):
+    server = live()
+    assert server.post_json("/6200/ratings", [{"movieId": 1, "rating": 4.0}])[0] == 201
+    status, body, _ = server.get("/status.json")
+    assert status == 200
+    rec = server.recommender
+    [version] = body["versions"]
+    assert version["version"] == rec.version and version["serving"] is True
+    assert set(version["fit_seconds"]) == {"rating", "ranking", "neighbours", "total"}
+    assert version["live"]["ratings"] == 1 and version["live"]["rmse"] is not None
+    assert body["serving"]["model_version"] == rec.version and body["serving"]["pending_ratings"] == 1
+    assert body["store"]["bytes"] > 0 and body["store"]["last_request"] == rec.store.last_seq
+    page = server.get("/status")
+    assert page[0] == 200 and b"status.js" in page[2]
+
+
+def test_operator_status_needs_the_admin_token_when_one_is_set(live):
+    server = live(api_token="admin-s3cret")
+    assert server.get("/status.json")[0] == 401
+    assert server.call("GET", "/status.json", headers={"Authorization": "Bearer admin-s3cret"})[0] == 200
+    assert server.get("/status")[0] == 200  # the page itself asks for the token, then reads the JSON
