@@ -148,16 +148,22 @@ async function rateMovie(movieId, rating, item) {
   await Promise.all([loadRated(), loadRecommendations()]);
 }
 
+const RATED_SHOWN = 5;  // the user's own ratings collapse to this many, with "show all"
+
 async function loadRated() {
   const data = await api("GET", `/${encodeURIComponent(user())}/ratings`);
   const list = $("rated");
   list.replaceChildren();
-  for (const movie of data.ratings) {
+  data.ratings.forEach((movie, i) => {
     const item = document.createElement("li");
     item.dataset.movieId = movie.movieId;
+    item.hidden = i >= RATED_SHOWN && !list.classList.contains("expanded");
     item.append(movieLink(movie), meta(`${movie.rating} ★`));
     list.append(item);
-  }
+  });
+  const more = $("rated-more");
+  more.hidden = data.ratings.length <= RATED_SHOWN;
+  more.textContent = list.classList.contains("expanded") ? "show fewer" : `show all ${data.ratings.length}`;
 }
 
 async function loadRecommendations(event) {
@@ -222,9 +228,21 @@ function newUser() {
   refresh();
 }
 
+function clearLists() {
+  // A user whose lists cannot be loaded (a bad id, a token for someone else) shows nobody's lists.
+  for (const id of ["rated", "recommendations"]) $(id).replaceChildren();
+  for (const id of ["fallback", "empty-reason", "rated-more"]) $(id).hidden = true;
+  delete $("recommendations").dataset.minCount;
+}
+
 function refresh() {
+  Promise.all([loadRated(), loadRecommendations()]).catch(clearLists);
+}
+
+function toggleRated() {
+  const list = $("rated");
+  list.classList.toggle("expanded");
   loadRated().catch(() => {});
-  loadRecommendations().catch(() => {});
 }
 
 $("search-form").addEventListener("submit", (e) => search(e).catch(() => {}));
@@ -233,5 +251,6 @@ $("min-count").addEventListener("change", () => loadRecommendations().catch(() =
 $("genre").addEventListener("change", () => loadRecommendations().catch(() => {}));
 $("user").addEventListener("change", refresh);
 $("new-user").addEventListener("click", newUser);
+$("rated-more").addEventListener("click", toggleRated);
 $("detail-close").addEventListener("click", () => $("detail").close());
 refresh();

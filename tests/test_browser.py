@@ -192,3 +192,29 @@ def test_the_status_page_draws_versions_and_live_rmse(page_server, browser):
     assert page.locator("#live-chart rect.bar.serving").count() == 1
     assert "Version" in page.inner_text("#serving") and page.is_hidden("#error")
     page.close()
+
+
+@pytest.mark.parametrize("width,height", [(375, 667), (1280, 800)])
+def test_the_recommendations_are_in_the_first_screen_and_a_bad_user_clears_the_lists(page_server, browser,
+                                                                                      width, height):
+    """On a phone and on a desktop: the recommendations are visible without scrolling, the user's own
+    ratings collapse to five with "show all", and a bad user id shows its error with nobody's lists."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(f"http://127.0.0.1:{page_server.port}/")
+    page.wait_for_selector("#recommendations li")
+    page.wait_for_selector("#rated-more:not([hidden])")
+    first = page.locator("#recommendations li").first.bounding_box()
+    assert first is not None and first["y"] + first["height"] <= height  # in the first viewport
+    n_rated = len(page_server.recommender.rated(1))
+    assert page.locator("#rated li:visible").count() == 5
+    assert page.inner_text("#rated-more") == f"show all {n_rated}"
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"first-screen-{width}x{height}.png"))
+    page.click("#rated-more")
+    page.wait_for_function(f"() => document.querySelectorAll('#rated li:not([hidden])').length === {n_rated}")
+    page.fill("#user", "-1")
+    page.dispatch_event("#user", "change")
+    page.wait_for_selector("#error:not([hidden])")
+    page.wait_for_function("() => !document.querySelector('#recommendations li, #rated li')")
+    assert "user id" in page.inner_text("#error")
+    page.close()
