@@ -223,6 +223,13 @@ def user_ratings(user_id: str):
     return jsonify({"user": user, "ratings": rated})
 
 
+@ratings_bp.post("/users")
+def new_user():
+    """The next free user id, for someone new (with an admin token set, the operator hands them out)."""
+    authorize(None)
+    return jsonify({"user": _recommender().new_user()}), 201
+
+
 @ratings_bp.post("/<user_id>/ratings")
 def add_ratings(user_id: str):
     user = parse_id(user_id, "user id")

@@ -256,6 +256,17 @@ class Recommender:
         self.quality.posted(served.number, user, [m for m, _ in pairs], predicted.tolist(), [r for _, r in pairs])
         return self.current().number
 
+    def new_user(self) -> int:
+        """The next free user id (above every user the version knows), handed out once across processes."""
+        served = self.current()
+        users = served.histories.users
+        try:
+            return self.store.new_user(int(users.max()) + 1 if len(users) else 1,
+                                       lambda u: served.ratings_of(u) is not None)
+        except StoreError as exc:
+            log.error("could not hand out a user id: %s", exc)
+            raise StoreUnavailable("a new user id could not be stored; try again later") from None
+
     def request_retrain(self) -> float:
         """Ask the trainer for a fit on every stored rating now; returns when it was asked."""
         try:

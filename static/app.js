@@ -222,10 +222,19 @@ async function showMovie(movieId) {
   }
 }
 
-function newUser() {
-  // A random id far above MovieLens' own users; collisions are unlikely and harmless to try again.
-  $("user").value = 1000000 + Math.floor(Math.random() * 1000000000);
+const USER_KEY = "recommender-user";  // who this browser is, remembered across visits
+
+function chooseUser(id) {
+  $("user").value = id;
+  if (/^\d+$/.test(String(id))) localStorage.setItem(USER_KEY, id);
+  $("start").hidden = true;
+  document.querySelector("main").hidden = false;
   refresh();
+}
+
+async function newUser() {
+  const data = await api("POST", "/users");  // the next id nobody has
+  chooseUser(data.user);
 }
 
 function clearLists() {
@@ -249,8 +258,9 @@ $("search-form").addEventListener("submit", (e) => search(e).catch(() => {}));
 $("filters").addEventListener("submit", (e) => loadRecommendations(e).catch(() => {}));
 $("min-count").addEventListener("change", () => loadRecommendations().catch(() => {}));
 $("genre").addEventListener("change", () => loadRecommendations().catch(() => {}));
-$("user").addEventListener("change", refresh);
-$("new-user").addEventListener("click", newUser);
+$("user").addEventListener("change", () => chooseUser(user()));
+$("new-user").addEventListener("click", () => newUser().catch(() => {}));
 $("rated-more").addEventListener("click", toggleRated);
 $("detail-close").addEventListener("click", () => $("detail").close());
-refresh();
+const remembered = localStorage.getItem(USER_KEY);
+if (remembered) chooseUser(remembered);  // otherwise the start screen asks who you are

@@ -150,6 +150,18 @@ class RatingsStore:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def new_user(self, floor: int, taken) -> int:
+        """A user id no one has: at least ``floor``, above every id handed out before by any process, with
+        no stored rating, and not ``taken(id)`` (ratings the caller knows of)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'next_user'").fetchone()
+            user = max(floor, int(row[0]) if row else 0)
+            while taken(user) or self._db.execute("SELECT 1 FROM ratings WHERE user = ? LIMIT 1", (user,)).fetchone():
+                user += 1
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('next_user', ?)", (str(user + 1),))
+        return user
+
     def request_retrain(self) -> float:
         """Ask the trainer for a fit now (an operator's or a test's request); returns the request's time."""
         now = time.time()

@@ -32,6 +32,13 @@ def browser():
         chromium.close()
 
 
+def _open(page, port: int, user: int | None = 1) -> None:
+    """Open the page as a browser that remembers ``user`` (None: a first visit, on the start screen)."""
+    if user is not None:
+        page.add_init_script(f"localStorage.setItem('recommender-user', '{user}')")
+    page.goto(f"http://127.0.0.1:{port}/")
+
+
 def _rate_all_results(page, query: str, limit: int) -> list[int]:
     page.fill("#search", query)
     page.click("#search-form button[type=submit]")
@@ -52,10 +59,13 @@ def _shown(page) -> list[tuple[int, int]]:
 
 def test_rate_five_movies_and_get_recommendations(page_server, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.goto(f"http://127.0.0.1:{page_server.port}/")
+    _open(page, page_server.port, user=None)
+    assert page.is_visible("#start") and page.is_hidden("main")  # no default user: who are you?
     page.click("#new-user")
-    user = int(page.input_value("#user"))
     page.wait_for_selector("#fallback:not([hidden])")  # a brand-new user starts with popular movies
+    user = int(page.input_value("#user"))
+    assert user > int(page_server.recommender.current().histories.users.max())  # the next free id
+    assert page.evaluate("localStorage.getItem('recommender-user')") == str(user) and page.is_hidden("#start")
 
     rated = _rate_all_results(page, "Toy Story", 3)
     rated += _rate_all_results(page, "Shrek", 2)
@@ -133,7 +143,7 @@ def test_counts_are_singular_or_plural_and_the_favicon_is_served(page_server, br
     page = browser.new_page()
     missing = []
     page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
-    page.goto(f"http://127.0.0.1:{page_server.port}/")
+    _open(page, page_server.port)
     page.fill("#search", once)
     page.click("#search-form button[type=submit]")
     page.wait_for_selector("#results li[data-movie-id]")
@@ -173,7 +183,7 @@ def test_the_page_asks_for_the_users_token_once_and_sends_it(page_server, browse
             dialog.accept(token)
 
         page.on("dialog", answer)
-        page.goto(f"http://127.0.0.1:{guarded.port}/")
+        _open(page, guarded.port)
         page.wait_for_selector("#recommendations li")  # the user's list loads once the token is given
         rated = _rate_all_results(page, "Heat", 1)
         assert len(prompts) == 1 and "your user token" in prompts[0]
@@ -200,7 +210,7 @@ def test_the_recommendations_are_in_the_first_screen_and_a_bad_user_clears_the_l
     """On a phone and on a desktop: the recommendations are visible without scrolling, the user's own
     ratings collapse to five with "show all", and a bad user id shows its error with nobody's lists."""
     page = browser.new_page(viewport={"width": width, "height": height})
-    page.goto(f"http://127.0.0.1:{page_server.port}/")
+    _open(page, page_server.port)
     page.wait_for_selector("#recommendations li")
     page.wait_for_selector("#rated-more:not([hidden])")
     first = page.locator("#recommendations li").first.bounding_box()

@@ -195,3 +195,16 @@ def test_live_quality_is_kept_per_version_newest_first():
     assert quality.summary() == [
         {"version": 2, "ratings": 1, "rmse": 2.0, "mae": 2.0, "liked": 0, "hit_rate": None},
         {"version": 1, "ratings": 2, "rmse": round(math.sqrt(0.5), 4), "mae": 0.5, "liked": 0, "hit_rate": None}]
+
+
+def test_new_users_get_the_next_free_id_once(make_recommender):
+    """Above every user the version knows, never an id someone already posted to, never the same one twice
+    (the counter is in the store every API process shares)."""
+    rec = make_recommender()
+    known = int(rec.current().histories.users.max())
+    rec.add_ratings(known + 2, [(1, 4.0)])  # someone picked an id of their own
+    first = rec.new_user()
+    second = rec.new_user()
+    assert (first, second) == (known + 1, known + 3)
+    other = make_recommender(rec.model_dir)  # another process on the same store
+    assert other.new_user() == known + 4
