@@ -70,8 +70,7 @@ async function api(method, path, body) {
     showError(message);
     throw new Error(message);
   }
-  showError("");
-  return data;
+  return data;  // an error stays until the next action starts: a later success must not hide it
 }
 
 function plural(n, word) {
@@ -134,6 +133,7 @@ function renderResults(query, movies) {
 
 async function search(event) {
   if (event) event.preventDefault();
+  showError("");
   const q = $("search").value.trim();
   if (!q) return;
   const data = await api("GET", `/movies?q=${encodeURIComponent(q)}&limit=20`);
@@ -141,11 +141,12 @@ async function search(event) {
 }
 
 async function rateMovie(movieId, rating, item) {
+  showError("");
   await api("POST", `/${encodeURIComponent(user())}/ratings`, [{ movieId, rating }]);
   const mark = item.querySelector(".saved");
   mark.textContent = `saved ${rating} ★`;
   mark.dataset.saved = rating;
-  await Promise.all([loadRated(), loadRecommendations()]);
+  await Promise.all([loadRated(), loadRecommendations(false)]);
 }
 
 const RATED_SHOWN = 5;  // the user's own ratings collapse to this many, with "show all"
@@ -168,6 +169,7 @@ async function loadRated() {
 
 async function loadRecommendations(event) {
   if (event) event.preventDefault();
+  if (event !== false) showError("");  // false: part of an action that cleared it already
   const params = new URLSearchParams({ min_count: $("min-count").value });
   if ($("genre").value) params.set("genre", $("genre").value);
   const count = encodeURIComponent($("count").value);
@@ -202,6 +204,7 @@ async function loadStatus() {
 }
 
 async function showMovie(movieId) {
+  showError("");
   const [prediction, similar] = await Promise.all([
     api("GET", `/${encodeURIComponent(user())}/ratings/${movieId}`),
     api("GET", `/movies/${movieId}/similar?count=8`),
@@ -245,7 +248,8 @@ function clearLists() {
 }
 
 function refresh() {
-  Promise.all([loadRated(), loadRecommendations()]).catch(clearLists);
+  showError("");
+  Promise.all([loadRated(), loadRecommendations(false)]).catch(clearLists);
 }
 
 function toggleRated() {
