@@ -19,7 +19,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from datasets.progress import Progress
+from progress import Progress
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 DATASETS_DIR = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.progress import Progress
+from progress import Progress
 
 GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")

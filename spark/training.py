@@ -17,7 +17,6 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
-from datasets.progress import Ticker
 from model import (
     ModelParams,
     Models,
@@ -29,6 +28,7 @@ from model import (
     RatingParams,
     Scale,
 )
+from progress import Ticker
 from spark import internals
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from collections import Counter
 
 import eda
 from datasets import movielens, synthetic
-from datasets.progress import Progress, Ticker
+from progress import Progress, Ticker
 
 PLOTS = {"rating_distribution.png", "genres.png", "ratings_per_month.png", "count_vs_mean.png", "long_tail.png"}
 
