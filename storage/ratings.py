@@ -65,6 +65,15 @@ SELECT seq, movie FROM ratings AS r WHERE seq <= :upto AND EXISTS (
 """
 
 
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the store's database as every writer needs it: autocommit (transactions are
+    explicit), durable commits, and a wait for the writer lock instead of an error."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
 class StoreError(RuntimeError):
     """The store could not take a request (disk full, I/O error); nothing of it was stored."""
 
@@ -94,7 +103,7 @@ class RatingsStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._db = self._connect()
+        self._db = connect(self.path)
         self._db.execute("PRAGMA journal_mode=WAL")
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -108,17 +117,11 @@ class RatingsStore:
         self.store_id = self.get_meta("store_id")
         self._migrate(self.path.parent / "ratings.log")
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
-
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection (WAL readers never wait for the writer)."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = self._connect()
+            db = self._local.db = connect(self.path)
             db.execute("PRAGMA query_only=1")
             with self._readers_lock:
                 self._readers.append(db)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from storage.ratings import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_tokens (
@@ -33,9 +34,7 @@ class UserTokens:
     """Per-user tokens in the SQLite database at ``path`` (the ratings store's)."""
 
     def __init__(self, path: Path):
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db = connect(path)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute(SCHEMA)
