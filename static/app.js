@@ -1,77 +1,13 @@
 // The page talks only to the JSON API; every error the API returns is shown to the person.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
+const api = makeApi("recommender-user-token",
+  "This service needs your user token (from its operator) to show and save your ratings:");
 const scale = {
   low: Number(document.body.dataset.low),
   high: Number(document.body.dataset.high),
   step: Number(document.body.dataset.step),
 };
-
-function showError(message) {
-  const box = $("error");
-  box.textContent = message;
-  box.hidden = !message;
-}
-
-// A service started with an API token wants it for posting and reading a user's ratings: the page
-// asks for it once (on the first 401), keeps it for this browser tab, and sends it with every request.
-const TOKEN_KEY = "recommender-api-token";
-let tokenPrompt = null;
-
-function askForToken() {
-  tokenPrompt ??= Promise.resolve().then(() => {
-    const token = (window.prompt("This service needs your user token (from its operator) to show and save your ratings:") || "").trim();
-    if (token) sessionStorage.setItem(TOKEN_KEY, token);
-    tokenPrompt = null;
-    return token;
-  });
-  return tokenPrompt;
-}
-
-async function send(method, path, body) {
-  const options = { method, headers: {} };
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) options.headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) {
-    options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
-  }
-  return fetch(path, options);
-}
-
-async function api(method, path, body) {
-  let response;
-  try {
-    const sent = sessionStorage.getItem(TOKEN_KEY);
-    response = await send(method, path, body);
-    if (response.status === 401) {
-      // Another request may have asked for the token meanwhile: use it rather than asking again.
-      const current = sessionStorage.getItem(TOKEN_KEY);
-      if (current && current !== sent) {
-        response = await send(method, path, body);
-      } else {
-        sessionStorage.removeItem(TOKEN_KEY);
-        if (await askForToken()) response = await send(method, path, body);
-      }
-    }
-  } catch (err) {
-    showError(`The service did not answer: ${err.message}`);
-    throw err;
-  }
-  let data = null;
-  try {
-    data = await response.json();
-  } catch (err) {
-    data = null;
-  }
-  if (!response.ok) {
-    const message = data && data.error ? data.error : `${response.status} ${response.statusText}`;
-    showError(message);
-    throw new Error(message);
-  }
-  return data;  // an error stays until the next action starts: a later success must not hide it
-}
 
 function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;

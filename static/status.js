@@ -1,26 +1,9 @@
-// The operators' status page: draws /status.json. With an admin token set, it asks for it once per tab.
+// The operators' status page: draws /status.json. With an admin token set, it asks for it once per tab
+// (kept apart from the people's page's token).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const TOKEN_KEY = "recommender-api-token";
+const api = makeApi("recommender-admin-token", "This status page needs the service's admin token:");
 const fmt = (x, digits = 4) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
-
-async function fetchStatus() {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    const headers = {};
-    const token = sessionStorage.getItem(TOKEN_KEY);
-    if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await fetch("/status.json", { headers });
-    const data = await response.json().catch(() => ({}));
-    if (response.ok) return data;
-    if (response.status === 401 && attempt === 0) {
-      const given = (window.prompt("This status page needs the service's admin token:") || "").trim();
-      if (given) { sessionStorage.setItem(TOKEN_KEY, given); continue; }
-    }
-    throw new Error(data.error || `HTTP ${response.status}`);
-  }
-  throw new Error("the admin token was not accepted");
-}
 
 function chart(versions) {
   const svg = $("live-chart");
@@ -81,7 +64,4 @@ function render(data) {
   chart(data.versions);
 }
 
-fetchStatus().then(render).catch((error) => {
-  $("error").hidden = false;
-  $("error").textContent = `Could not load the status: ${error.message}`;
-});
+api("GET", "/status.json").then(render).catch(() => {});  // api() shows what went wrong

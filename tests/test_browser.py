@@ -228,3 +228,28 @@ def test_the_recommendations_are_in_the_first_screen_and_a_bad_user_clears_the_l
     page.wait_for_function("() => !document.querySelector('#recommendations li, #rated li')")
     assert "user id" in page.inner_text("#error")
     page.close()
+
+
+def test_the_status_page_asks_for_the_admin_token_and_the_peoples_page_never_gets_it(page_server, browser):
+    from conftest import LiveServer
+
+    guarded = LiveServer(page_server.recommender, api_token="admin-s3cret")
+    try:
+        page = browser.new_page()
+        prompts = []
+
+        def answer(dialog):
+            prompts.append(dialog.message)
+            dialog.accept("admin-s3cret" if "admin token" in dialog.message else "")
+
+        page.on("dialog", answer)
+        page.goto(f"http://127.0.0.1:{guarded.port}/status")
+        page.wait_for_selector("#versions tbody tr.serving")
+        page.add_init_script("localStorage.setItem('recommender-user', '1')")
+        page.goto(f"http://127.0.0.1:{guarded.port}/")  # the same tab: its user token is asked for, not reused
+        page.wait_for_selector("#error:not([hidden])")
+        assert "admin token" in prompts[0] and len(prompts) >= 2
+        assert all("your user token" in p for p in prompts[1:])  # the admin token was not sent from here
+        page.close()
+    finally:
+        guarded.stop()
