@@ -244,9 +244,8 @@ class Recommender:
         """
         check_user(user)
         served = self.current()
-        check_ratings(served.catalogue, served.scale, pairs, labels)
+        rows = np.array(check_ratings(served.catalogue, served.scale, pairs, labels), dtype=np.int64)
         snapshot, rated = served.snapshot, served.ratings_of(user)
-        rows = np.array([served.row(movie) for movie, _ in pairs], dtype=np.int64)
         predicted = snapshot.predicted_ratings(snapshot.user_vectors(user), rows, rated=_pairs(rated))
         try:
             self.store.append(user, pairs)

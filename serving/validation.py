@@ -15,8 +15,9 @@ def check_user(user: int) -> None:
 
 
 def check_ratings(catalogue: Catalogue, scale: Scale, pairs: list[tuple[int, float]],
-                  labels: list[str] | None = None) -> None:
-    """Reject a batch that names an unknown movie, an off-scale rating, or one movie twice.
+                  labels: list[str] | None = None) -> list[int]:
+    """Reject a batch that names an unknown movie, an off-scale rating, or one movie twice; return the
+    movies' catalogue rows.
 
     ``labels`` name each pair in messages (such as "line 3"); by default "rating N".
     """
@@ -24,15 +25,19 @@ def check_ratings(catalogue: Catalogue, scale: Scale, pairs: list[tuple[int, flo
         raise InputError("no ratings given")
     labels = labels or [f"rating {i}" for i in range(1, len(pairs) + 1)]
     seen: set[int] = set()
+    rows = []
     off_scale = [(label, rating) for label, (_, rating) in zip(labels, pairs, strict=True) if not scale.allows(rating)]
     for label, (movie, _) in zip(labels, pairs, strict=True):
-        if not catalogue.has(movie):
+        row = catalogue.row(movie)
+        if row is None:
             raise InputError(f"{label}: unknown movie id {movie}")
+        rows.append(row)
         if movie in seen:
             raise InputError(f"{label}: movie {movie} is rated twice in one request")
         seen.add(movie)
     if off_scale:
         raise InputError(scale_message(scale, off_scale, [r for _, r in pairs]))
+    return rows
 
 
 def scale_message(scale: Scale, off_scale: list[tuple[str, float]], ratings: list[float]) -> str:
