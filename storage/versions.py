@@ -92,6 +92,7 @@ class ModelVersions:
     def __init__(self, model_dir: Path, keep: int = KEEP):
         self.root = Path(model_dir) / "versions"
         self.keep = max(1, keep)
+        self._described: dict[int, dict] = {}  # a published version never changes: read once
 
     def path(self, number: int) -> Path:
         return self.root / f"v{number:06d}"
@@ -109,12 +110,14 @@ class ModelVersions:
     def describe(self, number: int) -> dict | None:
         """A version's version.json without its arrays or checksums (None when unreadable): what it was
         fitted on, when, how long each model took."""
-        try:
-            meta = json.loads((self.path(number) / "version.json").read_text())
-        except (OSError, ValueError):
-            return None
-        meta.pop("files", None)
-        return meta
+        if number not in self._described:
+            try:
+                meta = json.loads((self.path(number) / "version.json").read_text())
+            except (OSError, ValueError):
+                return None
+            meta.pop("files", None)
+            self._described[number] = meta
+        return self._described[number]
 
     def numbers(self) -> list[int]:
         """Every complete version in the folder, oldest first."""
