@@ -85,6 +85,6 @@ class ServingCollector:
         yield from live.values()
         state = GaugeMetricFamily("recommender_trainer_state", "1 for the trainer's state", labels=["state"])
         current = status["trainer"]["state"]
-        for name in TRAINER_STATES:
+        for name in TRAINER_STATES if current in TRAINER_STATES else (*TRAINER_STATES, current):
             state.add_metric([name], 1.0 if name == current else 0.0)
         yield state

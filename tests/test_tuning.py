@@ -62,8 +62,6 @@ def test_the_validation_split_and_folds_depend_on_the_pairs_and_the_seed_only():
 class Bowl(tuning.Search):
     """The search with a known validation RMSE surface (lowest at lambda 0.05, rank 32) instead of fits."""
 
-    table: list
-
     def score(self, params: RatingParams) -> float:
         if params not in self.scores:
             self.scores[params] = (np.log(params.reg / 0.05)) ** 2 + (np.log2(params.rank / 32)) ** 2 \
