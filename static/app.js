@@ -18,9 +18,68 @@ function user() {
 }
 
 function ratingOptions() {
-  const values = [];
-  for (let v = scale.high; v >= scale.low - 1e-9; v -= scale.step) values.push(Math.round(v * 10) / 10);
+  const values = [];  // lowest first, as the stars read left to right
+  for (let v = scale.low; v <= scale.high + 1e-9; v += scale.step) values.push(Math.round(v * 10) / 10);
   return values;
+}
+
+// A row of star buttons: each button is one step of the scale (half a star on a half-star scale), so a
+// click on the left half of the fourth star rates 3.5.  One button of the row is in the tab order; the
+// arrow keys move along the row (the stars light up to show the rating), Enter or Space rates.
+function starPicker(movie, onRate) {
+  const row = document.createElement("div");
+  row.className = "stars";
+  row.setAttribute("role", "group");
+  row.setAttribute("aria-label", `Your rating for ${movie.title}`);
+  const values = ratingOptions();
+  const buttons = values.map((value) => {
+    const start = value - scale.step;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "star";
+    button.dataset.value = value;
+    button.tabIndex = -1;
+    button.setAttribute("aria-label", `rate ${value} star${value === 1 ? "" : "s"}`);
+    button.style.setProperty("--part", scale.step);  // how much of a star this button draws
+    button.style.setProperty("--offset", start - Math.floor(start + 1e-9));  // which part of it
+    button.append(Object.assign(document.createElement("span"), { className: "glyph", textContent: "★" }));
+    if (Math.abs(start - Math.round(start)) < 1e-9) button.classList.add("whole-start");
+    button.addEventListener("click", () => onRate(value));
+    button.addEventListener("mouseenter", () => light(value));
+    button.addEventListener("focus", () => { light(value); roving(button); });
+    return button;
+  });
+  function light(value) {
+    for (const b of buttons) b.classList.toggle("on", Number(b.dataset.value) <= value + 1e-9);
+  }
+  function roving(current) {
+    for (const b of buttons) b.tabIndex = b === current ? 0 : -1;
+  }
+  function chosen() {
+    return Number(row.dataset.rating || 0);
+  }
+  row.addEventListener("mouseleave", () => light(chosen()));
+  row.addEventListener("focusout", (e) => { if (!row.contains(e.relatedTarget)) light(chosen()); });
+  row.addEventListener("keydown", (e) => {
+    const at = buttons.indexOf(document.activeElement);
+    const moves = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 };
+    let next = null;
+    if (e.key in moves) next = Math.min(buttons.length - 1, Math.max(0, at + moves[e.key]));
+    if (e.key === "Home") next = 0;
+    if (e.key === "End") next = buttons.length - 1;
+    if (next === null || at < 0) return;
+    e.preventDefault();
+    buttons[next].focus();
+  });
+  row.show = (value) => {  // the rating saved for this movie
+    row.dataset.rating = value;
+    for (const b of buttons) b.setAttribute("aria-pressed", String(Number(b.dataset.value) === value));
+    light(value);
+  };
+  const initial = buttons.find((b) => Number(b.dataset.value) === 4) || buttons[buttons.length - 1];
+  initial.tabIndex = 0;  // the row's way in from the keyboard: a good rating, one arrow from the others
+  row.append(...buttons);
+  return row;
 }
 
 function movieLink(movie) {
@@ -49,21 +108,28 @@ function renderResults(query, movies) {
   for (const movie of movies) {
     const item = document.createElement("li");
     item.dataset.movieId = movie.movieId;
-    const select = document.createElement("select");
-    select.className = "stars";
-    for (const value of ratingOptions()) {
-      select.append(new Option(`${value} ★`, value, value === 4, value === 4));
-    }
-    const rate = document.createElement("button");
-    rate.type = "button";
-    rate.className = "rate";
-    rate.textContent = "Rate";
-    rate.addEventListener("click", () => rateMovie(movie.movieId, Number(select.value), item).catch(() => {}));
+    const stars = starPicker(movie, (rating) => rateMovie(movie.movieId, rating, item).catch(() => {}));
     const title = Object.assign(document.createElement("div"), { className: "title" });
     title.append(movieLink(movie), meta(`(${plural(movie.ratings_count, "rating")})`));
-    const saved = Object.assign(document.createElement("span"), { className: "saved" });
-    item.append(title, select, rate, saved);
+    const saved = Object.assign(document.createElement("span"), { className: "saved", role: "status" });
+    item.append(title, stars, saved);
+    if (ownRatings.has(movie.movieId)) stars.show(ownRatings.get(movie.movieId));
     list.append(item);
+  }
+}
+
+// While a list loads it says so (aria-busy: dimmed, and "Loading…" when it is empty); a list that
+// failed to load is emptied, so what stays on screen never belongs to another user, filter or search.
+async function loading(id, work) {
+  const list = $(id);
+  list.setAttribute("aria-busy", "true");
+  try {
+    return await work();
+  } catch (err) {
+    list.replaceChildren();
+    throw err;
+  } finally {
+    list.setAttribute("aria-busy", "false");
   }
 }
 
@@ -72,8 +138,10 @@ async function search(event) {
   showError("");
   const q = $("search").value.trim();
   if (!q) return;
-  const data = await api("GET", `/movies?q=${encodeURIComponent(q)}&limit=20`);
-  renderResults(q, data.movies);
+  await loading("results", async () => {
+    const data = await api("GET", `/movies?q=${encodeURIComponent(q)}&limit=20`);
+    renderResults(q, data.movies);
+  });
 }
 
 async function rateMovie(movieId, rating, item) {
@@ -82,13 +150,18 @@ async function rateMovie(movieId, rating, item) {
   const mark = item.querySelector(".saved");
   mark.textContent = `saved ${rating} ★`;
   mark.dataset.saved = rating;
+  item.querySelector(".stars").show(rating);
   await Promise.all([loadRated(), loadRecommendations(false)]);
 }
 
 const RATED_SHOWN = 5;  // the user's own ratings collapse to this many, with "show all"
 
+const ownRatings = new Map();  // movie id -> this user's rating, so search results show it on their stars
+
 async function loadRated() {
-  const data = await api("GET", `/${encodeURIComponent(user())}/ratings`);
+  const data = await loading("rated", () => api("GET", `/${encodeURIComponent(user())}/ratings`));
+  ownRatings.clear();
+  for (const movie of data.ratings) ownRatings.set(movie.movieId, movie.rating);
   const list = $("rated");
   list.replaceChildren();
   data.ratings.forEach((movie, i) => {
@@ -109,7 +182,8 @@ async function loadRecommendations(event) {
   const params = new URLSearchParams({ min_count: $("min-count").value });
   if ($("genre").value) params.set("genre", $("genre").value);
   const count = encodeURIComponent($("count").value);
-  const data = await api("GET", `/${encodeURIComponent(user())}/ratings/top/${count}?${params}`);
+  const data = await loading("recommendations",
+    () => api("GET", `/${encodeURIComponent(user())}/ratings/top/${count}?${params}`));
   $("fallback").hidden = data.fallback !== "popular";
   $("empty-reason").hidden = !data.reason;  // an empty list says why (a filter no movie passes)
   $("empty-reason").textContent = data.reason ? `Nothing to show: ${data.reason}.` : "";
@@ -164,6 +238,9 @@ async function showMovie(movieId) {
 const USER_KEY = "recommender-user";  // who this browser is, remembered across visits
 
 function chooseUser(id) {
+  clearLists();  // the previous user's lists go at once, not when this user's arrive
+  $("results").replaceChildren();
+  ownRatings.clear();
   $("user").value = id;
   if (/^\d+$/.test(String(id))) localStorage.setItem(USER_KEY, id);
   $("start").hidden = true;

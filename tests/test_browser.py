@@ -45,8 +45,7 @@ def _rate_all_results(page, query: str, limit: int) -> list[int]:
     page.wait_for_selector(f'#results[data-query="{query}"] li[data-movie-id]')  # this search's results
     rated = []
     for item in page.query_selector_all("#results li[data-movie-id]")[:limit]:
-        item.query_selector("select.stars").select_option("4.5")
-        item.query_selector("button.rate").click()
+        item.query_selector('.stars .star[data-value="4.5"]').click()  # the left half of the fifth star
         item.wait_for_selector(".saved")
         rated.append(int(item.get_attribute("data-movie-id")))
     return rated
@@ -121,12 +120,12 @@ def test_rate_five_movies_and_get_recommendations(page_server, browser):
 
 
 def _check_layout(page) -> None:
-    """Nothing wider than the screen; each result's stars and button on one line with its title."""
+    """Nothing wider than the screen; each result's stars on one line, beside its title."""
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     for item in page.query_selector_all("#results li[data-movie-id]"):
-        title, stars, button = (item.query_selector(s).bounding_box() for s in (".title", "select", "button.rate"))
-        assert abs((stars["y"] + stars["height"] / 2) - (button["y"] + button["height"] / 2)) < 3
-        assert stars["x"] >= title["x"] + title["width"] - 1 and button["x"] > stars["x"]
+        title, stars = (item.query_selector(s).bounding_box() for s in (".title", ".stars"))
+        first, last = (item.query_selector(f".star:{s}-child").bounding_box() for s in ("first", "last"))
+        assert abs(first["y"] - last["y"]) < 3 and stars["x"] >= title["x"] + title["width"] - 1
     label, genre = page.query_selector("#genre").evaluate_handle("e => e.parentElement"), page.query_selector("#genre")
     assert abs(label.bounding_box()["y"] - genre.bounding_box()["y"]) < 12  # "Genre" beside its dropdown
 
@@ -253,3 +252,53 @@ def test_the_status_page_asks_for_the_admin_token_and_the_peoples_page_never_get
         page.close()
     finally:
         guarded.stop()
+
+
+def test_stars_work_from_the_keyboard_lists_say_they_are_loading_and_every_title_opens_similar_movies(
+        page_server, browser):
+    """A person who rates with the keyboard sees where the focus is and which rating the stars show;
+    a list that is loading says so; every title on the page opens the movie with its similar movies."""
+    user = 6602
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    held = []
+    page.route("**/ratings/top/**", lambda route: held.append(route))  # the list's answer waits here
+    with page.expect_request("**/ratings/top/**"):
+        _open(page, page_server.port, user=user)
+    assert page.evaluate("getComputedStyle(document.querySelector('#recommendations'), '::before').content") \
+        == '"Loading…"' and page.get_attribute("#recommendations", "aria-busy") == "true"
+    held[0].continue_()
+    page.unroute("**/ratings/top/**")
+    page.wait_for_selector('#recommendations[aria-busy="false"] li')
+
+    page.fill("#search", "Heat")
+    page.press("#search", "Enter")
+    page.wait_for_selector('#results[data-query="Heat"] li[data-movie-id]')
+    item = page.locator("#results li[data-movie-id]").first
+    movie = int(item.get_attribute("data-movie-id"))
+    page.focus("#search")
+    page.keyboard.press("Tab")  # the search button
+    page.keyboard.press("Tab")  # the first result's title
+    page.keyboard.press("Tab")  # its stars: one stop for the row, on 4 stars
+    assert page.evaluate("document.activeElement.dataset.value") == "4"
+    outline = page.evaluate("(s => [s.outlineStyle, s.outlineWidth])(getComputedStyle(document.activeElement))")
+    assert outline[0] != "none" and outline[1] == "3px"  # where the keyboard is shows
+    for key in ("ArrowRight", "ArrowLeft", "ArrowLeft"):
+        page.keyboard.press(key)
+    assert page.evaluate("document.activeElement.dataset.value") == "3.5"
+    assert item.locator(".star.on").count() == 7  # 0.5 to 3.5: seven half stars lit
+    page.keyboard.press("Enter")
+    item.locator(".saved").wait_for()
+    assert [r for m, r in page_server.recommender.rated(user) if m.movie_id == movie] == [3.5]
+    assert item.locator(".stars").get_attribute("data-rating") == "3.5"
+
+    page.wait_for_selector(f'#rated li[data-movie-id="{movie}"]')
+    assert page.evaluate("[...document.querySelectorAll('#results li[data-movie-id], #rated li, "
+                         "#recommendations li')].every(li => li.querySelector('button.movie-link'))")
+    page.click(f'#rated li[data-movie-id="{movie}"] .movie-link')  # a title among the user's own ratings
+    page.wait_for_selector("#detail[open] #similar li")
+    assert "you rated it 3.5" in page.inner_text("#detail-info")
+    assert page.evaluate("[...document.querySelectorAll('#similar li')].every(li => li.querySelector('.movie-link'))")
+    neighbour = page.inner_text("#similar li:first-child .movie-link")
+    page.click("#similar li:first-child .movie-link")  # and on from a similar movie to its own neighbours
+    page.wait_for_function("t => document.querySelector('#detail-title').textContent === t", arg=neighbour)
+    page.close()
