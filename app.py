@@ -24,6 +24,7 @@ from serving.errors import InputError, NotFound, StoreUnavailable
 from serving.recommender import Movie, Recommender
 from serving.status import operator_status
 from serving.validation import MAX_ID
+from storage.store import StoreError
 from storage.tokens import UserTokens
 from web import web_bp
 
@@ -380,7 +381,7 @@ def create_app(recommender: Recommender, api_token: str | None = None,
     app.json.sort_keys = False
     app.extensions["recommender"] = recommender
     if api_token:
-        app.extensions["tokens"] = UserTokens(recommender.store.path)
+        app.extensions["tokens"] = UserTokens(recommender.store)
     for blueprint in (ratings_bp, movies_bp, status_bp, operator_bp, web_bp):
         app.register_blueprint(blueprint)
 
@@ -389,6 +390,12 @@ def create_app(recommender: Recommender, api_token: str | None = None,
         if isinstance(exc, StoreUnavailable):
             app.extensions["metrics"].store_errors.inc()
         return _error(exc.message, exc.status)
+
+    @app.errorhandler(StoreError)
+    def store_error(exc: StoreError):  # a read the store could not answer (a token check, /users)
+        app.extensions["metrics"].store_errors.inc()
+        app.logger.warning("%s", exc)
+        return _error("the ratings store is not answering; nothing was changed, try again later", 503)
 
     @app.errorhandler(NotFound)
     def not_found(exc: NotFound):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import uuid
 from contextlib import contextmanager
@@ -28,7 +27,9 @@ from spark import internals, tuning
 from spark.training import Cancelled, collect_ratings, fit_models, phase
 from storage.catalogue import Catalogue, Histories
 from storage.params import save_params, saved_params
-from storage.ratings import RatingsStore
+from storage.shipping import shared_versions
+from storage.sqlite import SQLiteStore
+from storage.store import Store, StoreError
 from storage.versions import ModelVersions
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ DATASET_KEY = "dataset"  # the store's record of the dataset it belongs to
 class RecommendationEngine:
     """Loads a MovieLens dataset into Spark, fits the models on it plus the posted ratings, publishes them."""
 
-    def __init__(self, sc, dataset: str, model_dir: str | Path | None = None, store: RatingsStore | None = None,
+    def __init__(self, sc, dataset: str, model_dir: str | Path | None = None, store: Store | None = None,
                  params: ModelParams | None = None, scale: Scale | None = None, tune_budget: TuneBudget | None = None,
                  keep_versions: int = 3):
         """``params`` None: the dataset's saved parameters; when it has none and ``tune_budget`` is given,
@@ -50,7 +51,9 @@ class RecommendationEngine:
         self.scale = scale  # None: inferred from the ratings
         self.model_dir = Path(model_dir) if model_dir else default_model_dir(dataset)
         self.versions = ModelVersions(self.model_dir, keep_versions)
-        self.store = store or RatingsStore(self.model_dir / "ratings.db")
+        self.store = store or SQLiteStore(self.model_dir / "ratings.db")
+        self.shared = shared_versions(self.store)  # PostgreSQL: versions go to the database for other hosts
+        self.keep_versions = keep_versions
         saved = None if params is not None else saved_params(self.model_dir)
         self.params = params or saved or ModelParams()
         self.params_source = "given" if params is not None else "saved" if saved is not None else "default"
@@ -193,12 +196,15 @@ class RecommendationEngine:
         meta = {"dataset": self.dataset, "dataset_fingerprint": self.fingerprint, "store_id": self.store.store_id,
                 "seq": seq, "tuned": self.tune_budget is None, "n_ratings": models.meta["n_ratings"],
                 "fit_seconds": models.meta["fit_seconds"]}
-        number = self.versions.publish(models, self.catalogue, histories, meta)
+        number = self.versions.publish(models, self.catalogue, histories, meta,
+                                       after=self.shared.newest() if self.shared else 0)
+        if self.shared:  # API processes on other hosts get it from there (StoreError: no compaction either)
+            self.shared.upload(self.versions, number, self.keep_versions)
         log.info("model version %d published (ratings up to request %d, fit in %.1f s)", number, seq,
                  models.meta["fit_seconds"]["total"])
         try:  # the version is out; a store that cannot compact now (disk full) compacts after the next fit
             self.store.compact(seq)
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             log.warning("ratings store: compaction failed (%s); retried after the next fit", exc)
         return number
 

@@ -72,8 +72,11 @@ class ServingCollector:
         yield fits
         yield GaugeMetricFamily("recommender_trained_ratings", "Ratings the version in service knows, posted "
                                 "ones folded in", value=status["n_ratings"])
-        yield GaugeMetricFamily("recommender_pending_ratings", "Ratings posted since the version in service "
-                                "was trained (folded in, not yet fitted)", value=status["pending_ratings"])
+        if status["pending_ratings"] is not None:  # None: the store is not answering
+            yield GaugeMetricFamily("recommender_pending_ratings", "Ratings posted since the version in service "
+                                    "was trained (folded in, not yet fitted)", value=status["pending_ratings"])
+        yield GaugeMetricFamily("recommender_store_up", "1 when the ratings store answers, 0 when it does not",
+                                value=0 if status["store_error"] else 1)
         live = {name: GaugeMetricFamily(f"recommender_live_{name}", text, labels=["version"]) for name, text in (
             ("rmse", "RMSE of each version's predictions of its last posted ratings, made before they were stored"),
             ("mae", "MAE of the same"), ("ratings", "Posted ratings those figures cover"),

@@ -310,7 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     # Requests run on many threads at once, each with a small matrix-vector product: BLAS's own threads
     # only add wake-up stalls (p99 12 ms against 1.8 ms on ml-latest-small with one BLAS thread).
     threadpool_limits(1, user_api="blas")
-    recommender = Recommender(model_dir).start()
+    from storage.store import StoreError, open_store
+
+    try:
+        store = open_store(args.store, model_dir)
+    except StoreError as exc:
+        if trainer is not None:
+            trainer.stop()
+        return fail(str(exc))
+    recommender = Recommender(model_dir, store).start()
     if isinstance(trainer, TrainerChild):
         trainer.confine_while(lambda: recommender.version is not None)
 

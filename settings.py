@@ -141,8 +141,13 @@ def build_parser() -> Parser:
     p.add("--dataset", env="RECOMMENDER_DATASET", default="datasets/ml-latest-small",
           help="MovieLens folder or URI, for the trainer (env RECOMMENDER_DATASET; default datasets/ml-latest-small)")
     p.add("--model-dir", env="RECOMMENDER_MODEL_DIR",
-          help="the folder every role shares: published model versions, the ratings store, params.json "
-               "(env RECOMMENDER_MODEL_DIR; default models/<dataset name>)")
+          help="the folder every role on a host shares: published model versions, the ratings store (unless "
+               "--store names a database), params.json (env RECOMMENDER_MODEL_DIR; default models/<dataset name>)")
+    p.add("--store", env="RECOMMENDER_STORE",
+          help="where posted ratings, user tokens and the trainer's status live, shared by every role: "
+               "postgresql://USER:PASSWORD@HOST:PORT/DATABASE for API processes on several hosts (model "
+               "versions are published there too; the model folder is then each host's own cache) "
+               "(env RECOMMENDER_STORE; default: SQLite, ratings.db in the model folder)")
     p.add("--host", env="RECOMMENDER_HOST", default="127.0.0.1",
           help="address to bind (env RECOMMENDER_HOST; default 127.0.0.1)")
     p.add("--port", env="RECOMMENDER_PORT", type=whole(0, 65535), default=5432,

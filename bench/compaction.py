@@ -4,7 +4,7 @@
 
 Builds a store holding ``--ratings`` posted ratings (requests of ``--per-request``
 ratings from random users, so many re-rate a movie and are compacted away),
-then measures POSTs (``RatingsStore.append``, one transaction each, fsync'd) in
+then measures POSTs (``SQLiteStore.append``, one transaction each, fsync'd) in
 this process while another process runs ``compact`` on the same file, as the
 trainer does after publishing a version.  Prints one JSON object: the POST
 latency percentiles during compaction and, for comparison, on the quiet store.
@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from storage.ratings import RatingsStore  # noqa: E402
+from storage.sqlite import SQLiteStore  # noqa: E402
 
 
 def build(path: Path, n_ratings: int, per_request: int, seed: int = 1) -> int:
     """A store of ``n_ratings`` posted ratings in requests of ``per_request``; returns the last request."""
-    RatingsStore(path).close()  # the schema and the meta rows
+    SQLiteStore(path).close()  # the schema and the meta rows
     rng = random.Random(seed)
     requests = n_ratings // per_request
     db = sqlite3.connect(path)
@@ -44,7 +44,7 @@ def build(path: Path, n_ratings: int, per_request: int, seed: int = 1) -> int:
 
 
 def compact(path: str, upto: int, started, result) -> None:
-    store = RatingsStore(Path(path))
+    store = SQLiteStore(Path(path))
     started.set()
     start = time.perf_counter()
     deleted = store.compact(upto)
@@ -52,7 +52,7 @@ def compact(path: str, upto: int, started, result) -> None:
     store.close()
 
 
-def posts(store: RatingsStore, rng: random.Random, until) -> list[float]:
+def posts(store: SQLiteStore, rng: random.Random, until) -> list[float]:
     times = []
     while not until():
         ratings = [(rng.randint(1, 9000), rng.randint(1, 10) / 2) for _ in range(3)]
@@ -82,7 +82,7 @@ def main() -> int:
         start = time.perf_counter()
         upto = build(path, args.ratings, args.per_request)
         built = time.perf_counter() - start
-        store = RatingsStore(path)
+        store = SQLiteStore(path)
         rng = random.Random(2)
         deadline = time.perf_counter() + 5
         quiet = posts(store, rng, lambda: time.perf_counter() > deadline)

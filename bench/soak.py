@@ -26,7 +26,7 @@ from pathlib import Path
 from common import DEFAULT_DATASET, Client, start_server, summary, tree_rss_mb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from storage.ratings import RatingsStore  # noqa: E402
+from storage.sqlite import SQLiteStore  # noqa: E402
 
 
 def folder_mb(folder: str) -> float:
@@ -119,7 +119,7 @@ def main() -> int:
         # Every acknowledged (user, movie) must be in the store (compaction drops only ratings a later one
         # replaced), and the service must serve, for every rated (user, movie), the store's newest value
         # (concurrent clients may see their answers in another order than the server applied them).
-        store = RatingsStore(Path(model_dir) / "ratings.db")
+        store = SQLiteStore(Path(model_dir) / "ratings.db")
         entries = store.entries()
         store.close()
         log_entries = len(entries)

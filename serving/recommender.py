@@ -27,7 +27,9 @@ from serving.quality import LiveQuality
 from serving.snapshot import candidates
 from serving.state import Served
 from serving.validation import check_ratings, check_user
-from storage.ratings import RatingsStore, StoreError
+from storage.shipping import shared_versions
+from storage.sqlite import SQLiteStore
+from storage.store import Store, StoreError
 from storage.versions import Lease, ModelVersions
 
 log = logging.getLogger(__name__)
@@ -74,10 +76,11 @@ class Prediction:
 class Recommender:
     """The published version in service plus posted ratings folded in; see the module's docstring."""
 
-    def __init__(self, model_dir: Path, store: RatingsStore | None = None, poll: float = POLL_SECONDS):
+    def __init__(self, model_dir: Path, store: Store | None = None, poll: float = POLL_SECONDS):
         self.model_dir = Path(model_dir)
         self.versions = ModelVersions(self.model_dir)
-        self.store = store or RatingsStore(self.model_dir / "ratings.db")
+        self.store = store or SQLiteStore(self.model_dir / "ratings.db")
+        self.shared = shared_versions(self.store)  # PostgreSQL: versions arrive from the database
         self.poll = poll
         self._served: Served | None = None
         self._lease: Lease | None = None
@@ -88,6 +91,7 @@ class Recommender:
         self.load_error: str | None = None
         self._refused: int | None = None  # a version that failed its checks
         self.quality = LiveQuality()  # how the versions do on the ratings posted here
+        self._store_down = False  # the last read of the store failed (said once in the log)
 
     # --- versions ----------------------------------------------------------------------------
 
@@ -110,6 +114,11 @@ class Recommender:
     def refresh(self) -> bool:
         """Swap in the current version if it is not the one in service; whether it swapped."""
         with self._swap_lock:
+            if self.shared is not None:
+                try:
+                    self.shared.sync(self.versions)
+                except (StoreError, ModelError) as exc:  # serve what is here; the next poll tries again
+                    log.warning("could not copy the store's current model version: %s", exc)
             number = self.versions.current()
             served = self._served
             if number is None or (served is not None and served.number == number) or number == self._refused:
@@ -142,10 +151,16 @@ class Recommender:
         if served is None:
             raise Unavailable(f"no model has been published in {self.versions.root} yet: the trainer is fitting "
                               "the first one" + (f" ({self.load_error})" if self.load_error else ""))
-        if self.store.last_seq > served.synced:
-            with self._sync_lock:
-                served = self._served
-                served.apply(*self.store.changes(served.synced))
+        try:  # one read per request: what any process acknowledged before this request began is in the answer
+            if self.store.last_seq > served.synced:
+                with self._sync_lock:
+                    served = self._served
+                    served.apply(*self.store.changes(served.synced))
+            self._store_down = False
+        except StoreError as exc:  # no process can write either: answer from memory, say so once
+            if not self._store_down:
+                log.warning("%s; answering from memory until it is back", exc)
+            self._store_down = True
         return served
 
     @property
@@ -277,20 +292,25 @@ class Recommender:
     def status(self) -> dict:
         """What /health reports: the version in service, what it has not seen, and the trainer's state."""
         served = self.current()
-        pending = self.store.ratings_after(served.seq)
-        trainer = self.store.trainer_status() or {}
+        try:
+            pending = self.store.ratings_after(served.seq)
+            trainer = self.store.trainer_status() or {}
+            first = self.store.first_time_after(served.seq) if pending else None
+            store_error = None
+        except StoreError as exc:  # still serving from memory: say what is unknown, and why
+            pending, trainer, first, store_error = None, {}, None, str(exc)
         policy = trainer.get("policy") or {}
         due: dict = {"ratings_to_go": None, "at": None}
-        if policy.get("after_ratings"):
+        if policy.get("after_ratings") and pending is not None:
             due["ratings_to_go"] = max(0, int(policy["after_ratings"]) - pending)
-        first = self.store.first_time_after(served.seq) if pending else None
         if first is not None and policy.get("interval_seconds"):
             due["at"] = _iso(first + float(policy["interval_seconds"]))
         state = trainer.get("state", "unknown")
         if trainer.get("heartbeat") and state not in ("stopped",) and \
                 time.time() - float(trainer["heartbeat"]) > 3 * float(trainer.get("heartbeat_seconds", 10)):
             state = "not running"  # no heartbeat: the trainer died without saying so
-        return {"status": "ok", "model_version": served.number, "trained_at": served.snapshot.trained_at,
+        return {"status": "ok" if store_error is None else "degraded", "store_error": store_error,
+                "model_version": served.number, "trained_at": served.snapshot.trained_at,
                 "trained_on_request": served.seq, "n_ratings": int(served.counts.sum()), "pending_ratings": pending,
                 "training": state in ("fitting", "tuning"),
                 "trainer": {"state": state, "pid": trainer.get("pid"), "last_fit": trainer.get("last_fit"),

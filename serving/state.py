@@ -9,7 +9,7 @@ import numpy as np
 from serving.errors import InputError, NotFound
 from serving.snapshot import Snapshot
 from storage.catalogue import NO_RATINGS, UserRatings
-from storage.ratings import Changes
+from storage.store import Changes
 from storage.versions import Version
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """What the operators' status page shows (/status.json; /status draws it): the version in service and the
-published ones with their fits, offline validation figures and live figures, and the store's size."""
+published ones with their fits, offline validation figures and live figures, and the store's kind, place and size."""
 
 from __future__ import annotations
 
@@ -27,7 +27,5 @@ def operator_status(recommender) -> dict:
                                              "seconds", "n_valid", "time_cap_hit")}
     except (OSError, ValueError):
         pass
-    store = recommender.store.path
-    size = sum(p.stat().st_size for p in (store, store.with_name(store.name + "-wal")) if p.exists())
     return {"serving": health, "versions": versions, "validation": tuning,
-            "store": {"path": str(store), "bytes": size, "last_request": recommender.store.last_seq}}
+            "store": {**recommender.store.describe(), "last_request": recommender.store.last_seq}}

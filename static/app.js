@@ -205,8 +205,8 @@ async function loadRecommendations(event) {
 async function loadStatus() {
   const health = await api("GET", "/health");
   const when = health.trained_at.replace("T", " ").replace("Z", " UTC");
-  const waiting = health.pending_ratings
-    ? `${plural(health.pending_ratings, "new rating")} wait for the next retrain`
+  const waiting = health.store_error ? "ratings cannot be saved right now (the store is not answering)"
+    : health.pending_ratings ? `${plural(health.pending_ratings, "new rating")} wait for the next retrain`
     : "every rating is in the model";
   $("status").textContent =
     `Model version ${health.model_version}, trained ${when}; ${waiting}` +

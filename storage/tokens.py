@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 import time
-from pathlib import Path
 
-from storage.ratings import connect
+from storage.store import Store
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS user_tokens (
-    user INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE, issued REAL NOT NULL)
-"""
 PREFIX = "u1."  # marks a user token (the admin token is whatever the operator chose)
 
 
@@ -31,35 +25,29 @@ def digest(token: str) -> bytes:
 
 
 class UserTokens:
-    """Per-user tokens in the SQLite database at ``path`` (the ratings store's)."""
+    """Per-user tokens in the ratings store's ``user_tokens`` table (SQLite or PostgreSQL)."""
 
-    def __init__(self, path: Path):
-        self._db = connect(path)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute(SCHEMA)
+    def __init__(self, store: Store):
+        self._store = store
 
     def issue(self, user: int) -> str:
         """A new token for ``user``, replacing any earlier one; the only time it is seen in clear."""
         token = PREFIX + secrets.token_urlsafe(32)
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR REPLACE INTO user_tokens VALUES (?, ?, ?)", (user, digest(token), time.time()))
+        with self._store.writing() as db:
+            db.execute('INSERT INTO user_tokens ("user", hash, issued) VALUES (?, ?, ?) ON CONFLICT ("user") '
+                       "DO UPDATE SET hash = excluded.hash, issued = excluded.issued",
+                       (user, digest(token), time.time()))
         return token
 
     def revoke(self, user: int) -> bool:
         """Remove ``user``'s token; whether there was one."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            return self._db.execute("DELETE FROM user_tokens WHERE user = ?", (user,)).rowcount > 0
+        with self._store.writing() as db:
+            return db.execute('DELETE FROM user_tokens WHERE "user" = ?', (user,)).rowcount > 0
 
     def owner(self, token: str) -> int | None:
         """The user a token belongs to, or None."""
         if not token.startswith(PREFIX):
             return None
-        with self._lock:
-            row = self._db.execute("SELECT user FROM user_tokens WHERE hash = ?", (digest(token),)).fetchone()
+        with self._store.reading() as db:
+            row = db.execute('SELECT "user" FROM user_tokens WHERE hash = ?', (digest(token),)).fetchone()
         return row[0] if row else None
-
-    def close(self) -> None:
-        self._db.close()

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,10 +129,12 @@ class ModelVersions:
 
     # --- publishing (the trainer) ------------------------------------------------------------
 
-    def publish(self, models: Models, catalogue: Catalogue, histories: Histories, meta: dict) -> int:
-        """Write a new version and switch CURRENT to it; return its number."""
+    def publish(self, models: Models, catalogue: Catalogue, histories: Histories, meta: dict,
+                after: int = 0) -> int:
+        """Write a new version and switch CURRENT to it; return its number (above ``after`` too: the
+        newest a shared store holds, when this folder is one host's copy)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        number = max([0, self.current() or 0, *self.numbers()]) + 1
+        number = max([after, self.current() or 0, *self.numbers()]) + 1
         tmp = self.root / f".publishing-v{number:06d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -149,13 +152,53 @@ class ModelVersions:
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
                 "files": {name: sha256(tmp / name) for name in [*(f"{a}.npy" for a in arrays), "catalogue.json"]}}
         write_file(tmp / "version.json", (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
-        fsync_dir(tmp)
-        os.rename(tmp, self.path(number))
-        fsync_dir(self.root)
-        replace_durably(self.root / "CURRENT", f"{number}\n".encode())
+        self._commit(tmp, number)
         models.meta = full
-        self.prune()
         return number
+
+    def _commit(self, tmp: Path, number: int) -> None:
+        """Rename a complete version folder into place and name it in CURRENT (unless a newer one is
+        there already), then prune; under a lock, as the API processes of a host may install at once."""
+        fsync_dir(tmp)
+        with open(self.root / "install.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path(number).exists():  # another process of this host installed it first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.rename(tmp, self.path(number))
+                fsync_dir(self.root)
+            if (self.current() or 0) < number:
+                replace_durably(self.root / "CURRENT", f"{number}\n".encode())
+        self.prune()
+
+    def install(self, number: int, files: dict[str, Iterator[bytes]]) -> None:
+        """Put a version published elsewhere (its files, streamed: ``version.json`` and those it names)
+        into this folder and switch to it, as :meth:`publish` does; raises ModelError when a file does
+        not match its checksum or is missing."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".publishing-v{number:06d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            for name, chunks in files.items():
+                if "/" in name or name.startswith("."):
+                    raise ModelError(f"model version {number} names a file {name!r} outside its folder")
+                with open(tmp / name, "wb") as fh:
+                    for chunk in chunks:
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            meta = json.loads((tmp / "version.json").read_text())
+            for name, digest in meta["files"].items():
+                if not (tmp / name).exists() or sha256(tmp / name) != digest:
+                    raise ModelError(f"model version {number}'s {name} does not match its checksum")
+        except (OSError, ValueError, KeyError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelError(f"could not install model version {number}: {exc}") from exc
+        except ModelError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._commit(tmp, number)
 
     def prune(self) -> list[int]:
         """Remove versions beyond the newest ``keep`` that are not current and that no process holds."""

@@ -61,6 +61,16 @@ def sc(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for this test session (tests/pgserver.py); each test makes its own database."""
+    from pgserver import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
 def csv_fixture(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("csv") / "ml-fixture", "csv")
 

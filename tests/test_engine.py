@@ -175,14 +175,14 @@ def test_the_published_version_carries_what_an_api_process_needs(real_model, rea
 def test_a_compaction_that_fails_after_a_fit_leaves_the_new_version_in_service(make_engine, csv_fixture,
                                                                                monkeypatch, caplog):
     """Disk full after a fit: the version is out, so the failure is one warning and the next fit compacts."""
-    import sqlite3
+    from storage.store import StoreError
 
     engine = make_engine(csv_fixture.path)
     engine.store.append(6700, [(1, 4.0)])
     engine.store.append(6700, [(1, 2.0)])  # replaces the first: compaction has a row to delete
 
-    def full(upto):
-        raise sqlite3.OperationalError("database or disk is full")
+    def full(upto):  # what the store raises for any database error
+        raise StoreError("database or disk is full")
 
     monkeypatch.setattr(engine.store, "compact", full)
     with caplog.at_level("INFO"):

@@ -319,7 +319,7 @@ def test_metrics_count_requests_ratings_and_store_errors_and_describe_the_versio
     version in service as the recommender sees it when scraped."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from storage.ratings import StoreError
+    from storage.store import StoreError
 
     server = live()
     for _ in range(2):

@@ -19,7 +19,7 @@ from conftest import ROOT
 from processes import request, until
 
 from server import descendants
-from storage.ratings import RatingsStore
+from storage.sqlite import SQLiteStore
 
 ON_REQUEST_ONLY = ("--retrain-after", "0", "--retrain-interval", "0")  # the trainer fits when asked, not by policy
 
@@ -83,7 +83,7 @@ def test_two_api_processes_and_a_trainer_share_one_folder(servers, csv_fixture, 
     for t in threads:
         t.join()
     assert failures == [] and sum(acknowledged.values()) == 8 * 24
-    store = RatingsStore(folder / "ratings.db")
+    store = SQLiteStore(folder / "ratings.db")
     entries = [e for e in store.entries() if e.user >= 6300]
     store.close()
     assert Counter(e.user for e in entries) == acknowledged

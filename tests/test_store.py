@@ -1,59 +1,33 @@
-"""The ratings store: whole requests or nothing, through failed commits, torn writes and crashes."""
+"""The SQLite store on disk: whole requests or nothing, through full disks, torn writes and crashes (what every
+store promises is in test_store_contract.py, on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import sqlite3
 import stat
 import zlib
-from collections import Counter
 
 import pytest
 
-from storage.ratings import RatingsStore, StoreError
+from storage.sqlite import SQLiteStore
+from storage.store import StoreError
 
 
-def _posted(store: RatingsStore, user: int) -> list[tuple[int, float]]:
+def _posted(store: SQLiteStore, user: int) -> list[tuple[int, float]]:
     """The user's newest rating of each movie, by movie id, as a reader folding in everything sees it."""
     return sorted(store.changes(0)[1].get(user, {}).items())
 
 
-def _pairs(store: RatingsStore):
+def _pairs(store: SQLiteStore):
     return [(e.seq, e.user, e.ratings) for e in store.entries()]
 
 
-def test_requests_are_read_back_newest_rating_first(tmp_path):
-    store = RatingsStore(tmp_path / "ratings.db")
-    store.append(1, [(10, 4.0), (11, 2.0)])
-    store.append(2, [(10, 3.5)])
-    store.append(1, [(10, 1.0)])
-    assert store.last_seq == 3
-    assert _posted(store, 1) == [(10, 1.0), (11, 2.0)] and _posted(store, 3) == []
-    assert list(store.latest(2)) == [(1, [(10, 4.0), (11, 2.0)], 1), (2, [(10, 3.5)], 2)]
-    assert list(store.latest(3))[0] == (1, [(10, 1.0), (11, 2.0)], 3)
-    assert store.ratings_after(1) == 2 and store.ratings_after(3) == 0
+def test_the_file_is_its_owners_only_and_a_full_disk_stores_nothing(tmp_path):
+    store = SQLiteStore(tmp_path / "ratings.db")
     assert stat.S_IMODE((tmp_path / "ratings.db").stat().st_mode) == 0o600
-    store.close()
-    reopened = RatingsStore(tmp_path / "ratings.db")
-    assert reopened.last_seq == 3 and _pairs(reopened)[0] == (1, 1, ((10, 4.0), (11, 2.0)))
-
-
-def test_compaction_drops_only_replaced_ratings_the_model_was_trained_past(tmp_path):
-    store = RatingsStore(tmp_path / "ratings.db")
-    store.append(1, [(10, 4.0), (11, 2.0)])
-    store.append(1, [(10, 1.0)])  # replaces (1, 10)
-    store.append(1, [(11, 5.0)])  # replaces (1, 11), after the trained request
-    assert store.compact(2) == 1  # only (1, 10) of request 1: request 3 is newer than the model
-    assert _pairs(store) == [(1, 1, ((11, 2.0),)), (2, 1, ((10, 1.0),)), (3, 1, ((11, 5.0),))]
-    assert _posted(store, 1) == [(10, 1.0), (11, 5.0)]
-    assert store.compact(3) == 1 and _posted(store, 1) == [(10, 1.0), (11, 5.0)]
-
-
-def test_a_failed_commit_stores_nothing_and_the_store_goes_on(tmp_path):
-    store = RatingsStore(tmp_path / "ratings.db")
     store.append(1, [(10, 4.0)])
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count={pages}")  # the disk is full
@@ -63,11 +37,11 @@ def test_a_failed_commit_stores_nothing_and_the_store_goes_on(tmp_path):
     store._db.execute("PRAGMA max_page_count=1073741823")
     assert store.append(3, [(30, 2.5)]).seq == 2  # no gap, nothing half-stored
     store.close()
-    assert _pairs(RatingsStore(tmp_path / "ratings.db")) == [(1, 1, ((10, 4.0),)), (2, 3, ((30, 2.5),))]
+    assert _pairs(SQLiteStore(tmp_path / "ratings.db")) == [(1, 1, ((10, 4.0),)), (2, 3, ((30, 2.5),))]
 
 
 def test_a_torn_last_write_loses_that_request_whole_and_nothing_before(tmp_path):
-    store = RatingsStore(tmp_path / "live" / "ratings.db")
+    store = SQLiteStore(tmp_path / "live" / "ratings.db")
     store.append(1, [(10, 4.0)])
     store.append(2, [(20, 3.5), (21, 1.0)])
     wal = tmp_path / "live" / "ratings.db-wal"
@@ -79,7 +53,7 @@ def test_a_torn_last_write_loses_that_request_whole_and_nothing_before(tmp_path)
     torn = wal.read_bytes()[: size_before_third + (wal.stat().st_size - size_before_third) // 2]
     (tmp_path / "crash" / "ratings.db-wal").write_bytes(torn)
     store.close()
-    recovered = RatingsStore(tmp_path / "crash" / "ratings.db")
+    recovered = SQLiteStore(tmp_path / "crash" / "ratings.db")
     assert _pairs(recovered) == [(1, 1, ((10, 4.0),)), (2, 2, ((20, 3.5), (21, 1.0)))]
     assert recovered.append(4, [(40, 2.0)]).seq == 3
 
@@ -94,7 +68,7 @@ def test_commits_are_fsynced_and_the_new_store_is_in_its_folder_for_good(tmp_pat
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    store = RatingsStore(tmp_path / "fresh" / "ratings.db")
+    store = SQLiteStore(tmp_path / "fresh" / "ratings.db")
     assert str(tmp_path / "fresh") in synced_dirs  # a fresh folder's first acknowledged rating survives
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: the WAL is fsync'd per commit
@@ -111,59 +85,14 @@ def test_an_old_ratings_log_is_imported_once_losing_nothing(tmp_path):
     old = tmp_path / "ratings.log"
     old.write_bytes(_old_line(1, 5, [[1, 4]]) + _old_line(2, 6, [[2, 3.5], [3, 1.0]]) + _old_line(3, 5, [[1, 2.0]])
                     + b'1f2e3d4c {"seq":4,"user":7,"ratin')  # a torn last line was never acknowledged
-    store = RatingsStore(tmp_path / "ratings.db")
+    store = SQLiteStore(tmp_path / "ratings.db")
     assert _pairs(store) == [(1, 5, ((1, 4.0),)), (2, 6, ((2, 3.5), (3, 1.0))), (3, 5, ((1, 2.0),))]
     assert _posted(store, 5) == [(1, 2.0)] and store.last_seq == 3
     assert not old.exists() and (tmp_path / "ratings.log.migrated").exists()
     store.close()
     old.write_bytes((tmp_path / "ratings.log.migrated").read_bytes())  # a crash before the rename
-    again = RatingsStore(tmp_path / "ratings.db")
+    again = SQLiteStore(tmp_path / "ratings.db")
     assert len(again.entries()) == 3 and not old.exists()
-
-
-def test_changes_after_a_request_are_the_newest_rating_of_each_user_and_movie(tmp_path):
-    store = RatingsStore(tmp_path / "ratings.db")
-    store.append(1, [(10, 4.0), (11, 2.0)])
-    store.append(2, [(10, 3.5)])
-    store.append(1, [(10, 1.0)])
-    assert store.changes(0) == (3, {1: {10: 1.0, 11: 2.0}, 2: {10: 3.5}})
-    assert store.changes(2) == (3, {1: {10: 1.0}})
-    assert store.changes(3) == (3, {})
-    assert store.first_time_after(3) is None and store.first_time_after(2) == store.entries()[-1].time
-
-
-def _append_many(path: str, user: int, count: int, ready, go) -> None:
-    store = RatingsStore(path)
-    ready.set()
-    go.wait(30)
-    for k in range(count):
-        store.append(user, [(k % 7, 0.5 + k % 10 / 2)])
-    store.close()
-
-
-def test_two_processes_appending_at_once_get_distinct_request_numbers(tmp_path):
-    """Request numbers come from the database inside the write transaction, not from a process's memory."""
-    path = str(tmp_path / "ratings.db")
-    RatingsStore(path).close()
-    ctx = multiprocessing.get_context("spawn")
-    go = ctx.Event()
-    readies = [ctx.Event() for _ in range(2)]
-    procs = [ctx.Process(target=_append_many, args=(path, user, 150, ready, go))
-             for user, ready in zip((1, 2), readies)]
-    for proc in procs:
-        proc.start()
-    for ready in readies:
-        assert ready.wait(60)
-    go.set()  # both write at once
-    for proc in procs:
-        proc.join(120)
-        assert proc.exitcode == 0
-    store = RatingsStore(path)
-    entries = store.entries()
-    assert [e.seq for e in entries] == list(range(1, 301)) and store.last_seq == 300
-    assert Counter(e.user for e in entries) == {1: 150, 2: 150}
-    # Both opened the store before either wrote: numbering from a process's own memory would have given
-    # both processes request 1 (a UNIQUE failure, a non-zero exit above), interleaved or not.
 
 
 def test_a_store_from_before_request_numbers_in_meta_continues_its_numbering(tmp_path):
@@ -174,6 +103,6 @@ def test_a_store_from_before_request_numbers_in_meta_continues_its_numbering(tmp
                      "INSERT INTO ratings VALUES (41, 5, 1, 4.0, 1.0), (42, 5, 2, 3.0, 2.0);"
                      "INSERT INTO meta VALUES ('store_id', 'old'), ('trained_seq', '41');")
     db.close()
-    store = RatingsStore(tmp_path / "ratings.db")
+    store = SQLiteStore(tmp_path / "ratings.db")
     assert store.last_seq == 42 and store.store_id == "old"
     assert store.append(6, [(3, 2.5)]).seq == 43

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from spark.training import Cancelled
-from storage.ratings import RatingsStore
+from storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ TUNE = "tune"  # what _due says when the parameters are to be tuned
 class Engine(Protocol):
     """What the loop drives: engine.py's RecommendationEngine (the loop sits above it and does not import it)."""
 
-    store: RatingsStore
+    store: Store
     model_dir: Path
     tune_budget: object | None  # a model.TuneBudget while the parameters are to be tuned
     params_source: str
@@ -88,9 +88,11 @@ class TrainerLock:
     """An exclusive ``flock`` on ``trainer.lock`` in the model folder, held for the trainer's life (the
     kernel drops it when the process dies, however it dies)."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, store: Store | None = None):
         self.path = Path(model_dir) / "trainer.lock"
+        self.store = store
         self._fd: int | None = None
+        self._release_store = None
 
     def acquire(self) -> TrainerLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,12 +104,21 @@ class TrainerLock:
             os.close(fd)
             raise TrainerBusy(f"another trainer ({holder}) already trains in {self.path.parent}; "
                               "run one trainer per model folder") from None
+        if self.store is not None:  # a database store is shared by hosts: one trainer across all of them
+            self._release_store = self.store.trainer_lock()
+            if self._release_store is None:
+                os.close(fd)
+                raise TrainerBusy(f"another trainer already trains on the store {self.store.describe()['where']}; "
+                                  "run one trainer per store")
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}\n".encode())
         self._fd = fd
         return self
 
     def release(self) -> None:
+        if self._release_store is not None:
+            self._release_store()
+            self._release_store = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

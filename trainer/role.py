@@ -50,6 +50,7 @@ class TrainerRole:
         self.args = args
         self.model_dir = model_dir
         self.lock = None
+        self.store = None
         self.sc = None
         self.engine = None
         self.trainer = None
@@ -59,17 +60,24 @@ class TrainerRole:
         self._closed = False
 
     def start(self) -> TrainerRole:
+        from storage.store import StoreError, open_store
         from trainer.loop import TrainerBusy, TrainerLock
 
         precheck(self.args, self.model_dir)
         try:
-            self.lock = TrainerLock(self.model_dir).acquire()
-        except TrainerBusy as exc:
+            self.store = open_store(self.args.store, self.model_dir)
+        except StoreError as exc:
+            raise SetupError(str(exc)) from None
+        try:
+            self.lock = TrainerLock(self.model_dir, self.store).acquire()
+        except (TrainerBusy, StoreError) as exc:
+            self.store.close()
             raise SetupError(str(exc)) from None
         try:
             self._start_spark()
         except BaseException:
             self.lock.release()
+            self.store.close()
             raise
         return self
 
@@ -87,8 +95,8 @@ class TrainerRole:
             raise SetupError(str(exc)) from None
         budget = None if args.no_tune else TuneBudget(args.tune_fits, args.tune_time_cap)
         try:
-            self.engine = RecommendationEngine(self.sc, args.dataset, self.model_dir, scale=args.scale,
-                                               tune_budget=budget,
+            self.engine = RecommendationEngine(self.sc, args.dataset, self.model_dir, store=self.store,
+                                               scale=args.scale, tune_budget=budget,
                                                keep_versions=args.keep_versions)
         except movielens.DatasetError as exc:
             self.sc.stop()
@@ -121,7 +129,9 @@ class TrainerRole:
             if self._thread.is_alive():
                 log.warning("the trainer did not stop within %.0f s; leaving it", timeout)
         if self.engine is not None:
-            self.engine.close()
+            self.engine.close()  # and its store
+        elif self.store is not None:
+            self.store.close()
         if self.sc is not None:
             try:
                 self.sc.stop()

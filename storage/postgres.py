@@ -1,0 +1,161 @@
+"""The ratings store in PostgreSQL (``--store postgresql://...``): one store for API processes on many hosts.
+
+The same tables as SQLite's (see :mod:`storage.store` for the promises), plus
+the published model versions (:mod:`storage.shipping`), so that API processes
+on other hosts load models without a shared disk.  Connections come from a
+psycopg pool.  Writers order themselves on the ``last_seq`` row: ``UPDATE``
+locks it until COMMIT, so request numbers grow in commit order across hosts,
+and a POST is acknowledged only after its COMMIT returned (``synchronous_commit``
+as the server has it: on, by default, which waits for the WAL flush).
+
+When the server goes away, a write fails at once with StoreError (a 503 for
+the caller, nothing stored: the transaction never committed) and reads fail
+the same way, so the API answers GETs from memory; the pool reconnects by
+itself when the server is back.  For a second after a failure the store does
+not wait for connections: requests in that window fail fast rather than each
+waiting for the pool's timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from storage.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ratings (
+    seq BIGINT NOT NULL, "user" BIGINT NOT NULL, movie BIGINT NOT NULL, rating DOUBLE PRECISION NOT NULL,
+    time DOUBLE PRECISION NOT NULL, PRIMARY KEY (seq, movie));
+CREATE INDEX IF NOT EXISTS ratings_by_user ON ratings ("user", movie, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS user_tokens (
+    "user" BIGINT PRIMARY KEY, hash BYTEA NOT NULL UNIQUE, issued DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS model_versions (
+    number INTEGER PRIMARY KEY, meta TEXT NOT NULL, created DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS model_files (
+    number INTEGER NOT NULL REFERENCES model_versions ON DELETE CASCADE, name TEXT NOT NULL, part INTEGER NOT NULL,
+    data BYTEA NOT NULL, PRIMARY KEY (number, name, part));
+"""
+SCHEMA_LOCK = 4_242_001  # an advisory lock: processes starting at once create the tables one at a time
+TRAINER_LOCK = 4_242_002  # an advisory lock: one trainer per store, whatever its host
+CONNECT_TIMEOUT = 5  # seconds to open a connection (a server that does not answer)
+WAIT_TIMEOUT = 3.0  # seconds a request waits for a pooled connection
+FAIL_FAST = 1.0  # seconds after a failure during which requests fail without waiting
+ERRORS = (psycopg.Error, PoolTimeout)
+
+
+class _Cursor:
+    """psycopg's connection behind the shared SQL's ``?`` placeholders."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self._conn = conn
+
+    def execute(self, sql: str, params: tuple | list = ()):
+        return self._conn.execute(sql.replace("?", "%s"), params)
+
+    def executemany(self, sql: str, rows: list):
+        cur = self._conn.cursor()
+        cur.executemany(sql.replace("?", "%s"), rows)
+        return cur
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and the status page."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=re.sub(r":[^:@]*$", ":***", netloc[0]) + "@" + netloc[1]))
+
+
+class PostgresStore(Store):
+    """The store on a PostgreSQL server; see the module's docstring."""
+
+    kind = "postgresql"
+    lock_row = " FOR UPDATE"
+
+    def __init__(self, url: str, max_connections: int = 8):
+        self.url = url
+        self.where = redact(url)
+        try:  # a bad URL, a wrong password or no server: one clear line, before anything starts
+            psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT).close()
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"cannot open the PostgreSQL store {self.where}: {reason}") from None
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=True, timeout=WAIT_TIMEOUT,
+                                    kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                                    reconnect_timeout=0, name="ratings-store")
+        self._failed_at = 0.0
+        self._state = threading.Lock()
+        with self.writing() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            for statement in SCHEMA.strip().split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT INTO meta VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING", (uuid.uuid4().hex,))
+            db.execute("INSERT INTO meta VALUES ('last_seq', '0') ON CONFLICT (key) DO NOTHING")
+        self.store_id = self.get_meta("store_id")
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        if time.monotonic() - self._failed_at < FAIL_FAST:
+            raise StoreError(f"the PostgreSQL store {self.where} is not answering (it failed under a second ago)")
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except StoreError:
+            raise
+        except ERRORS as exc:
+            if isinstance(exc, (psycopg.OperationalError, PoolTimeout)):
+                self._failed_at = time.monotonic()
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"the PostgreSQL store {self.where} failed: {reason}") from exc
+
+    @contextmanager
+    def writing(self) -> Iterator[_Cursor]:
+        """A transaction on a pooled connection: COMMIT when the block ends, ROLLBACK on any error.  A
+        connection that broke is thrown away by the pool, and the next request gets a fresh one."""
+        with self._connection() as conn, conn.transaction():
+            yield _Cursor(conn)
+
+    @contextmanager
+    def reading(self) -> Iterator[_Cursor]:
+        """A pooled connection in autocommit: each statement reads one snapshot."""
+        with self._connection() as conn:
+            yield _Cursor(conn)
+
+    def trainer_lock(self) -> Callable[[], None] | None:
+        """A session advisory lock on a connection of its own, held while the trainer lives (the server
+        drops it when that connection ends, however the trainer ends)."""
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            if conn.execute("SELECT pg_try_advisory_lock(%s)", (TRAINER_LOCK,)).fetchone()[0]:
+                return conn.close
+            conn.close()
+            return None
+        except psycopg.Error as exc:
+            raise StoreError(f"the PostgreSQL store {self.where} failed: {exc}") from exc
+
+    def _after_compaction(self) -> None:
+        """Nothing to do: PostgreSQL's autovacuum reclaims the deleted rows' space."""
+        return None
+
+    def describe(self) -> dict:
+        with self.reading() as db:
+            size = db.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        return {"kind": self.kind, "where": self.where, "bytes": int(size)}
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,267 @@
+"""The ratings store's one interface, whatever database holds it: posted ratings, shared settings, user tokens.
+
+Two backends implement it: :mod:`storage.sqlite` (a file in the model folder,
+the default: every process on one host) and :mod:`storage.postgres` (a
+PostgreSQL server: API processes and a trainer on several hosts).  Both keep the
+same promises, which ``tests/test_store_contract.py`` checks on each:
+
+* one transaction per request, acknowledged only once it is committed; a
+  request that fails leaves nothing behind and takes no request number;
+* request numbers come from the database inside the writing transaction (the
+  ``last_seq`` row, updated first, so its row lock orders the writers): they
+  never collide and grow in commit order, so a reader that has seen request N
+  has seen every request before it (what lets API processes fold in each
+  other's writes: each asks for the rows after the last request it has seen);
+* a later rating of the same user and movie wins;
+* compaction deletes replaced rows in short transactions.
+
+The SQL below is shared: ``?`` placeholders (the PostgreSQL backend turns them
+into its own) and ``"user"`` quoted, as PostgreSQL reserves the word.  A backend
+supplies a write transaction, a read cursor and its own schema.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRAINER_STATUS, RETRAIN_REQUESTED = "trainer", "retrain_requested"  # meta keys
+COMPACT_BATCH = 500  # replaced rows one compaction transaction deletes (by key: a few ms at most)
+
+NEXT_SEQ = ("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) WHERE key = 'last_seq' "
+            "RETURNING value")
+PUT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+# The newest rating of each (user, movie) with seq <= ?: what users have posted, as of a request.
+LATEST = """
+SELECT "user", movie, rating, seq FROM ratings AS r WHERE seq <= ? AND NOT EXISTS (
+    SELECT 1 FROM ratings AS n WHERE n."user" = r."user" AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= ?)
+ORDER BY "user", movie
+"""
+REPLACED = """
+SELECT seq, movie FROM ratings AS r WHERE seq <= ? AND EXISTS (
+    SELECT 1 FROM ratings AS n WHERE n."user" = r."user" AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= ?)
+"""
+# Every rating after a request and the last request they include, in one statement (one snapshot: nothing
+# committed in between is half-seen).
+CHANGES = """
+SELECT m.upto, r."user", r.movie, r.rating FROM (
+    SELECT CAST(value AS BIGINT) AS upto FROM meta WHERE key = 'last_seq') AS m
+LEFT JOIN ratings AS r ON r.seq > ? AND r.seq <= m.upto ORDER BY r.seq
+"""
+
+
+class StoreError(RuntimeError):
+    """The store could not take or answer a request (disk full, database down); nothing of it was stored."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One acknowledged request: a user's ratings as (movie, rating) pairs."""
+
+    seq: int
+    user: int
+    ratings: tuple[tuple[int, float], ...]
+    time: float
+
+
+Changes = dict[int, dict[int, float]]  # user -> movie -> newest rating
+
+
+class Cursor:
+    """What the shared SQL runs on: ``execute`` and ``executemany`` returning an object with ``fetchone``,
+    ``fetchall`` and ``rowcount`` (a sqlite3 connection as it is; psycopg's wrapped)."""
+
+    def execute(self, sql: str, params: tuple | list = ()) -> Any: ...
+
+    def executemany(self, sql: str, rows: list) -> Any: ...
+
+
+class Store(ABC):
+    """Posted ratings and shared settings; :meth:`append` returns only once the request is committed."""
+
+    kind: str  # "sqlite" or "postgresql"
+    store_id: str
+    compact_pause = 0.0  # seconds between compaction transactions (SQLite's writers wait in a busy handler)
+    lock_row = ""  # appended to a SELECT that must hold its row for the transaction (PostgreSQL: FOR UPDATE)
+
+    # --- what a backend supplies ------------------------------------------------------------
+
+    @abstractmethod
+    def writing(self) -> AbstractContextManager[Cursor]:
+        """One write transaction: committed when the block ends, rolled back (StoreError) on any error."""
+
+    @abstractmethod
+    def reading(self) -> AbstractContextManager[Cursor]:
+        """A cursor for reads (StoreError when the database cannot answer)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """Where the store is and how big, for the status page (no password)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def trainer_lock(self) -> Callable[[], None] | None:
+        """Hold the store's trainer lock for this process: its release, or None when another trainer has it.
+        A file store's hosts share the model folder, whose ``trainer.lock`` is enough."""
+        return lambda: None
+
+    @abstractmethod
+    def _after_compaction(self) -> None:
+        """A backend's tidying once a compaction is over."""
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def append(self, user: int, ratings: list[tuple[int, float]]) -> Entry:
+        """Store one request in one transaction; the caller may acknowledge once this returns.
+
+        Raises StoreError, with nothing stored, when the commit fails.
+        """
+        now = time.time()
+        with self.writing() as db:
+            seq = int(db.execute(NEXT_SEQ).fetchone()[0])
+            db.executemany('INSERT INTO ratings (seq, "user", movie, rating, time) VALUES (?, ?, ?, ?, ?)',
+                           [(seq, user, m, r, now) for m, r in ratings])
+        return Entry(seq, user, tuple(ratings), now)
+
+    def put_meta(self, key: str, value: str) -> None:
+        """Set one shared setting (the trainer's status, a retrain request)."""
+        with self.writing() as db:
+            db.execute(PUT_META, (key, value))
+
+    def new_user(self, floor: int, taken: Callable[[int], bool]) -> int:
+        """A user id no one has: at least ``floor``, above every id handed out before by any process, with
+        no stored rating, and not ``taken(id)`` (ratings the caller knows of)."""
+        with self.writing() as db:
+            db.execute("INSERT INTO meta VALUES ('next_user', '0') ON CONFLICT (key) DO NOTHING")
+            row = db.execute("SELECT value FROM meta WHERE key = 'next_user'" + self.lock_row).fetchone()
+            user = max(floor, int(row[0]))
+            while taken(user) or db.execute('SELECT 1 FROM ratings WHERE "user" = ? LIMIT 1', (user,)).fetchone():
+                user += 1
+            db.execute(PUT_META, ("next_user", str(user + 1)))
+        return user
+
+    def request_retrain(self) -> float:
+        """Ask the trainer for a fit now (an operator's or a test's request); returns the request's time."""
+        now = time.time()
+        self.put_meta(RETRAIN_REQUESTED, repr(now))
+        return now
+
+    def set_trainer_status(self, status: dict) -> None:
+        """The trainer's state, policy and last fit, for every API process's /health."""
+        self.put_meta(TRAINER_STATUS, json.dumps(status, sort_keys=True))
+
+    def compact(self, upto: int) -> int:
+        """Delete ratings that a later rating of the same user and movie, up to request ``upto``, replaced.
+
+        The replaced rows are found with a plain read, which takes no lock (a row
+        replaced as of ``upto`` stays replaced: the newest one never goes), then
+        deleted by key in transactions of COMPACT_BATCH rows, so a POST waits a few
+        milliseconds at most.  Returns the number of rows deleted; :meth:`latest`
+        as of ``upto`` or later does not change.
+        """
+        with self.reading() as db:
+            keys = [tuple(k) for k in db.execute(REPLACED, (upto, upto)).fetchall()]
+        deleted = 0
+        for start in range(0, len(keys), COMPACT_BATCH):
+            with self.writing() as db:
+                deleted += db.executemany("DELETE FROM ratings WHERE seq = ? AND movie = ?",
+                                          keys[start:start + COMPACT_BATCH]).rowcount
+            if self.compact_pause:
+                time.sleep(self.compact_pause)
+        self._after_compaction()
+        if deleted:
+            log.info("ratings store: %d replaced rating(s) compacted", deleted)
+        return deleted
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self.reading() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def retrain_requested(self) -> float | None:
+        """When a fit was last asked for (Unix time), or None."""
+        value = self.get_meta(RETRAIN_REQUESTED)
+        return float(value) if value else None
+
+    def trainer_status(self) -> dict | None:
+        value = self.get_meta(TRAINER_STATUS)
+        return json.loads(value) if value else None
+
+    @property
+    def last_seq(self) -> int:
+        """The last acknowledged request, by any process."""
+        return int(self.get_meta("last_seq") or 0)
+
+    def changes(self, after: int) -> tuple[int, Changes]:
+        """Every rating posted after request ``after``, newest per user and movie, and the last request
+        they include."""
+        with self.reading() as db:
+            rows = db.execute(CHANGES, (after,)).fetchall()
+        changes: Changes = {}
+        for _, user, movie, rating in rows:
+            if user is not None:
+                changes.setdefault(user, {})[movie] = rating
+        return (int(rows[0][0]) if rows else after), changes
+
+    def latest(self, upto: int) -> Iterator[tuple[int, list[tuple[int, float]], int]]:
+        """Every posting user's newest ratings as of request ``upto``: (user, [(movie, rating)], last seq)."""
+        with self.reading() as db:
+            rows = db.execute(LATEST, (upto, upto)).fetchall()
+        user, pairs, last = None, [], 0
+        for u, movie, rating, seq in rows:
+            if u != user:
+                if user is not None:
+                    yield user, pairs, last
+                user, pairs, last = u, [], 0
+            pairs.append((movie, rating))
+            last = max(last, seq)
+        if user is not None:
+            yield user, pairs, last
+
+    def ratings_after(self, seq: int) -> int:
+        """How many ratings were posted after request ``seq``."""
+        with self.reading() as db:
+            return db.execute("SELECT count(*) FROM ratings WHERE seq > ?", (seq,)).fetchone()[0]
+
+    def first_time_after(self, seq: int) -> float | None:
+        """When the first rating after request ``seq`` was posted (Unix time), or None."""
+        with self.reading() as db:
+            return db.execute("SELECT min(time) FROM ratings WHERE seq > ?", (seq,)).fetchone()[0]
+
+    def entries(self) -> list[Entry]:
+        """Every stored request, in order (for tools and tests)."""
+        out: dict[int, Entry] = {}
+        with self.reading() as db:
+            rows = db.execute('SELECT seq, "user", movie, rating, time FROM ratings ORDER BY seq, movie').fetchall()
+        for seq, user, movie, rating, t in rows:
+            e = out.get(seq)
+            out[seq] = Entry(seq, user, (e.ratings if e else ()) + ((movie, rating),), t)
+        return list(out.values())
+
+
+def open_store(url: str | None, model_dir: Path) -> Store:
+    """The store a ``--store`` value names: None or "" for SQLite in the model folder (``ratings.db``),
+    ``postgresql://...`` for a PostgreSQL server.  Raises StoreError, with a one-line reason, when it
+    cannot be opened (a bad URL, a wrong password, a server that does not answer)."""
+    if not url:
+        from storage.sqlite import SQLiteStore
+
+        return SQLiteStore(Path(model_dir) / "ratings.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        from storage.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise StoreError(f"--store {url.split('://')[0]}://... is not a store this service knows: "
+                     "leave it out for SQLite in the model folder, or give a postgresql:// URL")
