@@ -7,7 +7,7 @@ DATASET ?= ml-latest-small
 PORT ?= 5432
 PYTEST_ARGS ?=
 
-.PHONY: setup data run test test-fast lint blas chromium system-deps clean
+.PHONY: setup data run test test-fast lint blas chromium postgresql system-deps clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -45,17 +45,26 @@ chromium:
 		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		{ echo "the browser test needs Chromium: sudo apt-get install chromium"; exit 1; }
 
+# The PostgreSQL store's tests start a real server of their own (as an unprivileged user, on a free port);
+# install Debian's server when it is missing and we may.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  echo "installing PostgreSQL from Debian packages for the PostgreSQL store's tests (apt-get, once)" && \
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+		{ echo "the PostgreSQL store's tests need a PostgreSQL server: sudo apt-get install postgresql"; exit 1; }
+
 # The Debian packages the project uses when present, installed on purpose rather than on the way:
-# OpenBLAS (training about 2x faster) and Chromium (the browser test).  Each says what it installs and why.
-system-deps: blas chromium
+# OpenBLAS (training about 2x faster), Chromium (the browser test) and PostgreSQL (the store's tests).  Each says what it installs and why.
+system-deps: blas chromium postgresql
 
 # Everything, on two pytest workers (each with its own local[2] SparkContext); the slowest tests listed at the end.
-test: data lint blas chromium
+test: data lint blas chromium postgresql
 	@echo "running the whole suite: real servers, a Spark cluster, a browser and ml-latest-small training (under 4 minutes on 2 cores)"
 	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # What needs no real processes, cluster, browser, full-size training or several retrains: under a minute.
-test-fast: data lint blas
+test-fast: data lint blas postgresql
 	$(PY) -m pytest -m "not slow" -n 2 --durations=10 $(PYTEST_ARGS)
 
 clean:

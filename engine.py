@@ -180,6 +180,17 @@ class RecommendationEngine:
         return (meta.get("dataset_fingerprint") == self.fingerprint and same_params
                 and meta.get("scale") == self.scale.__dict__)
 
+    def share_versions(self) -> None:
+        """With a database store, make this host's folder and the store agree before fitting: copy the
+        store's current version here when it is newer, or upload this folder's when the store lacks it."""
+        if self.shared is None:
+            return
+        local = self.versions.current() or 0
+        if (self.shared.current() or 0) > local:
+            self.shared.sync(self.versions)
+        elif local > self.shared.newest():
+            self.shared.upload(self.versions, local, self.keep_versions)
+
     def fit_and_publish(self, seq: int | None = None) -> int:
         """Fit every model on the dataset and every rating posted up to request ``seq`` (default: all),
         publish the fit as a new version, and return its number.

@@ -33,6 +33,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
+# The pool logs each failed reconnection attempt; during an outage that is a line per request.  The store
+# says once that it is down (serving/recommender.py), and every refused write is a 503 and a metric.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ratings (
@@ -71,6 +74,12 @@ class _Cursor:
         return cur
 
 
+def _reason(exc: Exception) -> str:
+    """psycopg's message on one line: its first line says what failed (the next ones give hints)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return re.sub(r"\s+", " ", lines[0]).removeprefix("connection failed: ") if lines else type(exc).__name__
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs and the status page."""
     parts = urlsplit(url)
@@ -92,13 +101,13 @@ class PostgresStore(Store):
         try:  # a bad URL, a wrong password or no server: one clear line, before anything starts
             psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT).close()
         except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"cannot open the PostgreSQL store {self.where}: {reason}") from None
+            raise StoreError(f"cannot open the PostgreSQL store {self.where}: {_reason(exc)}") from None
         self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=True, timeout=WAIT_TIMEOUT,
                                     kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                                     reconnect_timeout=0, name="ratings-store")
         self._failed_at = 0.0
         self._state = threading.Lock()
+        self._checking = False
         with self.writing() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
             for statement in SCHEMA.strip().split(";"):
@@ -120,8 +129,27 @@ class PostgresStore(Store):
         except ERRORS as exc:
             if isinstance(exc, (psycopg.OperationalError, PoolTimeout)):
                 self._failed_at = time.monotonic()
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"the PostgreSQL store {self.where} failed: {reason}") from exc
+                self._check_idle()
+            raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc)}") from exc
+
+    def _check_idle(self) -> None:
+        """After a connection failed, test the pool's idle connections in the background and replace the
+        broken ones: after a server restart every idle connection is dead, and each would fail a request."""
+        with self._state:
+            if self._checking:
+                return
+            self._checking = True
+
+        def check() -> None:
+            try:
+                self._pool.check()
+            except Exception:  # the server is still down: the next failure checks again
+                pass
+            finally:
+                with self._state:
+                    self._checking = False
+
+        threading.Thread(target=check, name="store-pool-check", daemon=True).start()
 
     @contextmanager
     def writing(self) -> Iterator[_Cursor]:
@@ -146,7 +174,7 @@ class PostgresStore(Store):
             conn.close()
             return None
         except psycopg.Error as exc:
-            raise StoreError(f"the PostgreSQL store {self.where} failed: {exc}") from exc
+            raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc)}") from exc
 
     def _after_compaction(self) -> None:
         """Nothing to do: PostgreSQL's autovacuum reclaims the deleted rows' space."""

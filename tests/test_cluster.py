@@ -129,11 +129,13 @@ def _call(port: int, method: str, path: str, body: bytes | None = None):
 
 
 def test_spark_submit_trains_on_the_cluster_with_the_posted_ratings_and_serves(cluster, csv_fixture, fixture_model,
-                                                                               tmp_path):
-    """``spark-submit server.py`` on a standalone cluster: the trainer runs in the driver (spark-submit's JVM is
-    the process's own), its fits run on the cluster's executors and include the ratings posted to the API."""
+                                                                               postgres, tmp_path):
+    """``spark-submit server.py`` on a standalone cluster with the PostgreSQL store: the trainer runs in the
+    driver (spark-submit's JVM is the process's own), its fits run on the cluster's executors and include the
+    ratings posted to the API, read from PostgreSQL; the version goes to the database for other hosts."""
     master, master_log = cluster
-    env = _spark_env(tmp_path)
+    url = postgres.create_database()
+    env = {**_spark_env(tmp_path), "RECOMMENDER_STORE": url}
     port = free_port()
     model_dir = copy_model(fixture_model, tmp_path / "model")  # version 1 answers at once
     out_path = tmp_path / "server.out"
@@ -161,6 +163,12 @@ def test_spark_submit_trains_on_the_cluster_with_the_posted_ratings_and_serves(c
         version, lease = ModelVersions(model_dir).load(2)
         lease.release()
         assert version.seq == 1 and version.models.rating.user_row(8800) is not None  # the trainer read the store
+        from storage.postgres import PostgresStore
+        from storage.shipping import SharedVersions
+
+        store = PostgresStore(url)
+        assert [e.user for e in store.entries()] == [8800] and SharedVersions(store).current() == 2
+        store.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) in (0, 143)
         # The Python driver must not outlive spark-submit's JVM and keep the port.

@@ -19,6 +19,7 @@ from pathlib import Path
 from datasets import movielens
 from model import ModelError, TuneBudget
 from storage.params import saved_params
+from storage.store import StoreError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ class TrainerRole:
         self._closed = False
 
     def start(self) -> TrainerRole:
-        from storage.store import StoreError, open_store
         from trainer.loop import TrainerBusy, TrainerLock
 
         precheck(self.args, self.model_dir)
@@ -104,6 +104,11 @@ class TrainerRole:
         after_ratings, after_fraction = args.retrain_after
         policy = RetrainPolicy(after_ratings, after_fraction, args.retrain_interval)
         self.engine.versions.clean_partial()
+        try:
+            self.engine.share_versions()
+        except (StoreError, ModelError) as exc:
+            self.sc.stop()
+            raise SetupError(f"could not share model versions through the store: {exc}") from None
         self.trainer = Trainer(self.engine, policy)
         self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
         self._thread.start()
