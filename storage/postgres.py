@@ -8,12 +8,12 @@ locks it until COMMIT, so request numbers grow in commit order across hosts,
 and a POST is acknowledged only after its COMMIT returned (``synchronous_commit``
 as the server has it: on, by default, which waits for the WAL flush).
 
-When the server goes away, a write fails at once with StoreError (a 503 for
-the caller, nothing stored: the transaction never committed) and reads fail
-the same way, so the API answers GETs from memory; the pool reconnects by
-itself when the server is back.  For a second after a failure the store does
-not wait for connections: requests in that window fail fast rather than each
-waiting for the pool's timeout.
+When the server goes away, the request that finds out fails with StoreError (a
+503 for a POST, nothing stored: the transaction never committed; a GET answers
+from memory), and so does every request after it, at once, without waiting for
+a connection, until a probe connects again (every PROBE seconds).  The probe
+then replaces the pool's dead idle connections, and requests go through again:
+no restart, and no request waits on a server that is down.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +54,7 @@ SCHEMA_LOCK = 4_242_001  # an advisory lock: processes starting at once create t
 TRAINER_LOCK = 4_242_002  # an advisory lock: one trainer per store, whatever its host
 CONNECT_TIMEOUT = 5  # seconds to open a connection (a server that does not answer)
 WAIT_TIMEOUT = 3.0  # seconds a request waits for a pooled connection
-FAIL_FAST = 1.0  # seconds after a failure during which requests fail without waiting
+PROBE = 0.25  # seconds between connection attempts while the server is down
 ERRORS = (psycopg.Error, PoolTimeout)
 
 
@@ -105,9 +104,9 @@ class PostgresStore(Store):
         self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=True, timeout=WAIT_TIMEOUT,
                                     kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                                     reconnect_timeout=0, name="ratings-store")
-        self._failed_at = 0.0
         self._state = threading.Lock()
-        self._checking = False
+        self._down, self._closed = threading.Event(), threading.Event()
+        self._why = ""
         with self.writing() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
             for statement in SCHEMA.strip().split(";"):
@@ -119,8 +118,8 @@ class PostgresStore(Store):
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
-        if time.monotonic() - self._failed_at < FAIL_FAST:
-            raise StoreError(f"the PostgreSQL store {self.where} is not answering (it failed under a second ago)")
+        if self._down.is_set():  # known down: answer at once rather than wait for the pool
+            raise StoreError(f"the PostgreSQL store {self.where} is not answering: {self._why}")
         try:
             with self._pool.connection() as conn:
                 yield conn
@@ -128,28 +127,32 @@ class PostgresStore(Store):
             raise
         except ERRORS as exc:
             if isinstance(exc, (psycopg.OperationalError, PoolTimeout)):
-                self._failed_at = time.monotonic()
-                self._check_idle()
+                self._went_down(_reason(exc))
             raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc)}") from exc
 
-    def _check_idle(self) -> None:
-        """After a connection failed, test the pool's idle connections in the background and replace the
-        broken ones: after a server restart every idle connection is dead, and each would fail a request."""
+    def _went_down(self, why: str) -> None:
+        """A connection failed: refuse requests at once until a probe connects again, then replace the
+        pool's idle connections (after a server restart every one of them is dead) and take requests."""
         with self._state:
-            if self._checking:
+            self._why = why
+            if self._down.is_set():
                 return
-            self._checking = True
+            self._down.set()
+        log.warning("the PostgreSQL store %s is not answering (%s): probing every %g s", self.where, why, PROBE)
 
-        def check() -> None:
-            try:
-                self._pool.check()
-            except Exception:  # the server is still down: the next failure checks again
-                pass
-            finally:
-                with self._state:
-                    self._checking = False
+        def probe() -> None:
+            while not self._closed.wait(PROBE):
+                try:
+                    psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT).close()
+                    self._pool.check()
+                except (psycopg.Error, PoolTimeout) as exc:
+                    self._why = _reason(exc)
+                    continue
+                self._down.clear()
+                log.warning("the PostgreSQL store %s answers again", self.where)
+                return
 
-        threading.Thread(target=check, name="store-pool-check", daemon=True).start()
+        threading.Thread(target=probe, name="store-probe", daemon=True).start()
 
     @contextmanager
     def writing(self) -> Iterator[_Cursor]:
@@ -186,4 +189,5 @@ class PostgresStore(Store):
         return {"kind": self.kind, "where": self.where, "bytes": int(size)}
 
     def close(self) -> None:
+        self._closed.set()
         self._pool.close()
