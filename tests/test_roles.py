@@ -118,23 +118,12 @@ def test_two_api_processes_and_a_trainer_share_one_folder(servers, csv_fixture, 
     assert {status for status, _ in statuses} == {200} and statuses[(200, 2)] > 0
     assert b.get("/health")[1]["pending_ratings"] == 0  # the new version was trained on everything posted
 
-    # The trainer killed in the middle of a fit: version 2 keeps serving; the next trainer publishes.
-    assert _post(a.port, 6600, [(1, 4.5), (2, 1.0)]) == 201
-    assert request(a.port, "POST", "/admin/retrain")[0] == 202
-    trainer.wait_until_training(requests=2)
-    trainer.stop(signal.SIGKILL)  # the trainer and its JVM
-    assert a.get("/health")[1]["model_version"] == 2
-    assert b.get("/6600/ratings/1")[1]["user_rating"] == 4.5  # posted ratings still answer, folded in
-    second = servers(folder, *ON_REQUEST_ONLY, role="trainer")  # the lock died with the first trainer
-    for api in (a, b):
-        api.wait_for("model version 3 in service", 120)
-    assert "fitting: a fit was requested" in second.output()  # the unanswered request is honoured
-    assert not [p.name for p in (folder / "versions").iterdir() if p.name.startswith(".")]
-    assert a.get("/health")[1]["pending_ratings"] == 0
-    # Ctrl-C stops a trainer cleanly too (the SparkContext puts a SIGINT handler of its own in place).
-    assert second.stop(signal.SIGINT) == 0
-    assert "trainer stopped" in second.output() and "Traceback" not in second.output()
+    # Ctrl-C stops a trainer cleanly (the SparkContext puts a SIGINT handler of its own in place); the API
+    # processes keep serving and say so.  (A trainer killed mid-fit: tests/test_server.py.)
+    assert trainer.stop(signal.SIGINT) == 0
+    assert "trainer stopped" in trainer.output() and "Traceback" not in trainer.output()
     assert a.get("/health")[1]["trainer"]["state"] == "stopped"
+    assert b.get("/6200/ratings/top/3?min_count=0")[0] == 200
 
 
 def test_sigkill_of_one_api_process_during_a_burst_loses_nothing(servers, tmp_path):
