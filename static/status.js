@@ -35,11 +35,13 @@ function chart(versions) {
 function render(data) {
   const s = data.serving;
   const fit = s.trainer.last_fit;
+  const waiting = s.store_error ? `the ratings store is not answering (${s.store_error})`
+    : `${s.pending_ratings} posted since wait for the next fit`;
   $("serving").textContent = `Version ${s.model_version}, trained ${s.trained_at} on ${s.n_ratings} ratings; ` +
-    `${s.pending_ratings} posted since wait for the next fit; trainer ${s.trainer.state}` +
+    `${waiting}; trainer ${s.trainer.state}` +
     (fit ? `, last fit ${fit.seconds} s (version ${fit.version})` : "") + ".";
-  $("store").textContent = `Ratings store: ${(data.store.bytes / 1e6).toFixed(2)} MB, ` +
-    `last request ${data.store.last_request}.`;
+  $("store").textContent = `Ratings store (${data.store.kind}, ${data.store.where}): ` +
+    `${(data.store.bytes / 1e6).toFixed(2)} MB, last request ${data.store.last_request}.`;
   const body = $("versions").querySelector("tbody");
   body.replaceChildren();
   for (const v of data.versions) {

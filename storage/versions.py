@@ -20,6 +20,11 @@ trainer removes its leftovers.  An API process holds a shared ``flock`` on the
 ``version.json`` of the version it serves (released when it swaps or exits, also
 on SIGKILL); pruning keeps the newest ``keep`` versions, the current one, and any
 version a process holds.
+
+With a database store, versions published on another host arrive through
+:meth:`ModelVersions.install` (storage/shipping.py): streamed into a temporary
+folder, checked against ``version.json``'s checksums, then renamed and named in
+CURRENT the same way, under ``install.lock`` (processes of one host install once).
 """
 
 from __future__ import annotations
