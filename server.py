@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     # Requests run on many threads at once, each with a small matrix-vector product: BLAS's own threads
     # only add wake-up stalls (p99 12 ms against 1.8 ms on ml-latest-small with one BLAS thread).
     threadpool_limits(1, user_api="blas")
-    from storage.store import StoreError, open_store
+    from storage.backends import open_store
+    from storage.store import StoreError
 
     try:
         store = open_store(args.store, model_dir)

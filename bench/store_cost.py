@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storage.store import open_store  # noqa: E402
+from storage.backends import open_store  # noqa: E402
 
 
 def timed(call, repeat: int) -> dict:

@@ -29,7 +29,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -249,19 +248,3 @@ class Store(ABC):
             e = out.get(seq)
             out[seq] = Entry(seq, user, (e.ratings if e else ()) + ((movie, rating),), t)
         return list(out.values())
-
-
-def open_store(url: str | None, model_dir: Path) -> Store:
-    """The store a ``--store`` value names: None or "" for SQLite in the model folder (``ratings.db``),
-    ``postgresql://...`` for a PostgreSQL server.  Raises StoreError, with a one-line reason, when it
-    cannot be opened (a bad URL, a wrong password, a server that does not answer)."""
-    if not url:
-        from storage.sqlite import SQLiteStore
-
-        return SQLiteStore(Path(model_dir) / "ratings.db")
-    if url.startswith(("postgresql://", "postgres://")):
-        from storage.postgres import PostgresStore
-
-        return PostgresStore(url)
-    raise StoreError(f"--store {url.split('://')[0]}://... is not a store this service knows: "
-                     "leave it out for SQLite in the model folder, or give a postgresql:// URL")

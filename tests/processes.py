@@ -28,6 +28,12 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
         conn.close()
 
 
+def post_ratings(port: int, user: int, pairs: list[tuple[int, float]]) -> tuple[int, dict]:
+    """POST a user's (movie, rating) pairs as JSON; (status, body)."""
+    body = json.dumps([{"movieId": m, "rating": r} for m, r in pairs]).encode()
+    return request(port, "POST", f"/{user}/ratings", body, {"Content-Type": "application/json"})
+
+
 def until(predicate, timeout: float, what: str):
     """Wait for another process to reach a state (its answers and files are all there is to watch)."""
     deadline = time.monotonic() + timeout

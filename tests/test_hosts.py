@@ -8,22 +8,16 @@ its own folder, into which it copies each published version from the database.
 from __future__ import annotations
 
 import http.client
-import json
 import signal
 import threading
 from collections import Counter
 
-from processes import request
+from processes import post_ratings, request
 
 from storage.postgres import PostgresStore
 from storage.shipping import SharedVersions
 
 ON_REQUEST_ONLY = ("--retrain-after", "0", "--retrain-interval", "0")  # the trainer fits when asked
-
-
-def _post(port: int, user: int, pairs: list[tuple[int, float]]) -> tuple[int, dict]:
-    body = json.dumps([{"movieId": m, "rating": r} for m, r in pairs]).encode()
-    return request(port, "POST", f"/{user}/ratings", body, {"Content-Type": "application/json"})
 
 
 def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postgres, csv_fixture, tmp_path):
@@ -41,7 +35,7 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
             trainer.proc.args.index("--model-dir") + 1]
 
     # Read your writes across hosts: a GET on B and on C right after a POST on A was acknowledged.
-    assert _post(a.port, 7100, [(m, 5.0) for m in csv_fixture.dramas[:4]])[0] == 201
+    assert post_ratings(a.port, 7100, [(m, 5.0) for m in csv_fixture.dramas[:4]])[0] == 201
     for api in (b, c):
         top = api.get("/7100/ratings/top/3?min_count=0")[1]
         assert "fallback" not in top and {m["movieId"] for m in top["movies"]} <= set(csv_fixture.dramas)
@@ -65,7 +59,7 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
             if api is c and killed.is_set():
                 continue
             try:
-                status = _post(api.port, user, [(k + 1, 1.0)])[0]
+                status = post_ratings(api.port, user, [(k + 1, 1.0)])[0]
             except (OSError, http.client.HTTPException):  # C died under this request: not acknowledged
                 status = None
             with lock:
@@ -74,7 +68,7 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
                     midway.set()
         after_kill.wait(60)
         for k in range(12):  # phase 2: every movie re-rated 4.5, on A and B
-            status = _post(hosts[k % 2].port, user, [(k + 1, 4.5)])[0]
+            status = post_ratings(hosts[k % 2].port, user, [(k + 1, 4.5)])[0]
             with lock:
                 (acknowledged if status == 201 else unanswered)[(user, k + 1, 4.5)] += 1
 
@@ -107,7 +101,7 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
         while after < 5 and k < 20_000:
             k += 1
             rating = 0.5 + k % 10 / 2
-            status, body = _post((a, b)[k % 2].port, user, [(1, rating), (2, rating)])  # two ratings a request
+            status, body = post_ratings((a, b)[k % 2].port, user, [(1, rating), (2, rating)])  # two ratings a request
             if status == 201:
                 with lock:
                     acked[user] += 1

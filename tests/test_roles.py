@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from conftest import ROOT
-from processes import request, until
+from processes import post_ratings, request, until
 
 from server import descendants
 from storage.sqlite import SQLiteStore
@@ -25,8 +25,7 @@ ON_REQUEST_ONLY = ("--retrain-after", "0", "--retrain-interval", "0")  # the tra
 
 
 def _post(port: int, user: int, pairs: list[tuple[int, float]]) -> int:
-    body = json.dumps([{"movieId": m, "rating": r} for m, r in pairs]).encode()
-    return request(port, "POST", f"/{user}/ratings", body, {"Content-Type": "application/json"})[0]
+    return post_ratings(port, user, pairs)[0]
 
 
 def _trainer_idle(api, pid: int) -> bool:

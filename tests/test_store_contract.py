@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from storage.store import StoreError, open_store
+from storage.backends import open_store
+from storage.store import StoreError
 from storage.tokens import UserTokens
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from datasets import movielens
 from model import ModelError, TuneBudget
+from storage.backends import open_store
 from storage.params import saved_params
-from storage.store import StoreError, open_store
+from storage.store import StoreError
 
 log = logging.getLogger(__name__)
 
