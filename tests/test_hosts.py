@@ -127,6 +127,7 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
         assert status == 200 and {m["movieId"] for m in top["movies"]} <= set(csv_fixture.dramas)
         health = api.get("/health")[1]
         assert health["status"] == "degraded" and "PostgreSQL" in health["store_error"]
+    trainer.wait_for("no fit starts until it answers", 30)  # the trainer waits for the database too
     postgres.start()
     back.set()
     for t in writers:
@@ -144,7 +145,12 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
     for api in (a, b):
         assert all(api.get(f"/{u}/ratings")[1]["ratings"][0]["rating"] == last[u] for u in acked)
         assert api.get("/health")[1]["status"] == "ok"
-    assert SharedVersions(store).current() == 2
+    # The trainer went on: a fit asked for now includes the burst and reaches both hosts.
+    assert request(a.port, "POST", "/admin/retrain")[0] == 202
+    for api in (a, b):
+        api.wait_for("model version 3 in service", 120)
+    assert "the ratings store answers again" in trainer.output()
+    assert SharedVersions(store).current() == 3 and a.get("/health")[1]["pending_ratings"] == 0
     store.close()
 
 

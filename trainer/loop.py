@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from spark.training import Cancelled
-from storage.store import Store
+from storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +164,20 @@ class Trainer:
         """Start-up fits, then fit whenever due, until :meth:`stop`.  Failures are logged and retried."""
         beats = threading.Thread(target=self._beats, name="trainer-heartbeat", daemon=True)
         beats.start()
-        backoff = RETRY_SECONDS
+        backoff, store_down = RETRY_SECONDS, False
         try:
             while not self.stop_event.is_set():
-                reason = self._due()
+                try:
+                    reason = self._due()
+                except StoreError as exc:  # the database is away: keep waiting, the loop goes on when it is back
+                    if not store_down:
+                        log.warning("%s; no fit starts until it answers", exc)
+                    store_down = True
+                    self.stop_event.wait(self.poll)
+                    continue
+                if store_down:
+                    log.info("the ratings store answers again")
+                    store_down = False
                 if reason is None:
                     self.stop_event.wait(self.poll)
                     continue
