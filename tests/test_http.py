@@ -392,3 +392,37 @@ def test_operator_status_needs_the_admin_token_when_one_is_set(live):
     assert server.get("/status.json")[0] == 401
     assert server.call("GET", "/status.json", headers={"Authorization": "Bearer admin-s3cret"})[0] == 200
     assert server.get("/status")[0] == 200  # the page itself asks for the token, then reads the JSON
+
+
+def test_a_store_that_stops_answering_leaves_gets_answering_from_memory(live, monkeypatch):
+    """Reads the store cannot answer: lists and predictions come from memory, /health says degraded, a user
+    token (which only the store can check) gets a 503 with a JSON error, and a POST stores nothing."""
+    from contextlib import contextmanager
+
+    from storage.store import StoreError
+
+    server = live(api_token="admin-t")
+    admin = {"Authorization": "Bearer admin-t"}
+    token = server.call("POST", "/admin/users/1/token", headers=admin)[1]["token"]
+    before = server.call("GET", "/1/ratings/top/5", headers=admin)[1]
+    store = server.recommender.store
+
+    @contextmanager
+    def down():
+        raise StoreError("the PostgreSQL store postgresql://x:***@db/r is not answering: Connection refused")
+        yield
+
+    monkeypatch.setattr(store, "reading", down)
+    monkeypatch.setattr(store, "writing", down)
+    status, now, _ = server.call("GET", "/1/ratings/top/5", headers=admin)
+    assert status == 200 and now["movies"] == before["movies"]
+    status, health, _ = server.call("GET", "/health")
+    assert status == 200 and health["status"] == "degraded" and "Connection refused" in health["store_error"]
+    assert health["pending_ratings"] is None
+    status, body, _ = server.call("GET", "/1/ratings/top/5", headers={"Authorization": f"Bearer {token}"})
+    assert status == 503 and "ratings store is not answering" in body["error"]
+    status, body, _ = server.post_json("/1/ratings", [{"movieId": 1, "rating": 4.0}], headers=admin)
+    assert status == 503 and "nothing was saved" in body["error"]
+    monkeypatch.undo()
+    assert server.call("GET", "/health")[1]["status"] == "ok"
+    assert all(e.user != 1 or (1, 4.0) not in e.ratings for e in store.entries())
