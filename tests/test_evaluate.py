@@ -146,3 +146,22 @@ def test_a_saved_params_json_is_used_only_when_named_and_the_source_is_said(tmp_
     assert evaluate.choose_params(parse([*base, *named])) == (saved, None, f"the file {tmp_path / 'params.json'}")
     params, _, source = evaluate.choose_params(parse([*base, *named, "--rank", "7"]))
     assert params.rating.rank == 7 and params.ranking == saved.ranking and source.endswith("with model flags")
+
+
+def test_list_scores_follow_mllibs_ranking_metrics_definitions():
+    """Precision divides by k; recall by the liked movies; NDCG's ideal list puts the liked movies first and
+    is as long as min(max(served, liked), k) (MLlib's RankingMetrics, computed by hand here)."""
+    import math
+
+    from evaluate import list_scores
+
+    g = [1 / math.log(i + 2) for i in range(10)]
+    # Hits at ranks 1 and 3 of 4 served, 3 liked: ideal = first 3 ranks (n = min(max(4, 3), 10) = 4).
+    p, r, n = list_scores([7, 8, 9, 10], [7, 9, 11])
+    assert p == 2 / 10 and r == 2 / 3 and math.isclose(n, (g[0] + g[2]) / (g[0] + g[1] + g[2]))
+    # More liked movies than k: the ideal list is k hits long, recall divides by all liked.
+    served, liked = list(range(10)), list(range(5, 20))
+    p, r, n = list_scores(served, liked)
+    assert p == 0.5 and r == 5 / 15 and math.isclose(n, sum(g[5:10]) / sum(g))
+    assert list_scores([1, 2], [3]) == (0.0, 0.0, 0.0)
+    assert list_scores([3], [3]) == (0.1, 1.0, 1.0)  # a one-item list: precision still divides by k
