@@ -26,7 +26,7 @@ from settings import default_model_dir
 from spark import internals, tuning
 from spark.training import Cancelled, collect_ratings, fit_models, phase
 from storage.catalogue import Catalogue, Histories
-from storage.params import save_params, saved_params
+from storage.params import save_params, saved_params, tuning_summary
 from storage.shipping import shared_versions
 from storage.sqlite import SQLiteStore
 from storage.store import Store, StoreError
@@ -205,7 +205,8 @@ class RecommendationEngine:
         if self._stopping.is_set():
             raise Cancelled("the trainer is stopping")
         meta = {"dataset": self.dataset, "dataset_fingerprint": self.fingerprint, "store_id": self.store.store_id,
-                "seq": seq, "tuned": self.tune_budget is None, "n_ratings": models.meta["n_ratings"],
+                "seq": seq, "tuned": self.tune_budget is None, "validation": tuning_summary(self.model_dir),
+                "n_ratings": models.meta["n_ratings"],
                 "fit_seconds": models.meta["fit_seconds"]}
         number = self.versions.publish(models, self.catalogue, histories, meta,
                                        after=self.shared.newest() if self.shared else 0)

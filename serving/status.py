@@ -3,7 +3,7 @@ published ones with their fits, offline validation figures and live figures, and
 
 from __future__ import annotations
 
-import json
+from storage.params import tuning_summary
 
 
 def operator_status(recommender) -> dict:
@@ -20,12 +20,8 @@ def operator_status(recommender) -> dict:
                          "n_ratings": meta.get("n_ratings"), "fit_seconds": meta.get("fit_seconds"),
                          "tuned": meta.get("tuned"), "serving": number == health["model_version"],
                          "live": live.get(number)})
-    tuning = None
-    try:
-        report = json.loads((recommender.model_dir / "tune.json").read_text())
-        tuning = {k: report.get(k) for k in ("served_valid_rmse", "default_valid_rmse", "valid_rmse", "fits",
-                                             "seconds", "n_valid", "time_cap_hit")}
-    except (OSError, ValueError):
-        pass
+    # The figures travel with each version (an API host of a database store has no tune.json of its own).
+    serving = recommender.versions.describe(health["model_version"]) or {}
+    tuning = serving.get("validation") or tuning_summary(recommender.model_dir)
     return {"serving": health, "versions": versions, "validation": tuning,
             "store": {**recommender.store.describe(), "last_request": recommender.store.last_seq}}

@@ -41,3 +41,14 @@ def save_params(model_dir: Path, params: ModelParams | None, report: dict | None
     if params is not None:
         write_json_durably(path, params.as_dict())
     return path
+
+
+def tuning_summary(model_dir: Path) -> dict | None:
+    """The last tuning's validation figures from ``tune.json`` (None when there is none): what the status
+    page shows, and what each published version carries for API hosts that have no such file."""
+    try:
+        report = json.loads((Path(model_dir) / "tune.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: report.get(k) for k in ("served_valid_rmse", "default_valid_rmse", "valid_rmse", "fits",
+                                       "seconds", "n_valid", "time_cap_hit")}

@@ -8,6 +8,7 @@ its own folder, into which it copies each published version from the database.
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import threading
 from collections import Counter
@@ -29,6 +30,8 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
         (tmp_path / f"{name}-host").mkdir()  # an empty folder: the version comes from the database
         hosts.append(servers(tmp_path / f"{name}-host", role="api", env=env))
     a, b, c = hosts
+    report = {"served_valid_rmse": 0.8123, "default_valid_rmse": 0.83, "fits": 16, "n_valid": 280}
+    (tmp_path / "trainer-host" / "tune.json").write_text(json.dumps(report))  # the trainer host's last tuning
     for api in hosts:
         assert api.get("/health")[1]["model_version"] == 1
         assert (api.proc.args[api.proc.args.index("--model-dir") + 1]) != trainer.proc.args[
@@ -46,6 +49,8 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
     for api in hosts:
         api.wait_for("model version 2 in service", 120)
     assert all(api.get("/health")[1]["pending_ratings"] == 0 for api in hosts)
+    validation = c.get("/status.json")[1]["validation"]  # the figures came with the version, not a file
+    assert validation["served_valid_rmse"] == 0.8123 and not (tmp_path / "c-host" / "tune.json").exists()
 
     # Concurrent POSTs on all three, C killed (kill -9) in the middle; then everyone re-rates on A and B.
     acknowledged, unanswered = Counter(), Counter()  # (user, movie, rating) -> count
