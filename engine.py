@@ -181,8 +181,9 @@ class RecommendationEngine:
                 and meta.get("scale") == self.scale.__dict__)
 
     def share_versions(self) -> None:
-        """With a database store, make this host's folder and the store agree before fitting: copy the
-        store's current version here when it is newer, or upload this folder's when the store lacks it."""
+        """With a database store, make this host's folder and the store agree (before fitting, and at every
+        trainer poll): copy the store's current version here when it is newer, or upload this folder's when
+        the store lacks it (a fit published while the store was down)."""
         if self.shared is None:
             return
         local = self.versions.current() or 0
@@ -210,8 +211,13 @@ class RecommendationEngine:
                 "fit_seconds": models.meta["fit_seconds"]}
         number = self.versions.publish(models, self.catalogue, histories, meta,
                                        after=self.shared.newest() if self.shared else 0)
-        if self.shared:  # API processes on other hosts get it from there (StoreError: no compaction either)
-            self.shared.upload(self.versions, number, self.keep_versions)
+        if self.shared:  # API processes on other hosts get it from there
+            try:
+                self.shared.upload(self.versions, number, self.keep_versions)
+            except StoreError as exc:  # the fit is not lost: share_versions uploads it once the store answers
+                log.warning("model version %d is published here but not in the store yet (%s); it goes there "
+                            "once the store answers", number, exc)
+                return number
         log.info("model version %d published (ratings up to request %d, fit in %.1f s)", number, seq,
                  models.meta["fit_seconds"]["total"])
         try:  # the version is out; a store that cannot compact now (disk full) compacts after the next fit

@@ -215,3 +215,32 @@ def test_a_model_folder_belongs_to_one_dataset(make_engine, csv_fixture, tmp_pat
     with open(copy / "ratings.csv", "a") as fh:
         fh.write("1,2,4.5,9\n")
     make_engine(copy, folder).close()  # new content at the same place: still the same dataset
+
+
+def test_a_version_the_database_store_could_not_take_goes_there_once_it_answers(make_engine, csv_fixture, postgres,
+                                                                                  caplog):
+    """A fit published while the PostgreSQL store was down is not lost: the trainer's next poll uploads it
+    (no second fit), and API hosts then get it."""
+    from storage.postgres import PostgresStore
+    from storage.shipping import SharedVersions
+    from storage.store import StoreError
+    from trainer.loop import RetrainPolicy, Trainer
+
+    store = PostgresStore(postgres.create_database())
+    engine = make_engine(csv_fixture.path, store=store)
+    engine.share_versions()  # the folder's version 1 goes to the empty store
+    shared = SharedVersions(store)
+    assert shared.current() == 1
+    upload = engine.shared.upload
+
+    def down(*args):
+        raise StoreError("the PostgreSQL store is not answering: Connection refused")
+
+    engine.shared.upload = down
+    with caplog.at_level("WARNING"):
+        assert engine.fit_and_publish() == 2
+    assert engine.versions.current() == 2 and shared.current() == 1
+    assert "model version 2 is published here but not in the store yet" in caplog.text
+    engine.shared.upload = upload
+    Trainer(engine, RetrainPolicy(None, None, 0))._due()  # the trainer's next poll
+    assert shared.current() == 2 and shared.newest() == 2

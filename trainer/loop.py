@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from model import ModelError
 from spark.training import Cancelled
 from storage.store import Store, StoreError
 
@@ -43,6 +44,7 @@ class Engine(Protocol):
     def current_meta(self) -> dict | None: ...
     def matches(self, meta: dict | None) -> bool: ...
     def fit_and_publish(self, seq: int | None = None) -> int: ...
+    def share_versions(self) -> None: ...
     def tune(self) -> object: ...
     def cancel(self) -> None: ...
 
@@ -207,6 +209,10 @@ class Trainer:
     def _due(self) -> str | None:
         """Why the next fit (or tuning) is due now, or None."""
         engine = self.engine
+        try:
+            engine.share_versions()  # a version published while the store was down goes there now
+        except ModelError as exc:
+            log.warning("could not share model versions through the store: %s", exc)
         if not engine.matches(self._meta):
             why = "no model is published yet" if self._meta is None else \
                 "the published model was fitted on other data or with other parameters"
