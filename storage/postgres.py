@@ -22,14 +22,14 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from storage.store import Store, StoreError
+from storage.store import Store, StoreError, TrainerClaim
 
 log = logging.getLogger(__name__)
 # The pool logs each failed reconnection attempt; during an outage that is a line per request.  The store
@@ -167,15 +167,12 @@ class PostgresStore(Store):
         with self._connection() as conn:
             yield _Cursor(conn)
 
-    def trainer_lock(self) -> Callable[[], None] | None:
-        """A session advisory lock on a connection of its own, held while the trainer lives (the server
-        drops it when that connection ends, however the trainer ends)."""
+    def trainer_lock(self) -> AdvisoryClaim | None:
+        """The store's trainer lock (a session advisory lock on a connection of its own), or None when
+        another trainer holds it."""
+        claim = AdvisoryClaim(self.url, self.where)
         try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
-            if conn.execute("SELECT pg_try_advisory_lock(%s)", (TRAINER_LOCK,)).fetchone()[0]:
-                return conn.close
-            conn.close()
-            return None
+            return claim if claim.take() else None
         except psycopg.Error as exc:
             raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc)}") from exc
 
@@ -191,3 +188,37 @@ class PostgresStore(Store):
     def close(self) -> None:
         self._closed.set()
         self._pool.close()
+
+
+class AdvisoryClaim(TrainerClaim):
+    """One trainer per database: a session advisory lock, which the server drops when its connection ends
+    (however the trainer ends, and also when the server restarts).  ``held()`` checks the connection and,
+    when it was lost, takes the lock again, unless another trainer took it meanwhile."""
+
+    def __init__(self, url: str, where: str):
+        self.url, self.where = url, where
+        self._conn: psycopg.Connection | None = None
+
+    def take(self) -> bool:
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        if conn.execute("SELECT pg_try_advisory_lock(%s)", (TRAINER_LOCK,)).fetchone()[0]:
+            self._conn = conn
+            return True
+        conn.close()
+        return False
+
+    def held(self) -> bool:
+        try:
+            self._conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            pass
+        try:  # the connection, and with it the lock, is gone: take it again
+            return self.take()
+        except psycopg.Error:
+            return True  # the server is still away, and nobody can take the lock there meanwhile
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -75,6 +75,17 @@ class Entry:
 Changes = dict[int, dict[int, float]]  # user -> movie -> newest rating
 
 
+class TrainerClaim:
+    """A trainer's hold on a store: ``held()`` says whether it still has it (checked at every heartbeat),
+    ``release()`` lets go.  A file store has nothing to hold beyond the folder's lock."""
+
+    def held(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
 class Cursor:
     """What the shared SQL runs on: ``execute`` and ``executemany`` returning an object with ``fetchone``,
     ``fetchall`` and ``rowcount`` (a sqlite3 connection as it is; psycopg's wrapped)."""
@@ -109,10 +120,10 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def trainer_lock(self) -> Callable[[], None] | None:
-        """Hold the store's trainer lock for this process: its release, or None when another trainer has it.
-        A file store's hosts share the model folder, whose ``trainer.lock`` is enough."""
-        return lambda: None
+    def trainer_lock(self) -> TrainerClaim | None:
+        """Hold the store's trainer lock for this process, or None when another trainer has it.  A file
+        store's processes share the model folder, whose ``trainer.lock`` is enough."""
+        return TrainerClaim()
 
     @abstractmethod
     def _after_compaction(self) -> None:

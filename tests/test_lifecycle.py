@@ -286,3 +286,21 @@ def test_the_app_is_never_in_debug_mode_even_when_flask_debug_is_set(monkeypatch
     response = app.test_client().get("/1/ratings/top/x")
     assert response.status_code == 400 and json.loads(response.data) == {
         "error": "count must be a whole number from 1 to 1000, not 'x'"}
+
+
+def test_a_trainer_that_lost_the_stores_lock_stops(make_engine, csv_fixture, caplog):
+    """Another trainer took the database store's lock (dropped by a database restart): this one stops at its
+    next heartbeat rather than publish beside it."""
+    from trainer.loop import RetrainPolicy, Trainer
+
+    class Lost:
+        def held(self) -> bool:
+            return False
+
+    engine = make_engine(csv_fixture.path)
+    trainer = Trainer(engine, RetrainPolicy(None, None, 0), heartbeat=0.05, lock=Lost())
+    with caplog.at_level("ERROR"):
+        trainer.run()  # returns once the heartbeat finds the lock gone
+    assert "another trainer took the store's trainer lock" in caplog.text
+    status = engine.store.trainer_status()
+    assert status["state"] == "stopped" and status["error"] == "another trainer took the store"

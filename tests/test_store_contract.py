@@ -142,3 +142,24 @@ def test_processes_appending_at_once_get_distinct_request_numbers_in_commit_orde
 def test_an_unknown_store_url_is_refused_in_one_line(tmp_path):
     with pytest.raises(StoreError, match="not a store this service knows"):
         open_store("mysql://somewhere/db", tmp_path)
+
+
+def test_one_trainer_per_database_store_through_a_restart(postgres):
+    """The trainer lock of a PostgreSQL store (an advisory lock: the server drops it when it restarts) is
+    taken again by its holder after a restart, unless another trainer took it first."""
+    from storage.postgres import PostgresStore
+
+    store = PostgresStore(postgres.create_database())
+    first = store.trainer_lock()
+    assert first is not None and store.trainer_lock() is None and first.held()
+    postgres.stop()
+    assert first.held()  # nobody can take it while the server is away
+    postgres.start()
+    assert first.held() and store.trainer_lock() is None  # taken again on the first check
+    postgres.stop()
+    postgres.start()
+    second = store.trainer_lock()  # another trainer got there first
+    assert second is not None and not first.held()
+    second.release()
+    first.release()
+    store.close()

@@ -94,7 +94,7 @@ class TrainerLock:
         self.path = Path(model_dir) / "trainer.lock"
         self.store = store
         self._fd: int | None = None
-        self._release_store = None
+        self._claim = None
 
     def acquire(self) -> TrainerLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +107,8 @@ class TrainerLock:
             raise TrainerBusy(f"another trainer ({holder}) already trains in {self.path.parent}; "
                               "run one trainer per model folder") from None
         if self.store is not None:  # a database store is shared by hosts: one trainer across all of them
-            self._release_store = self.store.trainer_lock()
-            if self._release_store is None:
+            self._claim = self.store.trainer_lock()
+            if self._claim is None:
                 os.close(fd)
                 raise TrainerBusy(f"another trainer already trains on the store {self.store.describe()['where']}; "
                                   "run one trainer per store")
@@ -117,10 +117,14 @@ class TrainerLock:
         self._fd = fd
         return self
 
+    def held(self) -> bool:
+        """Whether this trainer still holds the store (a database restart drops its lock; see AdvisoryClaim)."""
+        return self._claim is None or self._claim.held()
+
     def release(self) -> None:
-        if self._release_store is not None:
-            self._release_store()
-            self._release_store = None
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -130,8 +134,9 @@ class Trainer:
     """Runs the start-up fits and the retrain loop on one engine (in :meth:`run`'s thread)."""
 
     def __init__(self, engine: Engine, policy: RetrainPolicy, poll: float = 1.0,
-                 heartbeat: float = HEARTBEAT_SECONDS):
+                 heartbeat: float = HEARTBEAT_SECONDS, lock: TrainerLock | None = None):
         self.engine = engine
+        self.lock = lock  # checked at every heartbeat: a trainer that lost the store stops
         self.store = engine.store
         self.policy = policy
         self.poll = poll
@@ -158,6 +163,12 @@ class Trainer:
 
     def _beats(self) -> None:
         while not self.stop_event.wait(self.heartbeat):
+            if self.lock is not None and not self.lock.held():
+                log.error("another trainer took the store's trainer lock (it was dropped when the database "
+                          "restarted); this trainer stops")
+                self._status.update(error="another trainer took the store")
+                self.stop()
+                return
             self._beat()
 
     # --- the loop ---------------------------------------------------------------------------

@@ -110,7 +110,7 @@ class TrainerRole:
         except (StoreError, ModelError) as exc:
             self.sc.stop()
             raise SetupError(f"could not share model versions through the store: {exc}") from None
-        self.trainer = Trainer(self.engine, policy)
+        self.trainer = Trainer(self.engine, policy, lock=self.lock)
         self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
         self._thread.start()
 
