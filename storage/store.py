@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class TrainerClaim:
         return None
 
 
-class Cursor:
+class Cursor(Protocol):
     """What the shared SQL runs on: ``execute`` and ``executemany`` returning an object with ``fetchone``,
     ``fetchall`` and ``rowcount`` (a sqlite3 connection as it is; psycopg's wrapped)."""
 
