@@ -84,8 +84,8 @@ def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=re.sub(r":[^:@]*$", ":***", netloc[0]) + "@" + netloc[1]))
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
 
 
 class PostgresStore(Store):
@@ -170,15 +170,11 @@ class PostgresStore(Store):
     def trainer_lock(self) -> AdvisoryClaim | None:
         """The store's trainer lock (a session advisory lock on a connection of its own), or None when
         another trainer holds it."""
-        claim = AdvisoryClaim(self.url, self.where)
+        claim = AdvisoryClaim(self.url)
         try:
             return claim if claim.take() else None
         except psycopg.Error as exc:
             raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc)}") from exc
-
-    def _after_compaction(self) -> None:
-        """Nothing to do: PostgreSQL's autovacuum reclaims the deleted rows' space."""
-        return None
 
     def describe(self) -> dict:
         with self.reading() as db:
@@ -195,8 +191,8 @@ class AdvisoryClaim(TrainerClaim):
     (however the trainer ends, and also when the server restarts).  ``held()`` checks the connection and,
     when it was lost, takes the lock again, unless another trainer took it meanwhile."""
 
-    def __init__(self, url: str, where: str):
-        self.url, self.where = url, where
+    def __init__(self, url: str):
+        self.url = url
         self._conn: psycopg.Connection | None = None
 
     def take(self) -> bool:

@@ -38,10 +38,10 @@ class SharedVersions:
         return int(value) if value else None
 
     def newest(self) -> int:
-        """The highest version number ever uploaded (0 for none): a trainer on a new host numbers above it."""
+        """The highest version number uploaded (0 for none; the current one is always among the kept ones):
+        a trainer on a new host numbers above it."""
         with self.store.reading() as db:
-            row = db.execute("SELECT max(number) FROM model_versions").fetchone()
-        return max(int(row[0] or 0), self.current() or 0)
+            return int(db.execute("SELECT max(number) FROM model_versions").fetchone()[0] or 0)
 
     def upload(self, versions: ModelVersions, number: int, keep: int) -> None:
         """Copy version ``number`` of ``versions`` into the database and make it current, in one

@@ -111,9 +111,12 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"could not read the ratings store: {exc}") from exc
 
-    def _after_compaction(self) -> None:
+    def compact(self, upto: int) -> int:
+        """As every store compacts, then hands the freed WAL back to the database file."""
+        deleted = super().compact(upto)
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return deleted
 
     def describe(self) -> dict:
         size = sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"))

@@ -125,10 +125,6 @@ class Store(ABC):
         store's processes share the model folder, whose ``trainer.lock`` is enough."""
         return TrainerClaim()
 
-    @abstractmethod
-    def _after_compaction(self) -> None:
-        """A backend's tidying once a compaction is over."""
-
     # --- writes ---------------------------------------------------------------------------
 
     def append(self, user: int, ratings: list[tuple[int, float]]) -> Entry:
@@ -188,7 +184,6 @@ class Store(ABC):
                                           keys[start:start + COMPACT_BATCH]).rowcount
             if self.compact_pause:
                 time.sleep(self.compact_pause)
-        self._after_compaction()
         if deleted:
             log.info("ratings store: %d replaced rating(s) compacted", deleted)
         return deleted

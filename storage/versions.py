@@ -138,11 +138,8 @@ class ModelVersions:
                 after: int = 0) -> int:
         """Write a new version and switch CURRENT to it; return its number (above ``after`` too: the
         newest a shared store holds, when this folder is one host's copy)."""
-        self.root.mkdir(parents=True, exist_ok=True)
         number = max([after, self.current() or 0, *self.numbers()]) + 1
-        tmp = self.root / f".publishing-v{number:06d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = self._scratch(number)
         arrays = {**{f"model-{k}": v for k, v in _model_arrays(models).items()},
                   **{f"histories-{k}": getattr(histories, k) for k in Histories.FIELDS}}
         for name, array in arrays.items():
@@ -180,10 +177,7 @@ class ModelVersions:
         """Put a version published elsewhere (its files, streamed: ``version.json`` and those it names)
         into this folder and switch to it, as :meth:`publish` does; raises ModelError when a file does
         not match its checksum or is missing."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".publishing-v{number:06d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = self._scratch(number)
         try:
             for name, chunks in files.items():
                 if "/" in name or name.startswith("."):
@@ -197,13 +191,20 @@ class ModelVersions:
             for name, digest in meta["files"].items():
                 if not (tmp / name).exists() or sha256(tmp / name) != digest:
                     raise ModelError(f"model version {number}'s {name} does not match its checksum")
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, ModelError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, ModelError):
+                raise
             raise ModelError(f"could not install model version {number}: {exc}") from exc
-        except ModelError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self._commit(tmp, number)
+
+    def _scratch(self, number: int) -> Path:
+        """An empty temporary folder for version ``number`` (this process's; a dead one's is cleaned up)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".publishing-v{number:06d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        return tmp
 
     def prune(self) -> list[int]:
         """Remove versions beyond the newest ``keep`` that are not current and that no process holds."""
