@@ -25,10 +25,10 @@ from model import ModelError, ModelParams, Scale, TuneBudget
 from settings import default_model_dir
 from spark import internals, tuning
 from spark.training import Cancelled, collect_ratings, fit_models, phase
+from storage.backends import open_store
 from storage.catalogue import Catalogue, Histories
 from storage.params import save_params, saved_params, tuning_summary
 from storage.shipping import shared_versions
-from storage.sqlite import SQLiteStore
 from storage.store import Store, StoreError
 from storage.versions import ModelVersions
 
@@ -51,9 +51,8 @@ class RecommendationEngine:
         self.scale = scale  # None: inferred from the ratings
         self.model_dir = Path(model_dir) if model_dir else default_model_dir(dataset)
         self.versions = ModelVersions(self.model_dir, keep_versions)
-        self.store = store or SQLiteStore(self.model_dir / "ratings.db")
+        self.store = store or open_store(None, self.model_dir)
         self.shared = shared_versions(self.store)  # PostgreSQL: versions go to the database for other hosts
-        self.keep_versions = keep_versions
         saved = None if params is not None else saved_params(self.model_dir)
         self.params = params or saved or ModelParams()
         self.params_source = "given" if params is not None else "saved" if saved is not None else "default"
@@ -190,7 +189,7 @@ class RecommendationEngine:
         if (self.shared.current() or 0) > local:
             self.shared.sync(self.versions)
         elif local > self.shared.newest():
-            self.shared.upload(self.versions, local, self.keep_versions)
+            self.shared.upload(self.versions, local, self.versions.keep)
 
     def fit_and_publish(self, seq: int | None = None) -> int:
         """Fit every model on the dataset and every rating posted up to request ``seq`` (default: all),
@@ -211,15 +210,15 @@ class RecommendationEngine:
                 "fit_seconds": models.meta["fit_seconds"]}
         number = self.versions.publish(models, self.catalogue, histories, meta,
                                        after=self.shared.newest() if self.shared else 0)
-        if self.shared:  # API processes on other hosts get it from there
-            try:
-                self.shared.upload(self.versions, number, self.keep_versions)
-            except StoreError as exc:  # the fit is not lost: share_versions uploads it once the store answers
-                log.warning("model version %d is published here but not in the store yet (%s); it goes there "
-                            "once the store answers", number, exc)
-                return number
         log.info("model version %d published (ratings up to request %d, fit in %.1f s)", number, seq,
                  models.meta["fit_seconds"]["total"])
+        if self.shared:  # API processes on other hosts get it from there
+            try:
+                self.shared.upload(self.versions, number, self.versions.keep)
+            except StoreError as exc:  # the fit is not lost: share_versions uploads it once the store answers
+                log.warning("model version %d is not in the store yet (%s); it goes there once the store "
+                            "answers", number, exc)
+                return number
         try:  # the version is out; a store that cannot compact now (disk full) compacts after the next fit
             self.store.compact(seq)
         except StoreError as exc:

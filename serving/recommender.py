@@ -27,8 +27,8 @@ from serving.quality import LiveQuality
 from serving.snapshot import candidates
 from serving.state import Served
 from serving.validation import check_ratings, check_user
+from storage.backends import open_store
 from storage.shipping import shared_versions
-from storage.sqlite import SQLiteStore
 from storage.store import Store, StoreError
 from storage.versions import Lease, ModelVersions
 
@@ -79,7 +79,7 @@ class Recommender:
     def __init__(self, model_dir: Path, store: Store | None = None, poll: float = POLL_SECONDS):
         self.model_dir = Path(model_dir)
         self.versions = ModelVersions(self.model_dir)
-        self.store = store or SQLiteStore(self.model_dir / "ratings.db")
+        self.store = store or open_store(None, self.model_dir)
         self.shared = shared_versions(self.store)  # PostgreSQL: versions arrive from the database
         self.poll = poll
         self._served: Served | None = None

@@ -240,7 +240,7 @@ def test_a_version_the_database_store_could_not_take_goes_there_once_it_answers(
     with caplog.at_level("WARNING"):
         assert engine.fit_and_publish() == 2
     assert engine.versions.current() == 2 and shared.current() == 1
-    assert "model version 2 is published here but not in the store yet" in caplog.text
+    assert "model version 2 is not in the store yet" in caplog.text
     engine.shared.upload = upload
     Trainer(engine, RetrainPolicy(None, None, 0))._due()  # the trainer's next poll
     assert shared.current() == 2 and shared.newest() == 2
