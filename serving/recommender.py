@@ -114,10 +114,13 @@ class Recommender:
     def refresh(self) -> bool:
         """Swap in the current version if it is not the one in service; whether it swapped."""
         with self._swap_lock:
-            if self.shared is not None:
+            if self.shared is not None:  # serve what is here when this fails; the next poll tries again
                 try:
                     self.shared.sync(self.versions)
-                except (StoreError, ModelError) as exc:  # serve what is here; the next poll tries again
+                    self._store_down = False
+                except StoreError as exc:
+                    self._store_trouble(exc)
+                except ModelError as exc:
                     log.warning("could not copy the store's current model version: %s", exc)
             number = self.versions.current()
             served = self._served
@@ -157,11 +160,15 @@ class Recommender:
                     served = self._served
                     served.apply(*self.store.changes(served.synced))
             self._store_down = False
-        except StoreError as exc:  # no process can write either: answer from memory, say so once
-            if not self._store_down:
-                log.warning("%s; answering from memory until it is back", exc)
-            self._store_down = True
+        except StoreError as exc:  # no process can write either: answer from memory
+            self._store_trouble(exc)
         return served
+
+    def _store_trouble(self, exc: StoreError) -> None:
+        """Say once per outage that the store is not answering (every request and every poll meets it)."""
+        if not self._store_down:
+            log.warning("%s; answering from memory until it is back", exc)
+        self._store_down = True
 
     @property
     def version(self) -> int | None:
@@ -285,7 +292,7 @@ class Recommender:
         """Ask the trainer for a fit on every stored rating now; returns when it was asked."""
         try:
             return self.store.request_retrain()
-        except Exception as exc:
+        except StoreError as exc:
             log.error("could not record the retrain request: %s", exc)
             raise StoreUnavailable("the retrain request could not be stored; try again later") from None
 
