@@ -21,8 +21,8 @@ from werkzeug.exceptions import HTTPException
 
 from metrics import CONTENT_TYPE, Metrics
 from serving.errors import InputError, NotFound, StoreUnavailable
-from serving.recommender import Movie, Recommender
-from serving.status import operator_status
+from serving.recommender import Ack, Movie, Recommender
+from serving.status import operator_status, public_health
 from serving.validation import MAX_ID
 from storage.store import StoreError
 from storage.tokens import UserTokens
@@ -165,6 +165,34 @@ def refuse_other_sites() -> None:
                          "page, or without an Origin header as curl and scripts do", 403)
 
 
+def is_operator() -> bool:
+    """Whether the caller may see operators' details (paths, pids, hosts, errors): the admin token, or any
+    caller when no admin token is set (a service on loopback)."""
+    admin = current_app.config.get("API_TOKEN")
+    if not admin:
+        return True
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), admin.encode())
+
+
+MAX_KEY = 255
+
+
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key`` header (1 to 255 visible ASCII characters), or None."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY or not all("!" <= c <= "~" for c in key):
+        raise InputError(f"Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters (such as a UUID)")
+    return key
+
+
+def acknowledged(ack: Ack, **extra):
+    """A write's 201 answer; a replayed one (its Idempotency-Key seen before) says so."""
+    return jsonify({**ack.body, **extra, **({"replayed": True} if ack.replayed else {})}), 201
+
+
 def authorize(user: int | None) -> None:
     """With an admin token configured, a user's ratings and recommendations (``user``) need
     ``Authorization: Bearer <token>`` with the admin token or that user's own token; operator
@@ -228,17 +256,19 @@ def user_ratings(user_id: str):
 def new_user():
     """The next free user id, for someone new (with an admin token set, the operator hands them out)."""
     authorize(None)
-    return jsonify({"user": _recommender().new_user()}), 201
+    return acknowledged(_recommender().new_user(idempotency_key()))
 
 
 @ratings_bp.post("/<user_id>/ratings")
 def add_ratings(user_id: str):
     user = parse_id(user_id, "user id")
     authorize(user)
+    key = idempotency_key()
     pairs, labels = read_ratings_body()
-    version = _recommender().add_ratings(user, pairs, labels)
-    current_app.extensions["metrics"].posted.inc(len(pairs))
-    return jsonify({"user": user, "accepted": len(pairs), "model_version": version}), 201
+    ack = _recommender().add_ratings(user, pairs, labels, key)
+    if not ack.replayed:
+        current_app.extensions["metrics"].posted.inc(len(pairs))
+    return acknowledged(ack)
 
 
 @movies_bp.get("/recommend")
@@ -288,7 +318,10 @@ def similar_movies(movie_id: str):
 
 @status_bp.get("/health")
 def health():
-    return jsonify(_recommender().status())
+    """Status, version and counts for anyone; the trainer's pid and errors and the store's error text only
+    for operators (they also go to the log)."""
+    status = _recommender().status()
+    return jsonify(status if is_operator() else public_health(status))
 
 
 @status_bp.get("/metrics")

@@ -58,6 +58,7 @@ class RecommendationEngine:
         self.params_source = "given" if params is not None else "saved" if saved is not None else "default"
         self.tune_budget = tune_budget if params is None and saved is None else None
         self._stopping = threading.Event()
+        self._unrecorded: tuple[int, int] | None = None  # (version, seq) published while the store was down
         # This engine's Spark jobs; cancelling the group is for good, so it is never shared.
         self.job_group = f"{JOB_GROUP}-{uuid.uuid4().hex[:12]}"
         with phase("load dataset"):
@@ -169,7 +170,8 @@ class RecommendationEngine:
             return None
 
     def matches(self, meta: dict | None) -> bool:
-        """Whether a published version was fitted on this dataset with these parameters and scale."""
+        """Whether a published version was fitted on this dataset with these parameters and scale, and on
+        this ratings store as it is (not another store, nor before the store was restored from a backup)."""
         if meta is None:
             return False
         try:
@@ -177,18 +179,24 @@ class RecommendationEngine:
         except ModelError:
             same_params = False
         return (meta.get("dataset_fingerprint") == self.fingerprint and same_params
-                and meta.get("scale") == self.scale.__dict__)
+                and meta.get("scale") == self.scale.__dict__ and self.store.covered(meta) is not None)
 
     def share_versions(self) -> None:
-        """With a database store, make this host's folder and the store agree (before fitting, and at every
-        trainer poll): copy the store's current version here when it is newer, or upload this folder's when
-        the store lacks it (a fit published while the store was down)."""
+        """Make the store and this host's folder agree (before fitting, and at every trainer poll): record a
+        version published while the store was down, and with a database store copy the store's current
+        version here when it is newer, or upload this folder's when the store lacks it.  A version fitted
+        on another store is never uploaded (the trainer fits one on this store instead)."""
+        if self._unrecorded is not None:
+            number, seq = self._unrecorded
+            if self.store.last_seq >= seq:  # else the store went back meanwhile: the version is not its own
+                self.store.record_version(number, seq)
+            self._unrecorded = None
         if self.shared is None:
             return
         local = self.versions.current() or 0
         if (self.shared.current() or 0) > local:
             self.shared.sync(self.versions)
-        elif local > self.shared.newest():
+        elif local > self.shared.newest() and self.store.covered(self.current_meta() or {}) is not None:
             self.shared.upload(self.versions, local, self.versions.keep)
 
     def fit_and_publish(self, seq: int | None = None) -> int:
@@ -212,6 +220,13 @@ class RecommendationEngine:
                                        after=self.shared.newest() if self.shared else 0)
         log.info("model version %d published (ratings up to request %d, fit in %.1f s)", number, seq,
                  models.meta["fit_seconds"]["total"])
+        try:  # API processes trust the version's request number on this store once the store says so
+            self.store.record_version(number, seq)
+        except StoreError as exc:  # meanwhile they fold in every stored rating; recorded at the next poll
+            log.warning("model version %d is not recorded in the ratings store yet (%s); it is once the store "
+                        "answers", number, exc)
+            self._unrecorded = (number, seq)
+            return number
         if self.shared:  # API processes on other hosts get it from there
             try:
                 self.shared.upload(self.versions, number, self.versions.keep)

@@ -13,6 +13,7 @@ anywhere reflects it.  Results are plain dataclasses; app.py shapes the JSON.
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import threading
 import time
@@ -29,12 +30,13 @@ from serving.state import Served
 from serving.validation import check_ratings, check_user
 from storage.backends import open_store
 from storage.shipping import shared_versions
-from storage.store import Store, StoreError
-from storage.versions import Lease, ModelVersions
+from storage.store import Once, Replayed, Store, StoreError
+from storage.versions import Lease, ModelVersions, Version
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # how often the pointer to the current version is read
+STATUS_SECONDS = 1.0  # /health's trainer status is read at most this often (its counts: when ratings arrive)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,23 @@ class TopN:
 
 
 @dataclass(frozen=True)
+class Ack:
+    """A stored write's answer: ``body`` as first given, ``replayed`` when an Idempotency-Key was seen before
+    and nothing was stored this time."""
+
+    body: dict
+    replayed: bool = False
+
+
+class KeyReused(InputError):
+    """An Idempotency-Key already used for another request."""
+
+    def __init__(self):
+        super().__init__("this Idempotency-Key was used for another request in the last 24 hours: "
+                         "use a new key for a new request", 422)
+
+
+@dataclass(frozen=True)
 class Prediction:
     user: int
     movie: Movie
@@ -92,6 +111,7 @@ class Recommender:
         self._refused: int | None = None  # a version that failed its checks
         self.quality = LiveQuality()  # how the versions do on the ratings posted here
         self._store_down = False  # the last read of the store failed (said once in the log)
+        self._status_cache: tuple | None = None  # /health's store reads: (key, pending, first, trainer, when)
 
     # --- versions ----------------------------------------------------------------------------
 
@@ -133,7 +153,7 @@ class Recommender:
                 self.load_error, self._refused = str(exc), number
                 return False
             start = time.perf_counter()
-            fresh = Served(version)
+            fresh = self._based(version)
             fresh.apply(*self.store.changes(fresh.seq))  # most of the catching up, outside the lock
             with self._sync_lock:
                 fresh.apply(*self.store.changes(fresh.synced))
@@ -148,17 +168,35 @@ class Recommender:
                      "loaded in %.2f s)", fresh.number, fresh.seq, len(fresh.posted), time.perf_counter() - start)
             return True
 
+    def _based(self, version: Version) -> Served:
+        """The version, served over the store's ratings from the last request of this store it covers: all of
+        them when it was fitted on another store or before the store was restored (said once per load)."""
+        covered = self.store.covered(version.meta)
+        if covered is None:
+            log.warning("model version %d in %s was not fitted on the ratings store %s as it is now (another "
+                        "store, or one restored from an earlier backup): every rating the store holds is folded "
+                        "in, and the trainer fits a new version", version.number, self.versions.root,
+                        self.store.describe()["where"])
+        return Served(version, 0 if covered is None else covered)
+
     def current(self) -> Served:
         """The version in service with every acknowledged rating folded in; Unavailable before the first."""
         served = self._served
         if served is None:
-            raise Unavailable(f"no model has been published in {self.versions.root} yet: the trainer is fitting "
-                              "the first one" + (f" ({self.load_error})" if self.load_error else ""))
+            raise Unavailable("no model has been published yet: the trainer is fitting the first one")
         try:  # one read per request: what any process acknowledged before this request began is in the answer
-            if self.store.last_seq > served.synced:
+            last = self.store.last_seq
+            if last > served.synced:
                 with self._sync_lock:
                     served = self._served
                     served.apply(*self.store.changes(served.synced))
+            elif last < served.synced:  # the store went back (restored from a backup): start over from it
+                with self._sync_lock:
+                    if self.store.last_seq < self._served.synced:
+                        fresh = self._based(self._served.version)
+                        fresh.apply(*self.store.changes(fresh.synced))
+                        self._served = fresh
+                    served = self._served
             self._store_down = False
         except StoreError as exc:  # no process can write either: answer from memory
             self._store_trouble(exc)
@@ -258,8 +296,11 @@ class Recommender:
 
     # --- writes --------------------------------------------------------------------------------
 
-    def add_ratings(self, user: int, pairs: list[tuple[int, float]], labels: list[str] | None = None) -> int:
-        """Durably store a user's ratings (all or nothing) and fold them in; return the version in service.
+    def add_ratings(self, user: int, pairs: list[tuple[int, float]], labels: list[str] | None = None,
+                    key: str | None = None) -> Ack:
+        """Durably store a user's ratings (all or nothing) and fold them in; the answer names the version in
+        service.  With an Idempotency-Key ``key`` seen for this user in the last 24 hours, nothing is stored
+        and the first answer comes back (``replayed``).
 
         Returns only after the store committed them; a rejected or failed
         request changes nothing.
@@ -269,24 +310,40 @@ class Recommender:
         rows = np.array(check_ratings(served.catalogue, served.scale, pairs, labels), dtype=np.int64)
         snapshot, rated = served.snapshot, served.ratings_of(user)
         predicted = snapshot.predicted_ratings(snapshot.user_vectors(user), rows, rated=_pairs(rated))
+        body = {"user": user, "accepted": len(pairs), "model_version": served.number}
+        once = None if key is None else Once(f"ratings:{user}", key, fingerprint(sorted(pairs)))
         try:
-            self.store.append(user, pairs)
+            self.store.append(user, pairs, once, body)
+        except Replayed as again:
+            return self._replay(again)
         except StoreError as exc:
             log.error("%s", exc)
             raise StoreUnavailable("the ratings could not be stored; nothing was saved, try again later") from None
         self.quality.posted(served.number, user, [m for m, _ in pairs], predicted.tolist(), [r for _, r in pairs])
-        return self.current().number
+        self.current()  # folded in before the answer
+        return Ack(body)
 
-    def new_user(self) -> int:
-        """The next free user id (above every user the version knows), handed out once across processes."""
+    @staticmethod
+    def _replay(again: Replayed) -> Ack:
+        if not again.matches:
+            raise KeyReused()
+        return Ack(again.answer, replayed=True)
+
+    def new_user(self, key: str | None = None) -> Ack:
+        """The next free user id (above every user the version knows), handed out once across processes;
+        with an Idempotency-Key seen in the last 24 hours, the id handed out then."""
         served = self.current()
         users = served.histories.users
         try:
-            return self.store.new_user(int(users.max()) + 1 if len(users) else 1,
-                                       lambda u: served.ratings_of(u) is not None)
+            user = self.store.new_user(int(users.max()) + 1 if len(users) else 1,
+                                       lambda u: served.ratings_of(u) is not None,
+                                       None if key is None else Once("users", key, fingerprint("new user")))
+        except Replayed as again:
+            return self._replay(again)
         except StoreError as exc:
             log.error("could not hand out a user id: %s", exc)
             raise StoreUnavailable("a new user id could not be stored; try again later") from None
+        return Ack({"user": user})
 
     def request_retrain(self) -> float:
         """Ask the trainer for a fit on every stored rating now; returns when it was asked."""
@@ -297,12 +354,14 @@ class Recommender:
             raise StoreUnavailable("the retrain request could not be stored; try again later") from None
 
     def status(self) -> dict:
-        """What /health reports: the version in service, what it has not seen, and the trainer's state."""
+        """What /health reports: the version in service, what it has not seen, and the trainer's state.
+
+        The store is asked for its counts only when ratings arrived or the version changed, and for the
+        trainer's status at most every STATUS_SECONDS, so a flood of /health costs the store nothing much.
+        """
         served = self.current()
         try:
-            pending = self.store.ratings_after(served.seq)
-            trainer = self.store.trainer_status() or {}
-            first = self.store.first_time_after(served.seq) if pending else None
+            pending, first, trainer = self._store_status(served)
             store_error = None
         except StoreError as exc:  # still serving from memory: say what is unknown, and why
             pending, trainer, first, store_error = None, {}, None, str(exc)
@@ -325,6 +384,23 @@ class Recommender:
                 "last_retrain_error": trainer.get("error"), "next_fit": due,
                 "live_quality": self.quality.summary()}
 
+    def _store_status(self, served: Served) -> tuple[int, float | None, dict]:
+        """Pending ratings, the first one's time and the trainer's status, from the store or the cache."""
+        key, now = (served.number, served.seq, served.synced), time.monotonic()
+        cached = self._status_cache
+        if cached is not None and cached[0] == key:
+            pending, first = cached[1], cached[2]
+        else:
+            pending = self.store.ratings_after(served.seq)
+            first = self.store.first_time_after(served.seq) if pending else None
+        trainer = cached[3] if cached is not None and now - cached[4] < STATUS_SECONDS else None
+        if trainer is None:
+            trainer = self.store.trainer_status() or {}
+        else:
+            now = cached[4]
+        self._status_cache = (key, pending, first, trainer, now)
+        return pending, first, trainer
+
 
 def _empty_reason(served, min_count: int, genre: str | None) -> str:
     """Why no movie is left: the filter asks for more ratings than any movie has, or the user rated all
@@ -339,6 +415,11 @@ def _empty_reason(served, min_count: int, genre: str | None) -> str:
         return f"no movie{where} has {min_count} ratings or more: the most-rated has {largest}"
     passing = int((counts >= min_count).sum())
     return f"you have rated all {passing} movie(s){where} with at least {min_count} ratings"
+
+
+def fingerprint(request) -> str:
+    """What identifies a write's request for an Idempotency-Key (a key reused with another one is refused)."""
+    return hashlib.sha256(repr(request).encode()).hexdigest()
 
 
 def _pairs(ratings) -> tuple[np.ndarray, np.ndarray] | None:

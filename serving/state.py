@@ -25,8 +25,11 @@ class Served:
     readers use whatever they find, as every assignment here replaces a whole value.
     """
 
-    def __init__(self, version: Version):
+    def __init__(self, version: Version, base: int | None = None):
+        """``base``: the last of the store's requests the version covers (None: its ``seq``; 0 for a version
+        fitted on another store, or before the store was restored, so that every rating it holds is folded in)."""
         self.version = version
+        self.base = version.seq if base is None else base
         self.catalogue = version.catalogue
         self.histories = version.histories
         self.scale = version.models.scale
@@ -34,7 +37,7 @@ class Served:
         self.counts = np.array(self.histories.counts)  # copies: fold-ins change them
         self.sums = np.array(self.histories.sums)
         self.posted: dict[int, UserRatings] = {}
-        self.synced = version.seq
+        self.synced = self.base
 
     @property
     def number(self) -> int:
@@ -42,7 +45,8 @@ class Served:
 
     @property
     def seq(self) -> int:
-        return self.version.seq
+        """The last of the store's requests the version was trained on (its base)."""
+        return self.base
 
     def row(self, movie: int) -> int:
         """The movie's catalogue row; NotFound for an unknown id."""

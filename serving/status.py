@@ -6,6 +6,17 @@ from __future__ import annotations
 from storage.params import tuning_summary
 
 
+def public_health(health: dict) -> dict:
+    """/health for callers without the admin token: status, version and counts, and no paths, pids, hosts
+    or error texts (which name the store's host and user); the store is only said not to answer."""
+    trainer = health["trainer"]
+    public = {k: v for k, v in health.items() if k not in ("store_error", "last_retrain_error", "trainer")}
+    public["trainer"] = {"state": trainer["state"], "last_fit": trainer["last_fit"]}
+    if health["store_error"] is not None:
+        public["store"] = "not answering"
+    return public
+
+
 def operator_status(recommender) -> dict:
     """The serving status (/health's), each published version newest first with its fit and its live
     figures, the last tuning's validation figures, and the ratings store's size on disk."""

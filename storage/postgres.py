@@ -13,23 +13,30 @@ When the server goes away, the request that finds out fails with StoreError (a
 from memory), and so does every request after it, at once, without waiting for
 a connection, until a probe connects again (every PROBE seconds).  The probe
 then replaces the pool's dead idle connections, and requests go through again:
-no restart, and no request waits on a server that is down.
+no restart, and no request waits on a server that is down.  Only a lost
+connection is an outage: a pool with no free connection within WAIT_TIMEOUT, a
+statement timeout or a deadlock fail that request alone (StoreBusy), and the
+next request tries again.
+
+The URL's password (``user:password@``, a ``password=`` parameter) and
+``PGPASSWORD`` never appear in a message: :func:`redact` and :func:`scrub`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from storage.store import Store, StoreError, TrainerClaim
+from storage.store import Store, StoreBusy, StoreError, TrainerClaim
 
 log = logging.getLogger(__name__)
 # The pool logs each failed reconnection attempt; during an outage that is a line per request.  The store
@@ -44,6 +51,10 @@ CREATE INDEX IF NOT EXISTS ratings_by_user ON ratings ("user", movie, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS user_tokens (
     "user" BIGINT PRIMARY KEY, hash BYTEA NOT NULL UNIQUE, issued DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, answer TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL, PRIMARY KEY (scope, key));
+CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency (time);
 CREATE TABLE IF NOT EXISTS model_versions (
     number INTEGER PRIMARY KEY, meta TEXT NOT NULL, created DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS model_files (
@@ -53,7 +64,8 @@ CREATE TABLE IF NOT EXISTS model_files (
 SCHEMA_LOCK = 4_242_001  # an advisory lock: processes starting at once create the tables one at a time
 TRAINER_LOCK = 4_242_002  # an advisory lock: one trainer per store, whatever its host
 CONNECT_TIMEOUT = 5  # seconds to open a connection (a server that does not answer)
-WAIT_TIMEOUT = 3.0  # seconds a request waits for a pooled connection
+WAIT_TIMEOUT = 3.0  # seconds a request waits for a pooled connection (then a 503 for that request alone)
+POOL_SIZE = 16  # connections: one for each of the API's default 16 threads, so a burst waits for none
 PROBE = 0.25  # seconds between connection attempts while the server is down
 ERRORS = (psycopg.Error, PoolTimeout)
 
@@ -73,19 +85,48 @@ class _Cursor:
         return cur
 
 
-def _reason(exc: Exception) -> str:
-    """psycopg's message on one line: its first line says what failed (the next ones give hints)."""
+def _reason(exc: Exception, url: str = "") -> str:
+    """psycopg's message on one line (its first line says what failed; the next ones give hints), with
+    any password of ``url`` scrubbed."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return re.sub(r"\s+", " ", lines[0]).removeprefix("connection failed: ") if lines else type(exc).__name__
+    text = re.sub(r"\s+", " ", lines[0]).removeprefix("connection failed: ") if lines else type(exc).__name__
+    return scrub(text, url)
+
+
+def _passwords(url: str) -> list[str]:
+    """Every password a connection to ``url`` may use: its userinfo's, its ``password=`` parameters' and
+    ``PGPASSWORD``."""
+    found = [os.environ.get("PGPASSWORD", "")]
+    try:
+        parts = urlsplit(url)
+        found += [parts.password or ""]
+        found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "password"]
+    except ValueError:  # not a URL at all: nothing in it to find
+        pass
+    return [p for p in found if p]
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with every password of ``url`` (see :func:`_passwords`) replaced by ``***``."""
+    for password in sorted(_passwords(url), key=len, reverse=True):
+        text = text.replace(password, "***")
+    return text
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for logs and the status page."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, host = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
+    """The URL without its password (userinfo or ``password=`` parameter), for logs and the status page."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            user, host = parts.netloc.rsplit("@", 1)
+            parts = parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}")
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k == "password" for k, _ in query):
+            parts = parts._replace(query=urlencode([(k, "***" if k == "password" else v) for k, v in query],
+                                                   safe="*"))
+        return scrub(urlunsplit(parts), url)
+    except ValueError:
+        return "postgresql://(an unreadable URL)"
 
 
 class PostgresStore(Store):
@@ -94,13 +135,13 @@ class PostgresStore(Store):
     kind = "postgresql"
     lock_row = " FOR UPDATE"
 
-    def __init__(self, url: str, max_connections: int = 8):
+    def __init__(self, url: str, max_connections: int = POOL_SIZE):
         self.url = url
         self.where = redact(url)
         try:  # a bad URL, a wrong password or no server: one clear line, before anything starts
             psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT).close()
         except psycopg.Error as exc:
-            raise StoreError(f"cannot open the PostgreSQL store {self.where}: {_reason(exc)}") from None
+            raise StoreError(f"cannot open the PostgreSQL store {self.where}: {_reason(exc, url)}") from None
         self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=True, timeout=WAIT_TIMEOUT,
                                     kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                                     reconnect_timeout=0, name="ratings-store")
@@ -122,13 +163,26 @@ class PostgresStore(Store):
             raise StoreError(f"the PostgreSQL store {self.where} is not answering: {self._why}")
         try:
             with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                except psycopg.OperationalError as exc:
+                    if conn.broken:  # the connection itself is gone: the server went away
+                        self._went_down(_reason(exc, self.url))
+                    raise
         except StoreError:
             raise
-        except ERRORS as exc:
-            if isinstance(exc, (psycopg.OperationalError, PoolTimeout)):
-                self._went_down(_reason(exc))
-            raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc)}") from exc
+        except PoolTimeout:  # every connection busy, or none could be made: only a new one tells which
+            try:
+                psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT).close()
+            except psycopg.Error as exc:
+                self._went_down(_reason(exc, self.url))
+                raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}") from None
+            raise StoreBusy(f"the PostgreSQL store {self.where} is busy: no connection was free within "
+                            f"{WAIT_TIMEOUT:g} s") from None
+        except ERRORS as exc:  # unless the connection was lost: a statement timeout, a deadlock, this request's
+            busy = isinstance(exc, psycopg.OperationalError) and not self._down.is_set()
+            raise (StoreBusy if busy else StoreError)(
+                f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}") from exc
 
     def _went_down(self, why: str) -> None:
         """A connection failed: refuse requests at once until a probe connects again, then replace the
@@ -146,7 +200,7 @@ class PostgresStore(Store):
                     psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT).close()
                     self._pool.check()
                 except (psycopg.Error, PoolTimeout) as exc:
-                    self._why = _reason(exc)
+                    self._why = _reason(exc, self.url)
                     continue
                 self._down.clear()
                 log.warning("the PostgreSQL store %s answers again", self.where)
@@ -174,7 +228,20 @@ class PostgresStore(Store):
         try:
             return claim if claim.take() else None
         except psycopg.Error as exc:
-            raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc)}") from exc
+            raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}") from exc
+
+    @contextmanager
+    def dedicated(self) -> Iterator[_Cursor]:
+        """A connection of its own (not the pool's) in one read-only snapshot, for a long read such as a
+        model version's download, which would otherwise keep a request's connection for seconds."""
+        if self._down.is_set():
+            raise StoreError(f"the PostgreSQL store {self.where} is not answering: {self._why}")
+        try:
+            with psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT) as conn:
+                conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+                yield _Cursor(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}") from exc
 
     def describe(self) -> dict:
         with self.reading() as db:

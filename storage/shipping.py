@@ -74,7 +74,7 @@ class SharedVersions:
         if number is None or (versions.current() or 0) >= number:
             return False
         started = time.perf_counter()
-        with self.store.reading() as db:
+        with self.store.dedicated() as db:  # one snapshot, on a connection of its own: not a request's
             row = db.execute("SELECT meta FROM model_versions WHERE number = ?", (number,)).fetchone()
             if row is None:
                 return False  # replaced and dropped since the pointer was read: the next poll gets the new one

@@ -10,6 +10,7 @@ Schema::
     ratings(seq, user, movie, rating, time)   -- one row per rating; seq numbers the request
     meta(key, value)                           -- store_id, last_seq, trainer status, retrain requests
     user_tokens(user, hash, issued)            -- storage/tokens.py
+    idempotency(scope, key, fingerprint, answer, time)  -- Idempotency-Key answers, kept 24 hours
 
 ``BEGIN IMMEDIATE`` holds the database's one write lock for each write
 transaction, so the promises of :mod:`storage.store` hold across the processes
@@ -42,6 +43,10 @@ CREATE TABLE IF NOT EXISTS ratings (
 CREATE INDEX IF NOT EXISTS ratings_by_user ON ratings (user, movie, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS user_tokens (user INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE, issued REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, answer TEXT NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (scope, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency (time);
 """
 # A pause after each compaction transaction: a POST in another process that found the lock taken sleeps in
 # SQLite's busy handler (1, 2, 5, 10, 15, 20, 25 ms ...) and must find it free when it wakes, or it sleeps longer.

@@ -34,6 +34,10 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 TRAINER_STATUS, RETRAIN_REQUESTED = "trainer", "retrain_requested"  # meta keys
+PUBLISHED = "published"  # meta key: {version number: the last request it covers}, the versions fitted on this store
+TOKENS_GENERATION = "tokens_generation"  # meta key: changes with every token issued or revoked
+KEEP_RECORDS = 100  # published versions the store remembers (far more than any folder keeps)
+IDEMPOTENCY_SECONDS = 24 * 3600  # how long an Idempotency-Key's answer is kept
 COMPACT_BATCH = 500  # replaced rows one compaction transaction deletes (by key: a few ms at most)
 
 NEXT_SEQ = ("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) WHERE key = 'last_seq' "
@@ -60,6 +64,32 @@ LEFT JOIN ratings AS r ON r.seq > ? AND r.seq <= m.upto ORDER BY r.seq
 
 class StoreError(RuntimeError):
     """The store could not take or answer a request (disk full, database down); nothing of it was stored."""
+
+
+class StoreBusy(StoreError):
+    """The store answers but could not take this request in time (a busy pool, a statement timeout, a
+    deadlock): this request failed, nothing of it was stored, and the next one may go through."""
+
+
+class Replayed(Exception):
+    """A write carried an Idempotency-Key seen before: nothing was stored, ``answer`` is the first answer
+    (``matches``: whether the request was the same as the first, by fingerprint)."""
+
+    def __init__(self, answer: dict, matches: bool):
+        super().__init__("replayed")
+        self.answer = answer
+        self.matches = matches
+
+
+@dataclass(frozen=True)
+class Once:
+    """An Idempotency-Key on a write: ``scope`` (whose keys: "ratings:7", "users"), the client's ``key``, a
+    ``fingerprint`` of the request (a key reused with another request is refused) and, set by the writer,
+    the ``answer`` to give again."""
+
+    scope: str
+    key: str
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -113,6 +143,11 @@ class Store(ABC):
     def reading(self) -> AbstractContextManager[Cursor]:
         """A cursor for reads (StoreError when the database cannot answer)."""
 
+    def dedicated(self) -> AbstractContextManager[Cursor]:
+        """A cursor for a long read (a model version's download) that must not hold a connection requests
+        need: PostgreSQL opens one of its own; SQLite's readers are per thread already."""
+        return self.reading()
+
     @abstractmethod
     def describe(self) -> dict:
         """Where the store is and how big, for the status page (no password)."""
@@ -127,34 +162,84 @@ class Store(ABC):
 
     # --- writes ---------------------------------------------------------------------------
 
-    def append(self, user: int, ratings: list[tuple[int, float]]) -> Entry:
+    def append(self, user: int, ratings: list[tuple[int, float]], once: Once | None = None,
+               answer: dict | None = None) -> Entry:
         """Store one request in one transaction; the caller may acknowledge once this returns.
 
+        With ``once``, ``answer`` is kept with the ratings in the same transaction, and a request whose
+        key was seen within IDEMPOTENCY_SECONDS stores nothing and raises Replayed with the first answer.
         Raises StoreError, with nothing stored, when the commit fails.
         """
         now = time.time()
         with self.writing() as db:
-            seq = int(db.execute(NEXT_SEQ).fetchone()[0])
+            seq = int(db.execute(NEXT_SEQ).fetchone()[0])  # first: its row lock orders duplicates too
+            if once is not None:
+                self._first_time(db, once, now)
             db.executemany('INSERT INTO ratings (seq, "user", movie, rating, time) VALUES (?, ?, ?, ?, ?)',
                            [(seq, user, m, r, now) for m, r in ratings])
+            if once is not None:
+                self._remember(db, once, answer or {}, now)
         return Entry(seq, user, tuple(ratings), now)
+
+    def _first_time(self, db: Cursor, once: Once, now: float) -> None:
+        """Inside a write transaction that holds the writers' lock: raise Replayed when ``once``'s key has an
+        answer younger than IDEMPOTENCY_SECONDS (the transaction then rolls back: nothing stored); drop
+        older answers."""
+        db.execute("DELETE FROM idempotency WHERE time < ?", (now - IDEMPOTENCY_SECONDS,))
+        row = db.execute("SELECT fingerprint, answer FROM idempotency WHERE scope = ? AND key = ?",
+                         (once.scope, once.key)).fetchone()
+        if row is not None:
+            raise Replayed(json.loads(row[1]), row[0] == once.fingerprint)
+
+    @staticmethod
+    def _remember(db: Cursor, once: Once, answer: dict, now: float) -> None:
+        db.execute("INSERT INTO idempotency (scope, key, fingerprint, answer, time) VALUES (?, ?, ?, ?, ?)",
+                   (once.scope, once.key, once.fingerprint, json.dumps(answer), now))
 
     def put_meta(self, key: str, value: str) -> None:
         """Set one shared setting (the trainer's status, a retrain request)."""
         with self.writing() as db:
             db.execute(PUT_META, (key, value))
 
-    def new_user(self, floor: int, taken: Callable[[int], bool]) -> int:
+    def new_user(self, floor: int, taken: Callable[[int], bool], once: Once | None = None) -> int:
         """A user id no one has: at least ``floor``, above every id handed out before by any process, with
-        no stored rating, and not ``taken(id)`` (ratings the caller knows of)."""
+        no stored rating, and not ``taken(id)`` (ratings the caller knows of).  With ``once``, a key seen
+        before raises Replayed with the id handed out then (``{"user": id}``)."""
+        now = time.time()
         with self.writing() as db:
             db.execute("INSERT INTO meta VALUES ('next_user', '0') ON CONFLICT (key) DO NOTHING")
             row = db.execute("SELECT value FROM meta WHERE key = 'next_user'" + self.lock_row).fetchone()
+            if once is not None:
+                self._first_time(db, once, now)
             user = max(floor, int(row[0]))
             while taken(user) or db.execute('SELECT 1 FROM ratings WHERE "user" = ? LIMIT 1', (user,)).fetchone():
                 user += 1
             db.execute(PUT_META, ("next_user", str(user + 1)))
+            if once is not None:
+                self._remember(db, once, {"user": user}, now)
         return user
+
+    def record_version(self, number: int, seq: int) -> None:
+        """Remember that version ``number`` was fitted on this store's requests up to ``seq`` (the trainer,
+        once it is published): :meth:`covered` then trusts the version's ``seq``."""
+        with self.writing() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?" + self.lock_row, (PUBLISHED,)).fetchone()
+            published = json.loads(row[0]) if row else {}
+            published[str(number)] = seq
+            kept = dict(sorted(published.items(), key=lambda kv: int(kv[0]))[-KEEP_RECORDS:])
+            db.execute(PUT_META, (PUBLISHED, json.dumps(kept)))
+
+    def covered(self, meta: dict) -> int | None:
+        """The last of this store's requests a version (its version.json) was trained on, or None when the
+        version was not fitted on this store as it is now: another store's (a deleted ``ratings.db``, a
+        move to PostgreSQL), or a store restored from a backup taken before the version was published,
+        whose request numbers after the backup mean other requests.  Such a version is served with every
+        rating the store holds folded in, and the trainer fits a new one."""
+        if meta.get("store_id") != self.store_id:
+            return None
+        published = json.loads(self.get_meta(PUBLISHED) or "{}")
+        seq = published.get(str(meta.get("version")))
+        return int(seq) if seq is not None and seq == meta.get("seq") else None
 
     def request_retrain(self) -> float:
         """Ask the trainer for a fit now (an operator's or a test's request); returns the request's time."""
@@ -203,6 +288,10 @@ class Store(ABC):
     def trainer_status(self) -> dict | None:
         value = self.get_meta(TRAINER_STATUS)
         return json.loads(value) if value else None
+
+    def tokens_generation(self) -> str | None:
+        """A value that changes whenever a user token is issued or revoked (storage/tokens.py caches them)."""
+        return self.get_meta(TOKENS_GENERATION)
 
     @property
     def last_seq(self) -> int:

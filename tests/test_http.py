@@ -271,6 +271,7 @@ def test_before_the_first_version_every_answer_is_a_503_that_says_why(tmp_path):
         for path in ("/1/ratings/top/3", "/1/ratings/1", "/movies?q=toy", "/health"):
             status, body, _ = server.get(path)
             assert status == 503 and "no model has been published" in body["error"], path
+            assert str(tmp_path) not in body["error"], path  # the folder goes to the log, not to anyone
         status, body, _ = server.post_json("/1/ratings", [{"movieId": 1, "rating": 4.0}])
         assert status == 503 and server.recommender.store.entries() == []
         status, _, raw = server.get("/")
@@ -327,7 +328,7 @@ def test_metrics_count_requests_ratings_and_store_errors_and_describe_the_versio
     assert server.post_json("/6100/ratings", [{"movieId": 1, "rating": 4.0}, {"movieId": 2, "rating": 2.5}])[0] == 201
     assert server.get("/no/such/route")[0] == 404
 
-    def full(user, ratings):
+    def full(user, ratings, *once):
         raise StoreError("database or disk is full")
 
     monkeypatch.setattr(server.recommender.store, "append", full)
@@ -395,8 +396,9 @@ def test_operator_status_needs_the_admin_token_when_one_is_set(live):
 
 
 def test_a_store_that_stops_answering_leaves_gets_answering_from_memory(live, monkeypatch):
-    """Reads the store cannot answer: lists and predictions come from memory, /health says degraded, a user
-    token (which only the store can check) gets a 503 with a JSON error, and a POST stores nothing."""
+    """Reads the store cannot answer: lists and predictions come from memory, also for a user token (checked
+    from memory), /health says degraded (the store's error text, which names its host, to operators only),
+    a revoked token still fails, and a POST stores nothing."""
     from contextlib import contextmanager
 
     from storage.store import StoreError
@@ -404,6 +406,8 @@ def test_a_store_that_stops_answering_leaves_gets_answering_from_memory(live, mo
     server = live(api_token="admin-t")
     admin = {"Authorization": "Bearer admin-t"}
     token = server.call("POST", "/admin/users/1/token", headers=admin)[1]["token"]
+    revoked = server.call("POST", "/admin/users/2/token", headers=admin)[1]["token"]
+    assert server.call("DELETE", "/admin/users/2/token", headers=admin)[1]["revoked"] is True
     before = server.call("GET", "/1/ratings/top/5", headers=admin)[1]
     store = server.recommender.store
 
@@ -416,13 +420,56 @@ def test_a_store_that_stops_answering_leaves_gets_answering_from_memory(live, mo
     monkeypatch.setattr(store, "writing", down)
     status, now, _ = server.call("GET", "/1/ratings/top/5", headers=admin)
     assert status == 200 and now["movies"] == before["movies"]
-    status, health, _ = server.call("GET", "/health")
-    assert status == 200 and health["status"] == "degraded" and "Connection refused" in health["store_error"]
+    status, health, raw = server.call("GET", "/health")
+    assert status == 200 and health["status"] == "degraded" and health["store"] == "not answering"
+    assert "store_error" not in health and b"db/r" not in raw and b"PostgreSQL" not in raw
     assert health["pending_ratings"] is None
-    status, body, _ = server.call("GET", "/1/ratings/top/5", headers={"Authorization": f"Bearer {token}"})
-    assert status == 503 and "ratings store is not answering" in body["error"]
+    status, health, _ = server.call("GET", "/health", headers=admin)
+    assert status == 200 and "Connection refused" in health["store_error"]
+    status, mine, _ = server.call("GET", "/1/ratings/top/5", headers={"Authorization": f"Bearer {token}"})
+    assert status == 200 and mine["movies"] == before["movies"]
+    status, body, _ = server.call("GET", "/2/ratings/top/5", headers={"Authorization": f"Bearer {revoked}"})
+    assert status == 401 and "Bearer" in body["error"]
     status, body, _ = server.post_json("/1/ratings", [{"movieId": 1, "rating": 4.0}], headers=admin)
     assert status == 503 and "nothing was saved" in body["error"]
     monkeypatch.undo()
     assert server.call("GET", "/health")[1]["status"] == "ok"
     assert all(e.user != 1 or (1, 4.0) not in e.ratings for e in store.entries())
+
+
+def test_a_retried_post_with_its_idempotency_key_is_stored_once_and_answered_as_the_first(live):
+    """The client lost the answer (a connection cut during COMMIT): the retry with the same Idempotency-Key
+    stores nothing and gets the first answer with "replayed"; the same key with another body is a 422."""
+    server = live()
+    store = server.recommender.store
+    key = {"Idempotency-Key": "9b2f6a0e-retry-1"}
+    status, first, _ = server.post_json("/4400/ratings", [{"movieId": 1, "rating": 4.0}], headers=key)
+    assert status == 201 and "replayed" not in first
+    status, again, _ = server.post_json("/4400/ratings", [{"movieId": 1, "rating": 4.0}], headers=key)
+    assert status == 201 and again == {**first, "replayed": True}
+    assert [e.ratings for e in store.entries() if e.user == 4400] == [((1, 4.0),)]
+    status, body, _ = server.post_json("/4400/ratings", [{"movieId": 2, "rating": 1.0}], headers=key)
+    assert status == 422 and "another request" in body["error"]
+    assert server.post_json("/4401/ratings", [{"movieId": 1, "rating": 4.0}], headers=key)[0] == 201  # per user
+    for bad in ("", "x" * 256, "has space"):
+        status, body, _ = server.post_json("/4400/ratings", [{"movieId": 3, "rating": 2.0}],
+                                           headers={"Idempotency-Key": bad})
+        assert status == 400 and "Idempotency-Key" in body["error"], bad
+    assert len([e for e in store.entries() if e.user == 4400]) == 1
+    new_user = {"Idempotency-Key": "new-user-1"}
+    status, handed, _ = server.call("POST", "/users", headers=new_user)
+    assert status == 201 and server.call("POST", "/users", headers=new_user)[1] == {**handed, "replayed": True}
+    assert server.call("POST", "/users")[1]["user"] == handed["user"] + 1
+
+
+def test_health_without_the_admin_token_says_status_version_and_counts_only(live):
+    """The trainer's pid and error text and the store's error name hosts and paths: operators only."""
+    server = live(api_token="admin-h")
+    server.recommender.store.set_trainer_status({"state": "failed", "pid": 4242, "host": "trainer-7",
+                                                 "error": "OSError: /srv/models/x: no space left"})
+    status, health, raw = server.get("/health")
+    assert status == 200 and health["trainer"]["state"] == "failed" and health["model_version"] == 1
+    assert b"4242" not in raw and b"/srv/models" not in raw and b"trainer-7" not in raw
+    assert {"store_error", "last_retrain_error"}.isdisjoint(health) and "n_ratings" in health
+    status, full, _ = server.call("GET", "/health", headers={"Authorization": "Bearer admin-h"})
+    assert full["trainer"]["pid"] == 4242 and "no space left" in full["last_retrain_error"]

@@ -43,7 +43,7 @@ def test_new_user_is_folded_in_at_once(make_recommender, csv_fixture):
     rec = make_recommender()
     assert rec.recommend(5000, 5, min_count=0).fallback == "popular"
     posted = [(m, 5.0) for m in csv_fixture.comedies[:5]] + [(m, 1.0) for m in csv_fixture.dramas[:5]]
-    assert rec.add_ratings(5000, posted) == 1
+    assert rec.add_ratings(5000, posted).body["model_version"] == 1
     top = rec.recommend(5000, 5, min_count=0)
     assert top.fallback is None
     assert set(_ids(top)) <= set(csv_fixture.comedies) - {m for m, _ in posted}
@@ -203,8 +203,19 @@ def test_new_users_get_the_next_free_id_once(make_recommender):
     rec = make_recommender()
     known = int(rec.current().histories.users.max())
     rec.add_ratings(known + 2, [(1, 4.0)])  # someone picked an id of their own
-    first = rec.new_user()
-    second = rec.new_user()
+    first = rec.new_user().body["user"]
+    second = rec.new_user().body["user"]
     assert (first, second) == (known + 1, known + 3)
     other = make_recommender(rec.model_dir)  # another process on the same store
-    assert other.new_user() == known + 4
+    assert other.new_user().body["user"] == known + 4
+
+
+def test_health_asks_the_store_for_its_counts_only_when_ratings_arrived(make_recommender, monkeypatch):
+    """A flood of /health costs no count(*) per call: the pending count is read again only after a write."""
+    rec = make_recommender()
+    counted = []
+    real = rec.store.ratings_after
+    monkeypatch.setattr(rec.store, "ratings_after", lambda seq: counted.append(seq) or real(seq))
+    assert [rec.status()["pending_ratings"] for _ in range(3)] == [0, 0, 0] and len(counted) == 1
+    rec.add_ratings(7001, [(1, 4.0)])
+    assert [rec.status()["pending_ratings"] for _ in range(3)] == [1, 1, 1] and len(counted) == 2

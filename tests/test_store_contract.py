@@ -163,3 +163,149 @@ def test_one_trainer_per_database_store_through_a_restart(postgres):
     second.release()
     first.release()
     store.close()
+
+
+def test_an_idempotency_key_stores_a_request_once_and_gives_its_first_answer_again(store):
+    """A retried write (the client never saw the answer) stores nothing the second time, takes no request
+    number, and gets the first answer; the same key with another request is refused; keys are per scope,
+    kept 24 hours, then pruned."""
+    from storage.store import Once, Replayed
+
+    once = Once("ratings:1", "k-1", "fp-a")
+    store.append(1, [(10, 4.0)], once, {"accepted": 1, "model_version": 7})
+    with pytest.raises(Replayed) as again:
+        store.append(1, [(10, 4.0)], once, {"accepted": 1, "model_version": 8})
+    assert again.value.answer == {"accepted": 1, "model_version": 7} and again.value.matches
+    with pytest.raises(Replayed) as other:
+        store.append(1, [(11, 2.0)], Once("ratings:1", "k-1", "fp-b"), {})
+    assert not other.value.matches
+    assert store.last_seq == 1 and _pairs(store) == [(1, 1, ((10, 4.0),))]
+    assert store.append(2, [(10, 1.0)], Once("ratings:2", "k-1", "fp-a"), {}).seq == 2  # another user's key
+    users = Once("users", "new-1", "u")
+    handed = store.new_user(1, lambda u: False, users)
+    with pytest.raises(Replayed) as same_user:
+        store.new_user(1, lambda u: False, users)
+    assert same_user.value.answer == {"user": handed} and store.new_user(1, lambda u: False) == handed + 1
+    with store.writing() as db:  # a day later
+        db.execute("UPDATE idempotency SET time = time - ?", (24 * 3600 + 1,))
+    assert store.append(1, [(10, 4.0)], once, {}).seq == 3  # the old key no longer replays, and is pruned
+    with store.reading() as db:
+        assert db.execute("SELECT count(*) FROM idempotency").fetchone()[0] == 1
+
+
+def test_a_version_counts_as_this_stores_only_once_recorded_with_the_same_request(store):
+    """What lets an API process trust a version's request number: the store it was fitted on recorded it."""
+    meta = {"version": 4, "seq": 3, "store_id": store.store_id}
+    assert store.covered(meta) is None  # not recorded: another store's, or from before a restore
+    store.record_version(4, 3)
+    assert store.covered(meta) == 3
+    assert store.covered({**meta, "seq": 2}) is None and store.covered({**meta, "store_id": "other"}) is None
+    for number in range(5, 200):
+        store.record_version(number, number)
+    assert store.covered({"version": 199, "seq": 199, "store_id": store.store_id}) == 199
+    assert store.covered(meta) is None  # the oldest records are dropped (far more than any folder keeps)
+
+
+def test_user_tokens_are_checked_from_memory_and_follow_every_issue_and_revoke(location):
+    """Tokens issued or revoked through one process's store count at once in another's, and a process checks
+    the tokens it knows while the store does not answer."""
+    from contextlib import contextmanager
+
+    a, b = open_store(*location), open_store(*location)
+    mine, theirs = UserTokens(a), UserTokens(b)
+    token = mine.issue(3)
+    assert theirs.owner(token) == 3
+    mine.revoke(3)
+    assert theirs.owner(token) is None
+    token = mine.issue(4)
+    assert theirs.owner(token) == 4
+
+    @contextmanager
+    def down():
+        raise StoreError("not answering (injected)")
+        yield
+
+    b.reading = down
+    assert theirs.owner(token) == 4 and theirs.owner("u1.not-a-token") is None
+    a.close()
+    del b.reading
+    b.close()
+
+
+def test_a_busy_postgresql_pool_fails_one_request_and_is_no_outage(postgres):
+    """No free connection within the wait (every one held) fails that request alone, with StoreBusy; the
+    next request goes through, and the store is not marked down."""
+    import threading
+
+    from storage.postgres import PostgresStore
+    from storage.store import StoreBusy
+
+    store = PostgresStore(postgres.create_database(), max_connections=1)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.reading():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    with pytest.raises(StoreBusy, match="busy"):
+        store.last_seq  # noqa: B018
+    release.set()
+    holder.join(30)
+    assert store.append(1, [(1, 4.0)]).seq == 1 and not store._down.is_set()
+    with store.writing() as db:  # a statement timeout is this request's failure too
+        db.execute("SET statement_timeout = 1")
+        with pytest.raises(Exception):  # noqa: B017
+            db.execute("SELECT pg_sleep(1)")
+    with pytest.raises(StoreBusy):
+        with store.reading() as db:
+            db.execute("SET statement_timeout = 1")
+            db.execute("SELECT pg_sleep(1)")
+    assert not store._down.is_set() and store.last_seq == 1
+    store.close()
+
+
+def test_no_password_reaches_a_message_in_any_form(postgres, monkeypatch):
+    """userinfo, a password= parameter, PGPASSWORD: refused connections name the store without it."""
+    from storage.postgres import PostgresStore, redact, scrub
+
+    good = postgres.create_database()
+    parts = good.split("@", 1)
+    user = parts[0].rsplit(":", 1)[0]
+    for url in (f"{user}:Wr0ngSecret@{parts[1]}", f"{user}@{parts[1]}?password=Wr0ngSecret&sslmode=disable"):
+        with pytest.raises(StoreError) as refused:
+            PostgresStore(url)
+        assert "Wr0ngSecret" not in str(refused.value) and "***" in str(refused.value), refused.value
+        assert "Wr0ngSecret" not in redact(url)
+    monkeypatch.setenv("PGPASSWORD", "Wr0ngSecret")
+    with pytest.raises(StoreError) as refused:
+        PostgresStore(f"{user}@{parts[1]}")
+    assert "Wr0ngSecret" not in str(refused.value)
+    assert scrub("password Wr0ngSecret is wrong", f"{user}@{parts[1]}") == "password *** is wrong"
+
+
+def test_a_version_download_takes_no_connection_requests_need(postgres, fixture_model, tmp_path):
+    """Copying a version from the database uses a connection of its own: while it streams, a request on a
+    pool of one connection is answered at once (it waited for the download's end, or failed, before)."""
+    from storage.postgres import PostgresStore
+    from storage.shipping import SharedVersions
+    from storage.versions import ModelVersions
+
+    store = PostgresStore(postgres.create_database(), max_connections=1)
+    store.append(1, [(1, 4.0)])
+    shared = SharedVersions(store)
+    shared.upload(ModelVersions(fixture_model), ModelVersions(fixture_model).current(), keep=3)
+    here = ModelVersions(tmp_path / "host")
+    during = []
+    install = here.install
+
+    def streaming(number, files):
+        during.append(store.last_seq)  # a request, mid-download
+        return install(number, files)
+
+    here.install = streaming
+    assert shared.sync(here) and here.current() == ModelVersions(fixture_model).current() and during == [1]
+    store.close()

@@ -226,7 +226,7 @@ class Trainer:
             log.warning("could not share model versions through the store: %s", exc)
         if not engine.matches(self._meta):
             why = "no model is published yet" if self._meta is None else \
-                "the published model was fitted on other data or with other parameters"
+                "the published model was fitted on other data, with other parameters or on another ratings store"
             return f"{why}: a fit with the {engine.params_source} parameters"
         if engine.tune_budget is not None:
             return TUNE
