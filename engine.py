@@ -266,8 +266,8 @@ class RecommendationEngine:
         self._stopping.set()
         try:
             internals.cancel_for_good(self.sc, self.job_group)
-        except Exception:  # the JVM may have had the signal too (process-group kill)
-            log.info("Spark had already stopped")
+        except Exception as exc:  # the JVM may have had the signal too (process-group kill)
+            log.debug("Spark had already stopped: %s", exc)
 
     def close(self) -> None:
         self.store.close()

@@ -232,15 +232,16 @@ def run_trainer(args, model_dir: Path) -> int:
     from trainer.role import SetupError, TrainerRole
 
     stop = threading.Event()
+    role = TrainerRole(args, model_dir)
 
     def on_signal(*_) -> None:
         stop.set()
+        role.stopping()  # at once: a process-group SIGTERM stops the JVM too, and a fit then fails
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if under_spark_submit():
         exit_with_parent(stop.set)
-    role = TrainerRole(args, model_dir)
     try:
         role.start()
     except SetupError as exc:

@@ -86,11 +86,11 @@ def health_ok(port: int) -> bool:
         return False
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of one process, in MB, from /proc (0 when it is gone)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of one process, in MB, from /proc (0 when it is gone); ``field`` "VmHWM" for its peak."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass

@@ -124,9 +124,11 @@ class ServerProcess:
         ``requests``-th ``POST /admin/retrain``."""
         self.wait_for("fitting: a fit was requested", timeout, requests)
 
-    def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60, group: bool = False) -> int:
+        """Send ``sig`` to the process (to its whole process group, as systemd does, with ``group`` or SIGKILL)
+        and wait for it to end; its exit status."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig) if sig == signal.SIGKILL else self.proc.send_signal(sig)
+            os.killpg(self.proc.pid, sig) if group or sig == signal.SIGKILL else self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         finally:

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from conftest import ROOT, free_port
-from processes import java_command_lines, request, until
+from fixtures import write_dataset
+from processes import ServerProcess, java_command_lines, request, until
 
 from server import descendants
 
@@ -77,6 +78,26 @@ def test_sigkill_after_201s_during_a_fit_loses_nothing_and_keeps_the_old_model(s
     for user, movie, rating in acknowledged:
         status, body = second.get(f"/{user}/ratings/{movie}")
         assert status == 200 and body["user_rating"] == rating
+
+
+def test_process_group_sigterm_during_a_fit_stops_the_trainer_in_one_line(tmp_path):
+    # systemd's default stop (and `kill -- -PGID`) signals the trainer and its JVM at once; the JVM may go
+    # first, and the py4j calls of the fit, of the cancel and of Spark's stop then fail: all expected.
+    dataset = write_dataset(tmp_path / "ml-fixture", "csv").path
+    trainer = ServerProcess(tmp_path / "m", "--no-tune", role="trainer", dataset=dataset)
+    try:
+        trainer.wait_for("fitting: no model is published yet", 120)
+        assert trainer.stop(signal.SIGTERM, group=True) == 0
+    finally:
+        if trainer.proc.poll() is None:
+            trainer.stop(signal.SIGKILL)
+    out = trainer.output()
+    assert "Traceback" not in out and "Answer from Java side is empty" not in out
+    assert not re.search(r"ERROR|WARN|Exception", out), out
+    after = out[out.index("fitting: no model is published yet"):].splitlines()[1:]
+    assert len(after) == 1 and "trainer stopped during a fit; the version in service stays" in after[0], after
+    assert not (tmp_path / "m" / "versions").exists() or not list((tmp_path / "m" / "versions").glob("v*"))
+    assert list(trainer.tmp.iterdir()) == []  # Spark's scratch and checkpoints went with it
 
 
 def test_refuses_public_host_without_token(csv_fixture, tmp_path):

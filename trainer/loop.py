@@ -212,6 +212,11 @@ class Trainer:
             self.stop_event.set()
             self._set(state="stopped")
 
+    def stopping(self) -> None:
+        """Mark the stop as begun (only sets a flag: safe in a signal handler): a fit that fails from now on
+        ends the loop quietly, as a cancelled one does.  :meth:`stop` cancels the fit."""
+        self.stop_event.set()
+
     def stop(self) -> None:
         """Ask the loop to end; a running fit's Spark jobs are cancelled and nothing more is published."""
         self.stop_event.set()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 from datasets import movielens
@@ -23,6 +24,20 @@ from storage.params import saved_params
 from storage.store import StoreError
 
 log = logging.getLogger(__name__)
+
+
+PY4J_LOGGERS = ("py4j", "py4j.clientserver", "py4j.java_gateway")
+
+
+class _NotFromPy4J(logging.Filter):
+    """Drops what py4j logs through the root logger (its GatewayClient.send_command calls ``logging.info``
+    and ``logging.exception``, with a traceback, when the JVM does not answer)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return Path(record.pathname).parent.name != "py4j"
+
+
+NOT_FROM_PY4J = _NotFromPy4J()
 
 
 class SetupError(RuntimeError):
@@ -60,6 +75,7 @@ class TrainerRole:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._closed = False
+        self._quiet = False
 
     def start(self) -> TrainerRole:
         from trainer.loop import TrainerBusy, TrainerLock
@@ -120,8 +136,27 @@ class TrainerRole:
         finally:
             self._stopped.set()
 
+    def stopping(self) -> None:
+        """Stopping has begun: say so at once (safe in a signal handler: it only sets flags), before :meth:`stop`.
+
+        A process-group SIGTERM (systemd's default stop, ``kill -- -PGID``) reaches the JVM too, and it may
+        go first: from now on a fit that fails is the stop's doing (the loop ends without an error), and
+        the py4j and pyspark errors of a JVM that has gone are expected, so they are not logged.
+        """
+        if not self._quiet:
+            self._quiet = True
+            for name in PY4J_LOGGERS:
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+            logging.getLogger().addFilter(NOT_FROM_PY4J)
+        server = getattr(self.sc, "_accumulatorServer", None)  # None while Spark starts: stop() comes back here
+        if server is not None:  # its handler reads EOF when the JVM goes, and socketserver prints a traceback
+            server.handle_error = lambda request, client_address: None
+        if self.trainer is not None:
+            self.trainer.stopping()
+
     def stop(self, timeout: float = 60) -> None:
         """Stop the loop (cancelling a running fit), then Spark; release the folder.  Once; later calls wait."""
+        self.stopping()
         with self._stop_lock:
             if not self._closed:
                 self._closed = True
@@ -140,9 +175,11 @@ class TrainerRole:
             self.store.close()
         if self.sc is not None:
             try:
-                self.sc.stop()
-            except Exception:
-                pass
+                with warnings.catch_warnings():  # "Unable to cleanly shutdown Spark JVM process": it went first
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    self.sc.stop()
+            except Exception as exc:
+                log.debug("stopping Spark: %s", exc)
         if self.lock is not None:
             self.lock.release()
         self._stopped.set()
