@@ -53,6 +53,7 @@ class RecommendationEngine:
         self.versions = ModelVersions(self.model_dir, keep_versions)
         self.store = store or open_store(None, self.model_dir)
         self.shared = shared_versions(self.store)  # PostgreSQL: versions go to the database for other hosts
+        self._newest_shared = 0  # the highest version number the store held when it last answered
         saved = None if params is not None else saved_params(self.model_dir)
         self.params = params or saved or ModelParams()
         self.params_source = "given" if params is not None else "saved" if saved is not None else "default"
@@ -196,8 +197,26 @@ class RecommendationEngine:
         local = self.versions.current() or 0
         if (self.shared.current() or 0) > local:
             self.shared.sync(self.versions)
-        elif local > self.shared.newest() and self.store.covered(self.current_meta() or {}) is not None:
+        elif local > self._newest() and self.store.covered(self.current_meta() or {}) is not None:
             self.shared.upload(self.versions, local, self.versions.keep)
+            self._newest_shared = max(self._newest_shared, local)
+
+    def _newest(self) -> int:
+        """The highest version number the store holds (remembered: see :meth:`_number_floor`)."""
+        self._newest_shared = max(self._newest_shared, self.shared.newest())
+        return self._newest_shared
+
+    def _number_floor(self) -> int:
+        """What a new version's number must exceed besides this folder's: the store's newest, or when the
+        store is down the newest it last named, so that the fit is published here all the same (and
+        uploaded by :meth:`share_versions` once the store answers) instead of being thrown away."""
+        if self.shared is None:
+            return 0
+        try:
+            return self._newest()
+        except StoreError as exc:
+            log.warning("%s; the fit is published here and goes to the store once it answers", exc)
+            return self._newest_shared
 
     def fit_and_publish(self, seq: int | None = None) -> int:
         """Fit every model on the dataset and every rating posted up to request ``seq`` (default: all),
@@ -216,8 +235,7 @@ class RecommendationEngine:
                 "seq": seq, "tuned": self.tune_budget is None, "validation": tuning_summary(self.model_dir),
                 "n_ratings": models.meta["n_ratings"],
                 "fit_seconds": models.meta["fit_seconds"]}
-        number = self.versions.publish(models, self.catalogue, histories, meta,
-                                       after=self.shared.newest() if self.shared else 0)
+        number = self.versions.publish(models, self.catalogue, histories, meta, after=self._number_floor())
         log.info("model version %d published (ratings up to request %d, fit in %.1f s)", number, seq,
                  models.meta["fit_seconds"]["total"])
         try:  # API processes trust the version's request number on this store once the store says so
@@ -234,6 +252,7 @@ class RecommendationEngine:
                 log.warning("model version %d is not in the store yet (%s); it goes there once the store "
                             "answers", number, exc)
                 return number
+            self._newest_shared = max(self._newest_shared, number)
         try:  # the version is out; a store that cannot compact now (disk full) compacts after the next fit
             self.store.compact(seq)
         except StoreError as exc:

@@ -20,6 +20,11 @@ class ModelError(Exception):
     """A saved model is missing, damaged or does not match; the message says which."""
 
 
+class TransientModelError(ModelError):
+    """A model that could not be read or installed for a passing reason (too many open files, an I/O error,
+    no memory for a mapping, a full disk): nothing says it is damaged, so it is worth trying again later."""
+
+
 def _from_dict(cls, data: dict, where: str):
     """Build a params dataclass from a dict, naming any unknown key in a one-line ModelError."""
     known = {f.name for f in fields(cls)}

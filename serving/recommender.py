@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model import ModelError
+from model import ModelError, TransientModelError
 from serving.errors import InputError, StoreUnavailable, Unavailable
 from serving.quality import LiveQuality
 from serving.snapshot import candidates
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # how often the pointer to the current version is read
 STATUS_SECONDS = 1.0  # /health's trainer status is read at most this often (its counts: when ratings arrive)
+RETRY_SECONDS = (1.0, 60.0)  # a load that failed for a passing reason is tried again after 1 s, doubling to 60 s
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ class Recommender:
         self._watcher: threading.Thread | None = None
         self.load_error: str | None = None
         self._refused: int | None = None  # a version that failed its checks
+        self._retry: tuple[int, float, float] | None = None  # (version, when, back-off) after a passing load error
+        self.clock = time.monotonic  # the load back-off's clock
         self.quality = LiveQuality()  # how the versions do on the ratings posted here
         self._store_down = False  # the last read of the store failed (said once in the log)
         self._status_cache: tuple | None = None  # /health's store reads: (key, pending, first, trainer, when)
@@ -146,8 +149,17 @@ class Recommender:
             served = self._served
             if number is None or (served is not None and served.number == number) or number == self._refused:
                 return False
+            retry = self._retry if self._retry is not None and self._retry[0] == number else None
+            if retry is not None and self.clock() < retry[1]:
+                return False  # waiting out a passing load error's back-off
             try:
                 version, lease = self.versions.load(number)
+            except TransientModelError as exc:  # not the version's fault (EMFILE, EIO, ENOMEM): try again later
+                delay = RETRY_SECONDS[0] if retry is None else min(2 * retry[2], RETRY_SECONDS[1])
+                self._retry, self.load_error = (number, self.clock() + delay, delay), str(exc)
+                log.warning("%s; %s; trying again in %.0f s", exc,
+                            "the previous version stays in service" if served else "not serving", delay)
+                return False
             except ModelError as exc:  # damaged: said once, and not read again until the pointer moves on
                 log.error("%s; %s", exc, "the previous version stays in service" if served else "not serving")
                 self.load_error, self._refused = str(exc), number
@@ -160,7 +172,7 @@ class Recommender:
                 self._served = fresh
             if self._lease is not None:
                 self._lease.release()
-            self._lease, self.load_error = lease, None
+            self._lease, self.load_error, self._retry = lease, None, None
             # What is alive now (the libraries, this version) lives long: keep it out of the cyclic GC's
             # full passes, which held the GIL for 10 ms on ml-latest-small, in the middle of requests.
             gc.freeze()

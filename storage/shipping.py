@@ -8,7 +8,8 @@ when it polls for versions; when it names a version its folder lacks, it
 streams the files into a temporary folder, checks each against the SHA-256 in
 ``version.json``, and installs it with the same atomic rename and pointer
 switch as a local publish, after which the usual hot swap picks it up.  Hosts
-that share one folder install a version once (the folder's lock).
+that share one folder install a version once (the folder's lock).  A version
+that fails its checks is not downloaded again until the pointer names another.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import time
 from collections.abc import Iterator
 
+from model import ModelError, TransientModelError
 from storage.store import PUT_META, Store
 from storage.versions import ModelVersions
 
@@ -32,6 +34,7 @@ class SharedVersions:
 
     def __init__(self, store: Store):
         self.store = store
+        self.refused: int | None = None  # the version that failed its checks, until the pointer moves on
 
     def current(self) -> int | None:
         value = self.store.get_meta(CURRENT)
@@ -69,16 +72,25 @@ class SharedVersions:
                  time.perf_counter() - started)
 
     def sync(self, versions: ModelVersions) -> bool:
-        """Install the store's current version into ``versions`` if the folder lacks it; whether it did."""
+        """Install the store's current version into ``versions`` if the folder lacks it; whether it did.
+
+        Raises ModelError when the version fails its checks; that version is then skipped (not
+        downloaded again, at every poll) until the pointer names another.  One this host could not write
+        (TransientModelError: a full disk) is tried again at the next call."""
         number = self.current()
-        if number is None or (versions.current() or 0) >= number:
+        if number is None or number == self.refused or (versions.current() or 0) >= number:
             return False
+        self.refused = None
         started = time.perf_counter()
         with self.store.dedicated() as db:  # one snapshot, on a connection of its own: not a request's
             row = db.execute("SELECT meta FROM model_versions WHERE number = ?", (number,)).fetchone()
             if row is None:
                 return False  # replaced and dropped since the pointer was read: the next poll gets the new one
-            names = ["version.json", *json.loads(row[0])["files"]]
+            try:
+                names = ["version.json", *json.loads(row[0])["files"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                self.refused = number
+                raise ModelError(f"model version {number} in the store has a damaged version.json: {exc}") from exc
 
             def parts(name: str) -> Iterator[bytes]:
                 part = 0
@@ -87,7 +99,13 @@ class SharedVersions:
                     yield bytes(got[0])
                     part += 1
 
-            versions.install(number, {name: parts(name) for name in names})
+            try:
+                versions.install(number, {name: parts(name) for name in names})
+            except TransientModelError:
+                raise
+            except ModelError:
+                self.refused = number
+                raise
         log.info("model version %d copied from the store in %.1f s", number, time.perf_counter() - started)
         return True
 

@@ -15,8 +15,10 @@ their pages.
 
 A version is written into a temporary folder (each file fsync'd), renamed whole
 into place, and only then named in CURRENT (temporary file, fsync, rename), so a
-trainer that dies at any point leaves the version in service as it was; the next
-trainer removes its leftovers.  An API process holds a shared ``flock`` on the
+trainer that dies at any point leaves the version in service as it was.  A writer
+holds an exclusive ``flock`` on its temporary folder while it writes, and removes
+the folder at once when the write fails (a full disk); the next trainer removes
+only the folders nobody holds (a dead writer's).  An API process holds a shared ``flock`` on the
 ``version.json`` of the version it serves (released when it swaps or exits, also
 on SIGKILL); pruning keeps the newest ``keep`` versions, the current one, and any
 version a process holds.
@@ -29,13 +31,16 @@ CURRENT the same way, under ``install.lock`` (processes of one host install once
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +54,7 @@ from model import (
     RankingModel,
     RatingModel,
     Scale,
+    TransientModelError,
 )
 from storage.catalogue import Catalogue, Histories
 from storage.files import fsync_dir, replace_durably, sha256, write_file
@@ -57,6 +63,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 5  # 4: a version folder with the catalogue and the users' ratings; 5: one .npy file an array
 KEEP = 3
+# Read errors that say nothing about the version (the process, the kernel or the disk is short of something
+# for now): loading it again later may well work.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EIO, errno.ENOMEM, errno.EAGAIN, errno.EINTR,
+                              errno.EBUSY, errno.ENOBUFS, errno.ETIMEDOUT, errno.ESTALE})
 
 
 @dataclass
@@ -139,75 +149,148 @@ class ModelVersions:
         """Write a new version and switch CURRENT to it; return its number (above ``after`` too: the
         newest a shared store holds, when this folder is one host's copy)."""
         number = max([after, self.current() or 0, *self.numbers()]) + 1
-        tmp = self._scratch(number)
-        arrays = {**{f"model-{k}": v for k, v in _model_arrays(models).items()},
-                  **{f"histories-{k}": getattr(histories, k) for k in Histories.FIELDS}}
-        for name, array in arrays.items():
-            with open(tmp / f"{name}.npy", "wb") as fh:
-                np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-        write_file(tmp / "catalogue.json", json.dumps(catalogue.as_json()).encode())
-        now = time.time()
-        full = {**meta, "format": FORMAT_VERSION, "version": number, "params": models.params.as_dict(),
-                "scale": models.scale.__dict__, "created": now,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                "files": {name: sha256(tmp / name) for name in [*(f"{a}.npy" for a in arrays), "catalogue.json"]}}
-        write_file(tmp / "version.json", (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
-        self._commit(tmp, number)
+        with self._scratch(number) as tmp:  # a failure (a full disk) takes the partial folder with it
+            arrays = {**{f"model-{k}": v for k, v in _model_arrays(models).items()},
+                      **{f"histories-{k}": getattr(histories, k) for k in Histories.FIELDS}}
+            for name, array in arrays.items():
+                with open(tmp / f"{name}.npy", "wb") as fh:
+                    np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            write_file(tmp / "catalogue.json", json.dumps(catalogue.as_json()).encode())
+            now = time.time()
+            full = {**meta, "format": FORMAT_VERSION, "version": number, "params": models.params.as_dict(),
+                    "scale": models.scale.__dict__, "created": now,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                    "files": {name: sha256(tmp / name)
+                              for name in [*(f"{a}.npy" for a in arrays), "catalogue.json"]}}
+            write_file(tmp / "version.json", (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+            self._commit(tmp, number)
         models.meta = full
         return number
 
-    def _commit(self, tmp: Path, number: int) -> None:
-        """Rename a complete version folder into place and name it in CURRENT (unless a newer one is
-        there already), then prune; under a lock, as the API processes of a host may install at once."""
-        fsync_dir(tmp)
+    @contextmanager
+    def _install_lock(self) -> Iterator[None]:
+        """The folder's lock for renaming versions in, moving CURRENT and pruning: the API processes of a
+        host may install at once, and any process may prune."""
         with open(self.root / "install.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.path(number).exists():  # another process of this host installed it first
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                os.rename(tmp, self.path(number))
-                fsync_dir(self.root)
-            if (self.current() or 0) < number:
-                replace_durably(self.root / "CURRENT", f"{number}\n".encode())
-        self.prune()
+            yield
+
+    def _commit(self, tmp: Path, number: int) -> None:
+        """Rename a complete version folder into place and name it in CURRENT (unless a newer one is
+        there already), then prune.  When that fails, a version it put in place that CURRENT does not
+        name is removed again (its space back at once); a failed prune is only logged, as the version is
+        out by then."""
+        fsync_dir(tmp)
+        with self._install_lock():
+            placed = False
+            try:
+                if self.path(number).exists():  # another process of this host installed it first
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    os.rename(tmp, self.path(number))
+                    placed = True
+                    fsync_dir(self.root)
+                if (self.current() or 0) < number:
+                    replace_durably(self.root / "CURRENT", f"{number}\n".encode())
+            except BaseException:
+                if placed and not self._named(number):
+                    self._remove(number)
+                raise
+            try:
+                self._prune()
+            except (OSError, ModelError) as exc:
+                log.warning("could not prune old model versions: %s", exc)
 
     def install(self, number: int, files: dict[str, Iterator[bytes]]) -> None:
         """Put a version published elsewhere (its files, streamed: ``version.json`` and those it names)
-        into this folder and switch to it, as :meth:`publish` does; raises ModelError when a file does
-        not match its checksum or is missing."""
-        tmp = self._scratch(number)
-        try:
-            for name, chunks in files.items():
-                if "/" in name or name.startswith("."):
-                    raise ModelError(f"model version {number} names a file {name!r} outside its folder")
-                with open(tmp / name, "wb") as fh:
-                    for chunk in chunks:
-                        fh.write(chunk)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            meta = json.loads((tmp / "version.json").read_text())
-            for name, digest in meta["files"].items():
-                if not (tmp / name).exists() or sha256(tmp / name) != digest:
-                    raise ModelError(f"model version {number}'s {name} does not match its checksum")
-        except (OSError, ValueError, KeyError, ModelError) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, ModelError):
-                raise
-            raise ModelError(f"could not install model version {number}: {exc}") from exc
-        self._commit(tmp, number)
+        into this folder and switch to it, as :meth:`publish` does.  Raises ModelError when a file does
+        not match its checksum or is missing, TransientModelError when this host could not write it (a
+        full disk: the version itself may be fine); either way the partial folder is gone."""
+        with self._scratch(number) as tmp:
+            try:
+                for name, chunks in files.items():
+                    if "/" in name or name.startswith("."):
+                        raise ModelError(f"model version {number} names a file {name!r} outside its folder")
+                    with open(tmp / name, "wb") as fh:
+                        for chunk in chunks:
+                            fh.write(chunk)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                meta = json.loads((tmp / "version.json").read_text())
+                for name, digest in meta["files"].items():
+                    if not (tmp / name).exists() or sha256(tmp / name) != digest:
+                        raise ModelError(f"model version {number}'s {name} does not match its checksum")
+                self._commit(tmp, number)
+            except OSError as exc:
+                raise TransientModelError(f"could not install model version {number}: {exc}") from exc
+            except (ValueError, KeyError) as exc:
+                raise ModelError(f"could not install model version {number}: {exc}") from exc
 
-    def _scratch(self, number: int) -> Path:
-        """An empty temporary folder for version ``number`` (this process's; a dead one's is cleaned up)."""
+    @contextmanager
+    def _scratch(self, number: int) -> Iterator[Path]:
+        """An empty temporary folder for version ``number``, held (an exclusive flock on the folder) while
+        the block writes and commits it, so that :meth:`clean_partial` leaves it alone; removed at once
+        when the block fails."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".publishing-v{number:06d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        return tmp
+        for _ in range(10):  # a clean_partial may take a folder between its mkdir and our flock
+            tmp = self.root / f".publishing-v{number:06d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        else:
+            raise TransientModelError(f"could not hold a temporary folder in {self.root}")
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing there once it was renamed into place
+            raise
+        finally:
+            os.close(fd)  # drops the hold
+
+    def _named(self, number: int) -> bool:
+        """Whether CURRENT names ``number``, or cannot be read (then nothing is removed on its account)."""
+        try:
+            return self.current() == number
+        except (OSError, ModelError):
+            return True
+
+    def _remove(self, number: int) -> bool:
+        """Remove a version folder (renamed away first, so that no half-removed version shows); False
+        when it was gone already (another process removed it) or could not be renamed."""
+        path = self.path(number)
+        grave = self.root / f".removing-{path.name}"
+        shutil.rmtree(grave, ignore_errors=True)  # a dead pruner's, of a number used again since
+        try:
+            os.rename(path, grave)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("could not remove model version %d: %s", number, exc)
+            return False
+        shutil.rmtree(grave, ignore_errors=True)
+        return True
 
     def prune(self) -> list[int]:
         """Remove versions beyond the newest ``keep`` that are not current and that no process holds."""
+        if not self.root.is_dir():
+            return []
+        with self._install_lock():
+            return self._prune()
+
+    def _prune(self) -> list[int]:
+        """:meth:`prune`, with the install lock held; a version another process removed meanwhile is
+        skipped."""
         current = self.current()
         removed = []
         for number in self.numbers()[:-self.keep]:
@@ -224,10 +307,8 @@ class ModelVersions:
                 os.close(fd)  # a process serves it: leave it for a later prune
                 continue
             try:
-                grave = self.root / f".removing-{path.name}"
-                os.rename(path, grave)
-                shutil.rmtree(grave, ignore_errors=True)
-                removed.append(number)
+                if self._remove(number):
+                    removed.append(number)
             finally:
                 os.close(fd)
         if removed:
@@ -235,13 +316,16 @@ class ModelVersions:
         return removed
 
     def clean_partial(self) -> None:
-        """Remove what a publisher or pruner that died left behind, and the single model files of the layout
+        """Remove what a publisher, installer or pruner that died left behind (a temporary folder that a
+        live process holds is its work in progress, and stays), and the single model files of the layout
         before versions (``model.json``, ``model-*.npz``); call with the trainer lock held."""
         if self.root.is_dir():
             for entry in self.root.iterdir():
-                if entry.name.startswith((".publishing-", ".removing-")):
+                if entry.name.startswith(".removing-"):
                     shutil.rmtree(entry, ignore_errors=True)
-                    log.info("removed %s, left by a trainer that stopped mid-publish", entry.name)
+                elif not (entry.name.startswith(".publishing-") and _remove_unheld(entry)):
+                    continue
+                log.info("removed %s, left by a process that stopped mid-publish", entry.name)
         for old in [self.root.parent / "model.json", *self.root.parent.glob("model-*.npz")]:
             if old.exists():
                 old.unlink()
@@ -263,7 +347,13 @@ class ModelVersions:
                 if number is not None:
                     raise ModelError(f"model version {number} is not in {self.root}") from None
                 continue
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            except OSError as exc:
+                raise _unreadable(path, exc) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except OSError as exc:
+                os.close(fd)
+                raise _unreadable(path, exc) from exc
             try:
                 still_there = os.stat(path / "version.json").st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -279,6 +369,33 @@ class ModelVersions:
                 os.close(fd)
                 raise
         raise ModelError(f"could not pin a model version in {self.root}: versions are being replaced too fast")
+
+
+def _remove_unheld(folder: Path) -> bool:
+    """Remove a temporary folder unless its writer holds it (see ``ModelVersions._scratch``); whether it
+    was removed."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # gone (its writer finished) or not a folder
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False  # a live process is writing it
+    try:
+        shutil.rmtree(folder, ignore_errors=True)  # by name: a folder renamed into place meanwhile is not it
+        return True
+    finally:
+        os.close(fd)
+
+
+def _unreadable(path: Path, exc: OSError) -> ModelError:
+    """The ModelError for a version that could not be read: transient when the error says nothing about
+    the version (too many open files, an I/O error, no memory for a mapping), else damaged."""
+    if exc.errno in TRANSIENT_ERRNOS:
+        return TransientModelError(f"could not read the model version in {path} for now: {exc}")
+    return ModelError(f"damaged model version in {path}: {exc}")
 
 
 def _read(path: Path) -> Version:
@@ -299,7 +416,9 @@ def _read(path: Path) -> Version:
                          ModelParams.from_dict(meta["params"], str(meta_path)), Scale(**meta["scale"]), meta)
     except ModelError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"damaged model version in {path}: {exc}") from exc
     if not (_shapes_agree(models.rating) and _shapes_agree(models.ranking)
             and models.neighbours.neighbours.shape == models.neighbours.similarity.shape

@@ -12,6 +12,7 @@ from fixtures import write_dataset
 
 from model import Scale
 from serving.errors import InputError
+from storage.store import StoreError
 
 
 def test_a_fit_includes_every_posted_rating_and_publishes_a_new_version(make_engine, make_recommender, csv_fixture):
@@ -244,3 +245,69 @@ def test_a_version_the_database_store_could_not_take_goes_there_once_it_answers(
     engine.shared.upload = upload
     Trainer(engine, RetrainPolicy(None, None, 0))._due()  # the trainer's next poll
     assert shared.current() == 2 and shared.newest() == 2
+
+
+class _FlakyShared:
+    """A stand-in for the PostgreSQL store's versions table that can be down (no server, no Spark needed)."""
+
+    def __init__(self, current: int, newest: int):
+        self._current, self._newest, self.down, self.uploaded = current, newest, False, []
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreError("the PostgreSQL store is not answering: Connection refused")
+
+    def current(self) -> int:
+        self._check()
+        return self._current
+
+    def newest(self) -> int:
+        self._check()
+        return self._newest
+
+    def upload(self, versions, number: int, keep: int) -> None:
+        self._check()
+        self.uploaded.append(number)
+        self._current, self._newest = number, max(self._newest, number)
+
+
+def test_a_fit_published_while_the_database_is_down_is_kept_and_uploaded_later(tmp_path, monkeypatch, caplog):
+    """Issue 25, item 12: the store's newest number was read before publish(), so a database that was down
+    then threw the whole fit away; now the fit is published here, numbered above the newest number the store
+    last named, and uploaded at the trainer's next poll.  A stand-in engine: no Spark."""
+    import threading
+
+    import numpy as np
+    from test_versions import CATALOGUE, _models
+
+    import engine as engine_module
+    from storage.backends import open_store
+    from storage.versions import ModelVersions
+
+    engine = object.__new__(engine_module.RecommendationEngine)
+    engine.sc = type("NoSpark", (), {"setJobGroup": lambda *a, **k: None})()
+    engine.model_dir, engine.dataset, engine.fingerprint, engine.tune_budget = tmp_path, "fixture", "f", None
+    engine.store, engine.versions = open_store(None, tmp_path), ModelVersions(tmp_path)
+    engine.catalogue, engine.params, engine.scale, engine.base_ratings = CATALOGUE, None, None, None
+    engine._base = (np.array([1, 2], dtype=np.int64), np.array([0, 1], dtype=np.int32), np.array([4.0, 3.0]))
+    engine._stopping, engine.job_group, engine._newest_shared = threading.Event(), "g", 0
+    engine.shared = shared = _FlakyShared(current=1, newest=6)  # the store's numbers run above this folder's
+
+    def fit_models(*args, **kwargs):
+        models = _models(3)
+        models.meta = {"n_ratings": 2, "fit_seconds": {"total": 1.0}}
+        return models
+
+    monkeypatch.setattr(engine_module, "fit_models", fit_models)
+    try:
+        engine.versions.publish(_models(1), CATALOGUE, engine.histories(0)[0], {"seq": 0})
+        engine.share_versions()  # a poll while the store answers: its newest is 6
+        shared.down = True
+        with caplog.at_level("WARNING"):
+            assert engine.fit_and_publish() == 7
+        assert engine.versions.current() == 7 and "goes to the store once it answers" in caplog.text
+        shared.down = False
+        engine.share_versions()  # the trainer's next poll
+        assert shared.uploaded == [7] and shared.current() == 7
+    finally:
+        engine.store.close()
