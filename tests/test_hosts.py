@@ -24,7 +24,7 @@ ON_REQUEST_ONLY = ("--retrain-after", "0", "--retrain-interval", "0")  # the tra
 def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postgres, csv_fixture, tmp_path):
     url = postgres.create_database()
     env = {"RECOMMENDER_STORE": url}  # the environment, not argv: the URL holds a password
-    trainer = servers(tmp_path / "trainer-host", *ON_REQUEST_ONLY, role="trainer", env=env)  # has version 1
+    trainer = servers(tmp_path / "trainer-host", *ON_REQUEST_ONLY, role="trainer", env=env)  # has version 1, of SQLite
     hosts = []
     for name in "abc":
         (tmp_path / f"{name}-host").mkdir()  # an empty folder: the version comes from the database
@@ -32,8 +32,12 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
     a, b, c = hosts
     report = {"served_valid_rmse": 0.8123, "default_valid_rmse": 0.83, "fits": 16, "n_valid": 280}
     (tmp_path / "trainer-host" / "tune.json").write_text(json.dumps(report))  # the trainer host's last tuning
-    for api in hosts:
-        assert api.get("/health")[1]["model_version"] == 1
+    for api in hosts:  # version 1 was fitted on the fixture's SQLite store: the trainer fits 2 on this one
+        api.wait_for("model version 2 in service", 120)
+        assert api.get("/health")[1]["model_version"] == 2
+    probe = PostgresStore(url)
+    assert SharedVersions(probe).newest() == 2  # version 1 never went to the database
+    probe.close()
 
     # Read your writes across hosts: a GET on B and on C right after a POST on A was acknowledged.
     assert post_ratings(a.port, 7100, [(m, 5.0) for m in csv_fixture.dramas[:4]])[0] == 201
@@ -45,7 +49,7 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
     # A new version reaches all three hosts, trained on what was posted.
     assert request(b.port, "POST", "/admin/retrain")[0] == 202
     for api in hosts:
-        api.wait_for("model version 2 in service", 120)
+        api.wait_for("model version 3 in service", 120)
     assert all(api.get("/health")[1]["pending_ratings"] == 0 for api in hosts)
     validation = c.get("/status.json")[1]["validation"]  # the figures came with the version, not a file
     assert validation["served_valid_rmse"] == 0.8123 and not (tmp_path / "c-host" / "tune.json").exists()
@@ -151,12 +155,12 @@ def test_a_trainer_and_three_api_hosts_share_one_postgresql_store(servers, postg
     # The trainer went on: a fit asked for now includes the burst and reaches both hosts.
     assert request(a.port, "POST", "/admin/retrain")[0] == 202
     for api in (a, b):
-        api.wait_for("model version 3 in service", 120)
+        api.wait_for("model version 4 in service", 120)
     assert "the ratings store answers again" in trainer.output()
     for api in (a, b):  # the outage is said once a process, not at every version poll
         assert api.output().count("answering from memory until it is back") >= 1
         assert "could not copy the store's current model version" not in api.output()
-    assert SharedVersions(store).current() == 3 and a.get("/health")[1]["pending_ratings"] == 0
+    assert SharedVersions(store).current() == 4 and a.get("/health")[1]["pending_ratings"] == 0
     store.close()
 
 
