@@ -208,3 +208,19 @@ def test_new_users_get_the_next_free_id_once(make_recommender):
     assert (first, second) == (known + 1, known + 3)
     other = make_recommender(rec.model_dir)  # another process on the same store
     assert other.new_user() == known + 4
+
+
+def test_a_fold_in_replaces_counts_and_sums_whole(make_recommender, csv_fixture):
+    """A reader holding the counts and sums keeps a consistent state: a fold-in builds new arrays."""
+    rec = make_recommender()
+    served = rec.current()
+    counts, sums = served.counts, served.sums
+    counts_before, sums_before = counts.copy(), sums.copy()
+    movie = csv_fixture.comedies[0]
+    row = served.row(movie)
+    rec.add_ratings(6400, [(movie, 4.5)])
+    assert (counts == counts_before).all() and (sums == sums_before).all()
+    assert served.counts is not counts and served.counts[row] == counts_before[row] + 1
+    assert served.sums[row] == sums_before[row] + 4.5
+    rec.add_ratings(6400, [(movie, 2.0)])  # replaces the user's earlier rating of it
+    assert served.counts[row] == counts_before[row] + 1 and served.sums[row] == sums_before[row] + 2.0
