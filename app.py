@@ -9,21 +9,23 @@ a passing condition, 503) status, and a rejected request stores nothing.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import math
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import yaml
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from metrics import CONTENT_TYPE, Metrics
 from serving.errors import InputError, NotFound, StoreUnavailable
 from serving.recommender import Ack, Movie, Recommender
 from serving.status import operator_status, public_health
-from serving.validation import MAX_ID
+from serving.validation import MAX_ID, MAX_POST_RATINGS
 from storage.store import StoreError
 from storage.tokens import UserTokens
 from web import web_bp
@@ -33,6 +35,7 @@ DRAIN_LIMIT = 16 << 20  # an over-size body up to this is read and dropped so it
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_COUNT = 1000
 DEFAULT_MIN_COUNT = 25
+MAX_JSON_DEPTH = 8  # a body of ratings nests 2 deep; json.loads recurses once per level (RecursionError)
 
 ratings_bp = Blueprint("ratings", __name__)
 movies_bp = Blueprint("movies", __name__)
@@ -90,12 +93,20 @@ def _is_header(line: str) -> bool:
     return len(fields) == 2 and all(f and f.replace("_", "").isalpha() for f in fields)
 
 
-def parse_text_ratings(text: str) -> Parsed:
-    """The tutorial's format: one ``movie_id,rating`` per line; blank lines and a header line are ignored."""
+def too_many(cap: int) -> InputError:
+    """The 413 for a request with more than ``cap`` ratings (checked while parsing, before any other work)."""
+    return InputError(f"a request holds at most {cap} ratings: send the rest in further requests", 413)
+
+
+def parse_text_ratings(text: str, cap: int = MAX_POST_RATINGS) -> Parsed:
+    """The tutorial's format: one ``movie_id,rating`` per line; blank lines and a header line are ignored;
+    more than ``cap`` ratings is a 413."""
     pairs, labels = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or (not pairs and _is_header(line)):
             continue
+        if len(pairs) == cap:
+            raise too_many(cap)
         where = f"line {number}"
         fields = line.split(",")
         if len(fields) != 2:
@@ -105,10 +116,12 @@ def parse_text_ratings(text: str) -> Parsed:
     return pairs, labels
 
 
-def parse_json_ratings(data) -> Parsed:
-    """A JSON list of ``{"movieId": 1, "rating": 4.5}`` objects."""
+def parse_json_ratings(data, cap: int = MAX_POST_RATINGS) -> Parsed:
+    """A JSON list of ``{"movieId": 1, "rating": 4.5}`` objects, at most ``cap`` of them (else a 413)."""
     if not isinstance(data, list):
         raise InputError('body must be a JSON list of {"movieId": ..., "rating": ...} objects')
+    if len(data) > cap:
+        raise too_many(cap)
     pairs, labels = [], []
     for number, item in enumerate(data, start=1):
         where = f"item {number}"
@@ -124,30 +137,59 @@ def parse_json_ratings(data) -> Parsed:
     return pairs, labels
 
 
+_BRACKET_STEPS = np.zeros(256, dtype=np.int8)
+_BRACKET_STEPS[[ord("["), ord("{")]] = 1
+_BRACKET_STEPS[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep ``[`` and ``{`` nest in ``raw``, brackets inside strings included (a body of ratings has none)."""
+    brackets = raw.translate(None, delete=bytes(b for b in range(256) if not _BRACKET_STEPS[b]))
+    steps = _BRACKET_STEPS[np.frombuffer(brackets, dtype=np.uint8)]
+    return int(np.cumsum(steps, dtype=np.int32).max()) if len(steps) else 0
+
+
 def read_ratings_body() -> Parsed:
     """Parse a POST body as JSON (a body starting with ``[`` or ``{``, whatever the content type says:
-    ``curl --data`` sends form encoding) or as the tutorial's text lines."""
+    ``curl --data`` sends form encoding) or as the tutorial's text lines, at most the app's
+    ``MAX_POST_RATINGS`` ratings."""
     mimetype = request.mimetype
     if mimetype not in ("application/json", "text/plain", "application/x-www-form-urlencoded", ""):
         raise InputError(f"unsupported content type {mimetype!r}: send application/json or text/plain", 415)
     raw = request.get_data(cache=False)
+    if request.content_length is None and len(raw) >= MAX_BODY and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()  # chunked: werkzeug stops reading at the cap without saying so
     if not raw.strip():
         raise InputError("the body is empty: send ratings as JSON or as 'movie_id,rating' lines")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError("the body is not valid UTF-8") from None
+    cap = current_app.config["MAX_POST_RATINGS"]
     if mimetype == "application/json" or text.lstrip().startswith(("[", "{")):
+        if json_depth(raw) > MAX_JSON_DEPTH:
+            raise InputError(f"the body is not valid JSON for ratings: it nests more than {MAX_JSON_DEPTH} deep")
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise InputError(f"the body is not valid JSON: {exc}") from None
-        return parse_json_ratings(data)
-    return parse_text_ratings(text)
+        return parse_json_ratings(data, cap)
+    return parse_text_ratings(text, cap)
 
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def allowed_host(name: str | None, hosts: frozenset[str]) -> bool:
+    """A host name a loopback service answers: one of ``hosts``, or a loopback address (127.0.0.0/8, ::1),
+    which DNS rebinding cannot name (a browser sends an address literal as it is)."""
+    if name in hosts:
+        return True
+    try:
+        return name is not None and ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def refuse_other_sites() -> None:
@@ -156,9 +198,9 @@ def refuse_other_sites() -> None:
     host names (``ALLOWED_HOSTS``: a service bound to loopback), a request for any other host name, which
     is how DNS rebinding reaches a service on 127.0.0.1.  Clients that are not browsers send no ``Origin``."""
     hosts = current_app.config.get("ALLOWED_HOSTS")
-    if hosts is not None and urlsplit("//" + request.host).hostname not in hosts:
+    if hosts is not None and not allowed_host(urlsplit("//" + request.host).hostname, hosts):
         raise InputError(f"requests for host {request.host[:80]!r} are refused: this service answers "
-                         f"{', '.join(sorted(hosts))}", 403)
+                         f"{', '.join(sorted(hosts))} and loopback addresses", 403)
     origin = request.headers.get("Origin")
     if request.method not in SAFE_METHODS and origin is not None and urlsplit(origin).netloc != request.host:
         raise InputError(f"a write from another site ({origin[:80]}) is refused: post from this service's own "
@@ -390,6 +432,29 @@ def _count(response: Response) -> Response:
     return response
 
 
+def _drain_body(response: Response) -> Response:
+    """Read and drop what is left of the body (up to DRAIN_LIMIT) before answering, where CherryPy does not:
+    after a 413 (it closes the connection) and for a chunked body (it never reads one on).  A client that
+    sends its whole body first, as curl and most libraries do, would otherwise get a reset, not the answer."""
+    length = request.content_length
+    if response.status_code == 413 or length is None:
+        stream, left = request.environ["wsgi.input"], min(DRAIN_LIMIT if length is None else length, DRAIN_LIMIT)
+        while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
+            left -= len(chunk)
+    return response
+
+
+def _refuse_framing(response: Response) -> Response:
+    """No page of another site may frame an answer (a framed page can be clicked through, star by star):
+    ``X-Frame-Options`` for old browsers and CSP ``frame-ancestors``, added to any policy already set."""
+    response.headers["X-Frame-Options"] = "DENY"
+    policy = response.headers.get("Content-Security-Policy", "").strip().rstrip(";")
+    if "frame-ancestors" not in policy:
+        policy = f"{policy}; frame-ancestors 'none'" if policy else "frame-ancestors 'none'"
+    response.headers["Content-Security-Policy"] = policy
+    return response
+
+
 def _error(message: str, status: int):
     response = jsonify({"error": message})
     response.status_code = status
@@ -397,19 +462,23 @@ def _error(message: str, status: int):
 
 
 def create_app(recommender: Recommender, api_token: str | None = None,
-               allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES) -> Flask:
+               allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES,
+               max_post_ratings: int = MAX_POST_RATINGS) -> Flask:
     """Build the Flask app around a recommender.
 
     ``api_token`` is the admin token: with it, a user's ratings need it or the user's own token (issued at
     ``/admin/users/<id>/token``), and operator endpoints need it.  ``allowed_hosts`` are the host names
-    requests may name (None: any, for a service on a public address, which needs a token anyway)."""
+    requests may name besides loopback addresses (None: any, for a service on a public address, which needs
+    a token anyway).  ``max_post_ratings``: the most ratings one POST may hold (more is a 413)."""
     app = Flask(__name__)
     app.debug = False  # never the interactive debugger, whatever FLASK_DEBUG says: it runs code for anyone
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, API_TOKEN=api_token, ALLOWED_HOSTS=allowed_hosts,
-                      OPENAPI=yaml.safe_load(OPENAPI_PATH.read_text()))
+                      MAX_POST_RATINGS=max_post_ratings, OPENAPI=yaml.safe_load(OPENAPI_PATH.read_text()))
     app.extensions["metrics"] = Metrics(recommender)
     app.before_request(_start_clock)
     app.after_request(_count)
+    app.after_request(_refuse_framing)
+    app.after_request(_drain_body)
     app.before_request(refuse_other_sites)
     app.json.sort_keys = False
     app.extensions["recommender"] = recommender
@@ -436,11 +505,6 @@ def create_app(recommender: Recommender, api_token: str | None = None,
 
     @app.errorhandler(413)
     def too_large(exc: HTTPException):
-        # Read and drop the body (up to a bound) before answering: a client that sends its whole body
-        # first, as curl and most libraries do, would otherwise get a reset instead of this answer.
-        stream, left = request.environ["wsgi.input"], min(request.content_length or 0, DRAIN_LIMIT)
-        while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
-            left -= len(chunk)
         return _error(f"the body is larger than {MAX_BODY} bytes", 413)
 
     @app.errorhandler(HTTPException)

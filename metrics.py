@@ -1,7 +1,8 @@
 """Prometheus metrics of one API process, served at /metrics (Prometheus scrapes each process).
 
 Counted as requests pass: requests per endpoint (the route's rule, so the
-label set stays small), method and status, with their latency; ratings
+label set stays small), method (one of HTTP's, else ``other``: a client
+makes up method tokens at will) and status, with their latency; ratings
 posted; store errors.  Read when scraped, from the recommender: the version in
 service, its age, how long its fit took per model, the ratings it has not
 seen, and the trainer's state.  Each app gets its own registry (no globals).
@@ -16,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
 TRAINER_STATES = ("fitting", "tuning", "idle", "failed", "stopped", "not running", "unknown")
 
 
@@ -35,10 +37,11 @@ class Metrics:
         self._children: dict[tuple, tuple] = {}
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        key = (endpoint, method, status)
+        """Count one answer; ``endpoint`` is a route's rule (or ``unmatched``), never the client's path."""
+        key = (endpoint, method if method in METHODS else "other", status)
         children = self._children.get(key)
         if children is None:  # labels() validates and locks: done once per label set, not per request
-            children = self._children[key] = (self.requests.labels(endpoint, method, str(status)),
+            children = self._children[key] = (self.requests.labels(key[0], key[1], str(status)),
                                               self.latency.labels(endpoint))
         children[0].inc()
         children[1].observe(seconds)

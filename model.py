@@ -352,12 +352,13 @@ def neighbour_sums(neighbours: np.ndarray, similarity: np.ndarray, rows: np.ndar
     row or a list's ten, so it is kept to few NumPy calls.
     """
     s = similarity[rows]
-    x = residuals[neighbours[rows]]
+    x = residuals[neighbours[rows]]  # a new array: changed in place below, as each temporary is rows x L
     use = (s > 0) & (x == x)  # x == x: rated (not NaN)
     if k < use.shape[1]:
-        use &= np.cumsum(use, axis=1) <= k
+        use &= np.cumsum(use, axis=1, dtype=np.int32) <= k
     weights = np.where(use, s, 0.0)
-    return (weights * np.where(use, x, 0.0)).sum(axis=1), weights.sum(axis=1)
+    x[~use] = 0.0
+    return np.multiply(weights, x, out=x).sum(axis=1), weights.sum(axis=1)
 
 
 def user_residuals(n_rows: int, rated_rows: np.ndarray, ratings: np.ndarray, offset: float,

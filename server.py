@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from serving.validation import MAX_POST_RATINGS
 from settings import build_parser, default_model_dir, read_token
 
 log = logging.getLogger("server")
@@ -43,15 +44,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_wsgi(recommender, api_token: str | None = None, host: str = "127.0.0.1"):
+def build_wsgi(recommender, api_token: str | None = None, host: str = "127.0.0.1",
+               max_post_ratings: int = MAX_POST_RATINGS):
     """The Flask app wrapped in Paste's TransLogger (Apache combined access log); bound to a loopback ``host``,
-    it answers loopback host names only."""
+    it answers loopback host names and addresses only (``host`` among them)."""
     from paste.translogger import TransLogger
 
     from app import LOOPBACK_NAMES, create_app
 
     hosts = LOOPBACK_NAMES if is_loopback(host) else None
-    return TransLogger(create_app(recommender, api_token, hosts), setup_console_handler=False)
+    return TransLogger(create_app(recommender, api_token, hosts, max_post_ratings), setup_console_handler=False)
 
 
 def under_spark_submit() -> bool:
@@ -331,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         recommender.close()
         logging.shutdown()
 
-    serve(build_wsgi(recommender, token, args.host), args.host, args.port, args.threads, on_stop=shutdown)
+    serve(build_wsgi(recommender, token, args.host, args.max_post_ratings), args.host, args.port, args.threads,
+          on_stop=shutdown)
     return exit_code[0]
 
 

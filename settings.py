@@ -13,6 +13,7 @@ from pathlib import Path
 
 from datasets.movielens import dataset_name
 from model import Scale, TuneBudget
+from serving.validation import MAX_POST_RATINGS
 
 ROLES = ("all", "trainer", "api")
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -154,6 +155,11 @@ def build_parser() -> Parser:
           help="port to bind (env RECOMMENDER_PORT; default 5432)")
     p.add("--threads", env="RECOMMENDER_THREADS", type=whole(1, 1024), default=16,
           help="CherryPy worker threads (env RECOMMENDER_THREADS; default 16)")
+    p.add("--max-post-ratings", env="RECOMMENDER_MAX_POST_RATINGS", type=whole(1, 1_000_000),
+          default=MAX_POST_RATINGS,
+          help="the most ratings one POST may hold; more is a 413 that stores nothing (each is predicted and "
+               f"folded in under a lock every request takes) (env RECOMMENDER_MAX_POST_RATINGS; default "
+               f"{MAX_POST_RATINGS})")
     p.add("--api-token", env="RECOMMENDER_API_TOKEN",
           help="require 'Authorization: Bearer TOKEN' to post ratings, read a user's ratings and ask for a fit "
                "(env RECOMMENDER_API_TOKEN; on the command line it is visible in ps: prefer --api-token-file)")

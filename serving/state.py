@@ -70,7 +70,11 @@ class Served:
         return posted if posted is not None else self.histories.of(user)
 
     def apply(self, upto: int, changes: Changes) -> None:
-        """Fold in ratings posted up to request ``upto`` (newest per user and movie)."""
+        """Fold in ratings posted up to request ``upto`` (newest per user and movie).
+
+        ``counts`` and ``sums`` are changed in new arrays, assigned once all changes are in: a reader
+        holding the old ones never sees them half changed."""
+        counts, sums = self.counts.copy(), self.sums.copy()
         for user, movies in changes.items():
             known = {}
             for movie, rating in movies.items():
@@ -81,11 +85,12 @@ class Served:
                     log.warning("posted rating of user %d: movie %d is not in the catalogue; skipped", user, movie)
             before = self.ratings_of(user)
             after = (before or NO_RATINGS).with_posted(known)
-            if before is not None:
-                np.subtract.at(self.counts, before.rows, 1)
-                np.subtract.at(self.sums, before.rows, before.ratings)
-            np.add.at(self.counts, after.rows, 1)
-            np.add.at(self.sums, after.rows, after.ratings)
+            if before is not None:  # rows are unique within one user's ratings: plain indexing is exact
+                counts[before.rows] -= 1
+                sums[before.rows] -= before.ratings
+            counts[after.rows] += 1
+            sums[after.rows] += after.ratings
             self.posted[user] = after
             self.snapshot.folded[user] = self.snapshot.fold(after.rows, after.ratings)
+        self.counts, self.sums = counts, sums
         self.synced = max(self.synced, upto)

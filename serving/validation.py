@@ -7,6 +7,7 @@ from serving.errors import InputError
 from storage.catalogue import Catalogue
 
 MAX_ID = 2**31 - 1  # pyspark.mllib keeps ids as 32-bit ints
+MAX_POST_RATINGS = 1000  # ratings one request may post by default (server.py --max-post-ratings)
 
 
 def check_user(user: int) -> None:

@@ -144,13 +144,15 @@ def make_recommender(tmp_path, fixture_model):
 class LiveServer:
     """The project's WSGI pipeline (Flask app in Paste's TransLogger) on CherryPy's server, on loopback."""
 
-    def __init__(self, recommender, api_token=None):
+    def __init__(self, recommender, api_token=None, host: str = "127.0.0.1", **options):
+        """``options`` go to server.build_wsgi (such as ``max_post_ratings``)."""
         from cheroot.wsgi import Server
 
         from server import build_wsgi
 
         self.recommender = recommender
-        self.server = Server(("127.0.0.1", 0), build_wsgi(recommender, api_token), numthreads=8)
+        self.host = host
+        self.server = Server((host, 0), build_wsgi(recommender, api_token, host, **options), numthreads=8)
         self.server.prepare()
         self.port = self.server.bind_addr[1]
         self.thread = threading.Thread(target=self.server.serve, daemon=True)
@@ -158,7 +160,7 @@ class LiveServer:
 
     def call(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None):
         """Send one request; return (status, parsed JSON body or None, raw body)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
             if isinstance(body, str):
                 body = body.encode()
@@ -202,8 +204,8 @@ def live(make_recommender):
     """A live server over a recommender on a fresh copy of the fixture's published version."""
     servers = []
 
-    def start(recommender=None, api_token=None):
-        server = LiveServer(recommender or make_recommender(), api_token)
+    def start(recommender=None, api_token=None, **options):
+        server = LiveServer(recommender or make_recommender(), api_token, **options)
         servers.append(server)
         return server
 

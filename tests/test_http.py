@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+
 import pytest
 from conftest import copy_model, serving
 
@@ -86,6 +89,9 @@ def test_search_similar_movie_and_health(shared, csv_fixture):
 
 
 BIG = b"1,4\n" * (300_000)  # 1.2 MB
+OVER_CAP_TEXT = b"1,4\n" * 1001  # one over the default cap (and rated twice: the cap is checked first)
+OVER_CAP_JSON = json.dumps([{"movieId": 1, "rating": 4}] * 1001).encode()
+DEEP = b"[" * 200_000 + b"]" * 200_000  # json.loads: RecursionError
 
 ERRORS = [
     ("GET", "/abc/ratings/top/5", None, None, 400, "user id"),
@@ -136,6 +142,12 @@ ERRORS = [
     ("GET", "/1/ratings/top/-3", None, None, 400, "count"),
     ("GET", "/%D9%A3/ratings/top/5", None, None, 400, "user id"),
     ("PUT", "/1/ratings/top/5", None, None, 405, "not allowed"),
+    ("POST", "/1/ratings", OVER_CAP_TEXT, "text/plain", 413, "at most 1000 ratings"),
+    ("POST", "/1/ratings", OVER_CAP_JSON, "application/json", 413, "at most 1000 ratings"),
+    ("POST", "/1/ratings", DEEP, "application/json", 400, "nests more than"),
+    ("POST", "/1/ratings", b"[" * 300_000, "text/plain", 400, "nests more than"),
+    ("POST", "/1/ratings", b'[{"movieId": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_000 + b', "rating": 4}]',
+     "application/json", 400, "nests more than"),
 ]
 
 
@@ -473,3 +485,121 @@ def test_health_without_the_admin_token_says_status_version_and_counts_only(live
     assert {"store_error", "last_retrain_error"}.isdisjoint(health) and "n_ratings" in health
     status, full, _ = server.call("GET", "/health", headers={"Authorization": "Bearer admin-h"})
     assert full["trainer"]["pid"] == 4242 and "no space left" in full["last_retrain_error"]
+
+
+def test_ratings_per_post_are_capped_as_configured_and_the_cap_stores_nothing(live):
+    """More ratings than --max-post-ratings in one POST is a 413 naming the cap, before any other check."""
+    server = live(max_post_ratings=2)
+    store = server.recommender.store
+    for body, ctype in ((b"1,4\n2,3\n3,5\n", "text/plain"),
+                        (json.dumps([{"movieId": m, "rating": 4} for m in (1, 2, 3)]), "application/json")):
+        status, answer, _ = server.call("POST", "/6300/ratings", body, {"Content-Type": ctype})
+        assert status == 413 and answer == {"error": "a request holds at most 2 ratings: send the rest in "
+                                                     "further requests"}
+    assert store.entries() == [] and server.recommender.rated(6300) == []
+    status, answer, _ = server.call("POST", "/6300/ratings", b"movieId,rating\n1,4\n2,3\n",
+                                    {"Content-Type": "text/plain"})
+    assert status == 201 and answer["accepted"] == 2  # the header line is not a rating
+
+
+def test_the_ratings_cap_is_a_flag_with_an_environment_variable(monkeypatch):
+    from settings import build_parser
+
+    assert build_parser().parse_args([]).max_post_ratings == 1000
+    assert build_parser().parse_args(["--max-post-ratings", "50"]).max_post_ratings == 50
+    monkeypatch.setenv("RECOMMENDER_MAX_POST_RATINGS", "7")
+    assert build_parser().parse_args([]).max_post_ratings == 7
+
+
+def _post_chunked(server, chunks, headers: dict | None = None) -> tuple[int, dict]:
+    """POST ``chunks`` with Transfer-Encoding: chunked, all of it before reading the answer, as curl does."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    try:
+        conn.request("POST", "/6500/ratings", body=iter(chunks), encode_chunked=True,
+                     headers={"Content-Type": "text/plain", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_a_chunked_body_over_the_size_cap_is_a_413_the_client_reads(live):
+    """A chunked body has no length to check first or to drain by: over the cap it is a 413 (not parsed up to
+    the cap), read to its end (up to the drain limit) so the client gets the answer rather than a reset;
+    so is an early refusal (401) of a chunked body."""
+    server = live(api_token="admin-t")
+    admin = {"Authorization": "Bearer admin-t"}
+    store = server.recommender.store
+    chunk = b"1,4\n" * (1 << 14)  # 64 KiB
+    status, answer = _post_chunked(server, [chunk] * 128, admin)  # 8 MiB: more than the socket buffers hold
+    assert status == 413 and answer == {"error": "the body is larger than 1048576 bytes"}
+    padded = [b"1,4\n", b"\n" * (1 << 16)] + [b"\n" * (1 << 16)] * 16 + [b"2,3\n"]  # 1 MiB and a bit
+    status, answer = _post_chunked(server, padded, admin)
+    assert status == 413 and "larger than" in answer["error"]
+    status, answer = _post_chunked(server, [chunk] * 128)
+    assert status == 401 and "Bearer" in answer["error"]
+    assert store.entries() == []
+    assert _post_chunked(server, [b"1,4\n", b"2,3\n"], admin)[0] == 201  # a small chunked body is read whole
+    assert [(m.movie_id, r) for m, r in server.recommender.rated(6500)] == [(1, 4.0), (2, 3.0)]
+
+
+def _series(raw: bytes, name: str) -> set[tuple]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {tuple(sorted(s.labels.items())) for f in text_string_to_metric_families(raw.decode())
+            for s in f.samples if s.name == name}
+
+
+def test_made_up_methods_add_no_metrics_series(live):
+    """A client picks any method token: all but HTTP's are counted as ``other``, so /metrics stays small."""
+    server = live()
+    for n in range(5):
+        assert server.call(f"M{n}", "/health")[0] == 405
+        assert server.call(f"X{n}", f"/no/such/route/{n}")[0] == 404
+    series = _series(server.get("/metrics")[2], "recommender_http_requests_total")
+    assert {dict(labels)["method"] for labels in series} == {"other"}  # this GET is counted once answered
+    assert {labels for labels in series if dict(labels)["method"] == "other"} == {
+        (("endpoint", "unmatched"), ("method", "other"), ("status", "405")),
+        (("endpoint", "unmatched"), ("method", "other"), ("status", "404"))}
+
+
+def test_a_service_bound_to_another_loopback_address_answers_it_and_other_loopback_literals(live):
+    """Any 127.0.0.0/8 address and ::1, and the address the service is bound to, are not names DNS
+    rebinding can use: they are answered; other names still get a 403."""
+    try:
+        server = live(host="127.0.0.2")
+    except OSError as exc:  # Linux routes all of 127/8 to lo; another system may not
+        pytest.skip(f"cannot bind 127.0.0.2: {exc}")
+    for host in (None, "127.0.0.2", "127.5.6.7:80", "[::1]:8080", "localhost"):
+        status, body, _ = server.call("GET", "/health", headers={"Host": host} if host else {})
+        assert status == 200, (host, body)
+    for host in ("evil.example", "127.0.0.2.nip.io", "128.0.0.1"):
+        status, body, _ = server.call("GET", "/health", headers={"Host": host})
+        assert status == 403 and "requests for host" in body["error"], host
+
+
+def test_no_answer_can_be_framed(shared):
+    """Every answer (the page, JSON, static files, errors) forbids framing by another page."""
+    for method, path, body in (("GET", "/", None), ("GET", "/health", None), ("GET", "/static/app.js", None),
+                               ("GET", "/no/such/route", None), ("POST", "/1/ratings", b"1,9\n"),
+                               ("GET", "/1/ratings/top/3", None)):
+        conn = http.client.HTTPConnection(shared.host, shared.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "text/plain"} if body else {})
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        assert response.getheader("X-Frame-Options") == "DENY", path
+        assert response.getheader("Content-Security-Policy") == "frame-ancestors 'none'", path
+
+
+def test_framing_is_added_to_a_policy_already_set():
+    from flask import Response
+
+    from app import _refuse_framing
+
+    response = _refuse_framing(Response(headers={"Content-Security-Policy": "default-src 'self';"}))
+    assert response.headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors 'none'"
+    kept = _refuse_framing(Response(headers={"Content-Security-Policy": "frame-ancestors 'self'"}))
+    assert kept.headers["Content-Security-Policy"] == "frame-ancestors 'self'"

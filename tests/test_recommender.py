@@ -219,3 +219,19 @@ def test_health_asks_the_store_for_its_counts_only_when_ratings_arrived(make_rec
     assert [rec.status()["pending_ratings"] for _ in range(3)] == [0, 0, 0] and len(counted) == 1
     rec.add_ratings(7001, [(1, 4.0)])
     assert [rec.status()["pending_ratings"] for _ in range(3)] == [1, 1, 1] and len(counted) == 2
+
+
+def test_a_fold_in_replaces_counts_and_sums_whole(make_recommender, csv_fixture):
+    """A reader holding the counts and sums keeps a consistent state: a fold-in builds new arrays."""
+    rec = make_recommender()
+    served = rec.current()
+    counts, sums = served.counts, served.sums
+    counts_before, sums_before = counts.copy(), sums.copy()
+    movie = csv_fixture.comedies[0]
+    row = served.row(movie)
+    rec.add_ratings(6400, [(movie, 4.5)])
+    assert (counts == counts_before).all() and (sums == sums_before).all()
+    assert served.counts is not counts and served.counts[row] == counts_before[row] + 1
+    assert served.sums[row] == sums_before[row] + 4.5
+    rec.add_ratings(6400, [(movie, 2.0)])  # replaces the user's earlier rating of it
+    assert served.counts[row] == counts_before[row] + 1 and served.sums[row] == sums_before[row] + 2.0
