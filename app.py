@@ -132,7 +132,11 @@ def parse_json_ratings(data, cap: int = MAX_POST_RATINGS) -> Parsed:
             raise InputError(f"{where}: movie id must be a whole number from 0 to {MAX_ID}")
         if not isinstance(rating, (int, float)) or isinstance(rating, bool):
             raise InputError(f"{where}: rating must be a number")
-        pairs.append((movie, _finite(float(rating), where)))
+        try:
+            number_ = float(rating)
+        except OverflowError:  # a whole number beyond any float, such as 10**400
+            raise InputError(f"{where}: rating must be a finite number") from None
+        pairs.append((movie, _finite(number_, where)))
         labels.append(where)
     return pairs, labels
 

@@ -201,6 +201,17 @@ class RecommendationEngine:
             self.shared.upload(self.versions, local, self.versions.keep)
             self._newest_shared = max(self._newest_shared, local)
 
+    def _record(self, number: int, seq: int) -> None:
+        """Record version ``number`` in the ratings store before CURRENT names it: API processes trust its
+        request number on this store from the start.  A store that is down does not stop the publish: they
+        fold in every stored rating meanwhile, and :meth:`share_versions` records it once the store answers."""
+        try:
+            self.store.record_version(number, seq)
+        except StoreError as exc:
+            log.warning("model version %d is not recorded in the ratings store yet (%s); it is once the store "
+                        "answers", number, exc)
+            self._unrecorded = (number, seq)
+
     def _newest(self) -> int:
         """The highest version number the store holds (remembered: see :meth:`_number_floor`)."""
         self._newest_shared = max(self._newest_shared, self.shared.newest())
@@ -235,15 +246,12 @@ class RecommendationEngine:
                 "seq": seq, "tuned": self.tune_budget is None, "validation": tuning_summary(self.model_dir),
                 "n_ratings": models.meta["n_ratings"],
                 "fit_seconds": models.meta["fit_seconds"]}
-        number = self.versions.publish(models, self.catalogue, histories, meta, after=self._number_floor())
+        self._unrecorded = None  # an earlier version still unrecorded is superseded by this one
+        number = self.versions.publish(models, self.catalogue, histories, meta, after=self._number_floor(),
+                                       announce=lambda n: self._record(n, seq))
         log.info("model version %d published (ratings up to request %d, fit in %.1f s)", number, seq,
                  models.meta["fit_seconds"]["total"])
-        try:  # API processes trust the version's request number on this store once the store says so
-            self.store.record_version(number, seq)
-        except StoreError as exc:  # meanwhile they fold in every stored rating; recorded at the next poll
-            log.warning("model version %d is not recorded in the ratings store yet (%s); it is once the store "
-                        "answers", number, exc)
-            self._unrecorded = (number, seq)
+        if self._unrecorded is not None:  # the store is away: uploaded too once it answers
             return number
         if self.shared:  # API processes on other hosts get it from there
             try:

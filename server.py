@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     from storage.store import StoreError
 
     try:
-        store = open_store(args.store, model_dir)
+        store = open_store(args.store, model_dir, connections=args.threads)  # a connection per thread
     except StoreError as exc:
         if trainer is not None:
             trainer.stop()

@@ -27,6 +27,7 @@ from serving.errors import InputError, StoreUnavailable, Unavailable
 from serving.quality import LiveQuality
 from serving.snapshot import candidates
 from serving.state import Served
+from serving.status import Health
 from serving.validation import check_ratings, check_user
 from storage.backends import open_store
 from storage.shipping import shared_versions
@@ -36,7 +37,6 @@ from storage.versions import Lease, ModelVersions, Version
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # how often the pointer to the current version is read
-STATUS_SECONDS = 1.0  # /health's trainer status is read at most this often (its counts: when ratings arrive)
 RETRY_SECONDS = (1.0, 60.0)  # a load that failed for a passing reason is tried again after 1 s, doubling to 60 s
 
 
@@ -114,7 +114,7 @@ class Recommender:
         self.clock = time.monotonic  # the load back-off's clock
         self.quality = LiveQuality()  # how the versions do on the ratings posted here
         self._store_down = False  # the last read of the store failed (said once in the log)
-        self._status_cache: tuple | None = None  # /health's store reads: (key, pending, first, trainer, when)
+        self._health = Health(self.store, self.quality)
 
     # --- versions ----------------------------------------------------------------------------
 
@@ -147,6 +147,8 @@ class Recommender:
                     log.warning("could not copy the store's current model version: %s", exc)
             number = self.versions.current()
             served = self._served
+            if served is not None and served.number == number:
+                self._settle(served)
             if number is None or (served is not None and served.number == number) or number == self._refused:
                 return False
             retry = self._retry if self._retry is not None and self._retry[0] == number else None
@@ -165,11 +167,20 @@ class Recommender:
                 self.load_error, self._refused = str(exc), number
                 return False
             start = time.perf_counter()
-            fresh = self._based(version)
-            fresh.apply(*self.store.changes(fresh.seq))  # most of the catching up, outside the lock
-            with self._sync_lock:
-                fresh.apply(*self.store.changes(fresh.synced))
-                self._served = fresh
+            try:
+                fresh = self._based(version)
+                fresh.apply(*self.store.changes(fresh.seq))  # most of the catching up, outside the lock
+                with self._sync_lock:
+                    fresh.apply(*self.store.changes(fresh.synced))
+                    self._served = fresh
+            except BaseException as exc:  # the store is away: not the version's fault, try again later
+                lease.release()
+                if isinstance(exc, StoreError):
+                    delay = RETRY_SECONDS[0] if retry is None else min(2 * retry[2], RETRY_SECONDS[1])
+                    self._retry = (number, self.clock() + delay, delay)
+                    self._store_trouble(exc)
+                    return False
+                raise
             if self._lease is not None:
                 self._lease.release()
             self._lease, self.load_error, self._retry = lease, None, None
@@ -185,11 +196,17 @@ class Recommender:
         them when it was fitted on another store or before the store was restored (said once per load)."""
         covered = self.store.covered(version.meta)
         if covered is None:
-            log.warning("model version %d in %s was not fitted on the ratings store %s as it is now (another "
-                        "store, or one restored from an earlier backup): every rating the store holds is folded "
-                        "in, and the trainer fits a new version", version.number, self.versions.root,
-                        self.store.describe()["where"])
+            log.warning("model version %d in %s is not recorded as fitted on the ratings store %s as it is now "
+                        "(another store, one restored from an earlier backup, or not recorded yet): every rating "
+                        "the store holds is folded in", version.number, self.versions.root, self.store.where)
         return Served(version, 0 if covered is None else covered)
+
+    def _settle(self, served: Served) -> None:
+        """A version served over the whole store because it was not recorded yet (published, then recorded;
+        or published while the store was down): once the store records it, count from its request again."""
+        if served.base != served.version.seq and self.store.covered(served.version.meta) == served.version.seq:
+            served.base = served.version.seq
+            log.info("model version %d is recorded in the ratings store now", served.number)
 
     def current(self) -> Served:
         """The version in service with every acknowledged rating folded in; Unavailable before the first."""
@@ -235,9 +252,10 @@ class Recommender:
     # --- queries -------------------------------------------------------------------------------
 
     @staticmethod
-    def _movie(served: Served, row: int) -> Movie:
+    def _movie(served: Served, row: int, counts: np.ndarray | None = None) -> Movie:
         c = served.catalogue
-        return Movie(int(c.movie_ids[row]), c.titles[row], c.genres[row], int(served.counts[row]))
+        return Movie(int(c.movie_ids[row]), c.titles[row], c.genres[row],
+                     int((served.counts if counts is None else counts)[row]))
 
     def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None) -> TopN:
         """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings.
@@ -296,8 +314,9 @@ class Recommender:
         """A catalogue entry and its mean rating (None when nobody rated it)."""
         served = self.current()
         row = served.row(movie)
-        count = int(served.counts[row])
-        return self._movie(served, row), (round(float(served.sums[row] / count), 4) if count else None)
+        counts, sums = served.tallies  # one pair: never a new count over an old sum
+        count = int(counts[row])
+        return self._movie(served, row, counts), (round(float(sums[row] / count), 4) if count else None)
 
     def similar(self, movie: int, count: int = 10, min_count: int = 25) -> list[tuple[Movie, float]]:
         """Movies most like the given one (see ``Snapshot.similar``), among those with ``min_count`` ratings."""
@@ -366,52 +385,8 @@ class Recommender:
             raise StoreUnavailable("the retrain request could not be stored; try again later") from None
 
     def status(self) -> dict:
-        """What /health reports: the version in service, what it has not seen, and the trainer's state.
-
-        The store is asked for its counts only when ratings arrived or the version changed, and for the
-        trainer's status at most every STATUS_SECONDS, so a flood of /health costs the store nothing much.
-        """
-        served = self.current()
-        try:
-            pending, first, trainer = self._store_status(served)
-            store_error = None
-        except StoreError as exc:  # still serving from memory: say what is unknown, and why
-            pending, trainer, first, store_error = None, {}, None, str(exc)
-        policy = trainer.get("policy") or {}
-        due: dict = {"ratings_to_go": None, "at": None}
-        if policy.get("after_ratings") and pending is not None:
-            due["ratings_to_go"] = max(0, int(policy["after_ratings"]) - pending)
-        if first is not None and policy.get("interval_seconds"):
-            due["at"] = _iso(first + float(policy["interval_seconds"]))
-        state = trainer.get("state", "unknown")
-        if trainer.get("heartbeat") and state not in ("stopped",) and \
-                time.time() - float(trainer["heartbeat"]) > 3 * float(trainer.get("heartbeat_seconds", 10)):
-            state = "not running"  # no heartbeat: the trainer died without saying so
-        return {"status": "ok" if store_error is None else "degraded", "store_error": store_error,
-                "model_version": served.number, "trained_at": served.snapshot.trained_at,
-                "trained_on_request": served.seq, "n_ratings": int(served.counts.sum()), "pending_ratings": pending,
-                "training": state in ("fitting", "tuning"),
-                "trainer": {"state": state, "pid": trainer.get("pid"), "last_fit": trainer.get("last_fit"),
-                            "error": trainer.get("error")},
-                "last_retrain_error": trainer.get("error"), "next_fit": due,
-                "live_quality": self.quality.summary()}
-
-    def _store_status(self, served: Served) -> tuple[int, float | None, dict]:
-        """Pending ratings, the first one's time and the trainer's status, from the store or the cache."""
-        key, now = (served.number, served.seq, served.synced), time.monotonic()
-        cached = self._status_cache
-        if cached is not None and cached[0] == key:
-            pending, first = cached[1], cached[2]
-        else:
-            pending = self.store.ratings_after(served.seq)
-            first = self.store.first_time_after(served.seq) if pending else None
-        trainer = cached[3] if cached is not None and now - cached[4] < STATUS_SECONDS else None
-        if trainer is None:
-            trainer = self.store.trainer_status() or {}
-        else:
-            now = cached[4]
-        self._status_cache = (key, pending, first, trainer, now)
-        return pending, first, trainer
+        """What /health reports (serving/status.py's ``health``)."""
+        return self._health.read(self.current())
 
 
 def _empty_reason(served, min_count: int, genre: str | None) -> str:
@@ -436,7 +411,3 @@ def fingerprint(request) -> str:
 
 def _pairs(ratings) -> tuple[np.ndarray, np.ndarray] | None:
     return None if ratings is None else (ratings.rows, ratings.ratings)
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

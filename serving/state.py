@@ -34,10 +34,19 @@ class Served:
         self.histories = version.histories
         self.scale = version.models.scale
         self.snapshot = Snapshot.build(version.models, self.catalogue.movie_ids, version.number, version.seq)
-        self.counts = np.array(self.histories.counts)  # copies: fold-ins change them
-        self.sums = np.array(self.histories.sums)
+        # Each movie's ratings count and sum, as one pair: a reader of both (a mean) never sees one old and
+        # one new.  Fold-ins replace the pair whole.
+        self.tallies = (np.array(self.histories.counts), np.array(self.histories.sums))
         self.posted: dict[int, UserRatings] = {}
         self.synced = self.base
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.tallies[0]
+
+    @property
+    def sums(self) -> np.ndarray:
+        return self.tallies[1]
 
     @property
     def number(self) -> int:
@@ -92,5 +101,5 @@ class Served:
             sums[after.rows] += after.ratings
             self.posted[user] = after
             self.snapshot.folded[user] = self.snapshot.fold(after.rows, after.ratings)
-        self.counts, self.sums = counts, sums
+        self.tallies = (counts, sums)
         self.synced = max(self.synced, upto)

@@ -3,7 +3,71 @@ published ones with their fits, offline validation figures and live figures, and
 
 from __future__ import annotations
 
+import time
+
 from storage.params import tuning_summary
+from storage.store import Store, StoreError
+
+STATUS_SECONDS = 1.0  # /health's trainer status is read at most this often (its counts: when ratings arrive)
+
+
+class Health:
+    """What /health reports: the version in service, what it has not seen, and the trainer's state.
+
+    The store is asked for its counts only when ratings arrived or the version changed, and for the
+    trainer's status at most every STATUS_SECONDS, so a flood of /health costs the store little.
+    """
+
+    def __init__(self, store: Store, quality):
+        self.store = store
+        self.quality = quality
+        self._cache: tuple | None = None  # (key, pending, first, trainer, when)
+
+    def read(self, served) -> dict:
+        """The status of ``served`` (the version in service with what was posted since folded in)."""
+        try:
+            pending, first, trainer = self._store_status(served)
+            store_error = None
+        except StoreError as exc:  # still serving from memory: say what is unknown, and why
+            pending, trainer, first, store_error = None, {}, None, str(exc)
+        policy = trainer.get("policy") or {}
+        due: dict = {"ratings_to_go": None, "at": None}
+        if policy.get("after_ratings") and pending is not None:
+            due["ratings_to_go"] = max(0, int(policy["after_ratings"]) - pending)
+        if first is not None and policy.get("interval_seconds"):
+            due["at"] = _iso(first + float(policy["interval_seconds"]))
+        state = trainer.get("state", "unknown")
+        if trainer.get("heartbeat") and state not in ("stopped",) and \
+                time.time() - float(trainer["heartbeat"]) > 3 * float(trainer.get("heartbeat_seconds", 10)):
+            state = "not running"  # no heartbeat: the trainer died without saying so
+        return {"status": "ok" if store_error is None else "degraded", "store_error": store_error,
+                "model_version": served.number, "trained_at": served.snapshot.trained_at,
+                "trained_on_request": served.seq, "n_ratings": int(served.counts.sum()), "pending_ratings": pending,
+                "training": state in ("fitting", "tuning"),
+                "trainer": {"state": state, "pid": trainer.get("pid"), "last_fit": trainer.get("last_fit"),
+                            "error": trainer.get("error")},
+                "last_retrain_error": trainer.get("error"), "next_fit": due,
+                "live_quality": self.quality.summary()}
+
+    def _store_status(self, served) -> tuple[int, float | None, dict]:
+        """Pending ratings, the first one's time and the trainer's status, from the store or the cache."""
+        key, now = (served.number, served.seq, served.synced), time.monotonic()
+        cached = self._cache
+        if cached is not None and cached[0] == key:
+            pending, first = cached[1], cached[2]
+        else:
+            pending = self.store.ratings_after(served.seq)
+            first = self.store.first_time_after(served.seq) if pending else None
+        if cached is not None and now - cached[4] < STATUS_SECONDS:
+            trainer, now = cached[3], cached[4]
+        else:
+            trainer = self.store.trainer_status() or {}
+        self._cache = (key, pending, first, trainer, now)
+        return pending, first, trainer
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def public_health(health: dict) -> dict:

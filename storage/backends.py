@@ -7,10 +7,11 @@ from pathlib import Path
 from storage.store import Store, StoreError
 
 
-def open_store(url: str | None, model_dir: Path) -> Store:
+def open_store(url: str | None, model_dir: Path, connections: int | None = None) -> Store:
     """The store a ``--store`` value names: None or "" for SQLite in the model folder (``ratings.db``),
-    ``postgresql://...`` for a PostgreSQL server.  Raises StoreError, with a one-line reason, when it
-    cannot be opened (a bad URL, a wrong password, a server that does not answer)."""
+    ``postgresql://...`` for a PostgreSQL server (a pool of ``connections``, default POOL_SIZE: one per
+    API thread).  Raises StoreError, with a one-line reason, when it cannot be opened (a bad URL, a wrong
+    password, a server that does not answer)."""
     if not url:
         from storage.sqlite import SQLiteStore
 
@@ -18,6 +19,6 @@ def open_store(url: str | None, model_dir: Path) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from storage.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url) if connections is None else PostgresStore(url, max_connections=connections)
     raise StoreError(f"--store {url.split('://')[0]}://... is not a store this service knows: "
                      "leave it out for SQLite in the model folder, or give a postgresql:// URL")

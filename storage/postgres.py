@@ -93,6 +93,11 @@ def _reason(exc: Exception, url: str = "") -> str:
     return scrub(text, url)
 
 
+def _too_many_clients(exc: psycopg.Error) -> bool:
+    """The server refused a connection because it has max_connections already (SQLSTATE 53300)."""
+    return getattr(exc, "sqlstate", None) == "53300" or "too many clients" in str(exc)
+
+
 def _passwords(url: str) -> list[str]:
     """Every password a connection to ``url`` may use: its userinfo's, its ``password=`` parameters' and
     ``PGPASSWORD``."""
@@ -175,6 +180,8 @@ class PostgresStore(Store):
             try:
                 psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT).close()
             except psycopg.Error as exc:
+                if _too_many_clients(exc):  # the server answers, it is only full: busy too
+                    raise StoreBusy(f"the PostgreSQL store {self.where} is busy: {_reason(exc, self.url)}") from None
                 self._went_down(_reason(exc, self.url))
                 raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}") from None
             raise StoreBusy(f"the PostgreSQL store {self.where} is busy: no connection was free within "

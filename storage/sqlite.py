@@ -70,6 +70,7 @@ class SQLiteStore(Store):
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.where = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():  # readable by its owner only: it holds what users rated
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))

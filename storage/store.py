@@ -83,9 +83,8 @@ class Replayed(Exception):
 
 @dataclass(frozen=True)
 class Once:
-    """An Idempotency-Key on a write: ``scope`` (whose keys: "ratings:7", "users"), the client's ``key``, a
-    ``fingerprint`` of the request (a key reused with another request is refused) and, set by the writer,
-    the ``answer`` to give again."""
+    """An Idempotency-Key on a write: ``scope`` (whose keys: "ratings:7", "users"), the client's ``key`` and
+    a ``fingerprint`` of the request (a key reused with another request is refused)."""
 
     scope: str
     key: str
@@ -130,6 +129,7 @@ class Store(ABC):
 
     kind: str  # "sqlite" or "postgresql"
     store_id: str
+    where: str  # for messages: the file, or the URL without its password
     compact_pause = 0.0  # seconds between compaction transactions (SQLite's writers wait in a busy handler)
     lock_row = ""  # appended to a SELECT that must hold its row for the transaction (PostgreSQL: FOR UPDATE)
 

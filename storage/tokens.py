@@ -50,7 +50,7 @@ class UserTokens:
                        "DO UPDATE SET hash = excluded.hash, issued = excluded.issued",
                        (user, digest(token), time.time()))
             db.execute(PUT_META, (TOKENS_GENERATION, uuid.uuid4().hex))
-        self._forget()
+        self._forget(user, digest(token))
         return token
 
     def revoke(self, user: int) -> bool:
@@ -58,15 +58,18 @@ class UserTokens:
         with self._store.writing() as db:
             removed = db.execute('DELETE FROM user_tokens WHERE "user" = ?', (user,)).rowcount > 0
             db.execute(PUT_META, (TOKENS_GENERATION, uuid.uuid4().hex))
-        self._forget()
+        self._forget(user)
         return removed
 
-    def _forget(self) -> None:
-        """Reload now, so this process knows its own issue or revoke even if the store stops answering."""
-        try:
-            self._reload()
-        except StoreError:  # the next check reloads
-            self._generation = None
+    def _forget(self, user: int, new: bytes | None = None) -> None:
+        """This process knows its own issue or revoke at once, even if the store stops answering next; the
+        next check reloads every token (the generation changed)."""
+        with self._lock:
+            if self._owners is not None:
+                owners = {h: u for h, u in self._owners.items() if u != user}
+                if new is not None:
+                    owners[new] = user
+                self._owners = owners
 
     def owner(self, token: str) -> int | None:
         """The user a token belongs to, or None; from memory when the store does not answer (StoreError
@@ -85,6 +88,8 @@ class UserTokens:
     def _reload(self) -> None:
         with self._lock:  # the generation first: a change committed meanwhile makes the next check reload
             generation = self._store.tokens_generation()
+            if self._owners is not None and generation == self._generation:
+                return  # another thread reloaded while this one waited
             with self._store.reading() as db:
                 rows = db.execute('SELECT hash, "user" FROM user_tokens').fetchall()
             self._owners, self._generation = {bytes(h): int(u) for h, u in rows}, generation

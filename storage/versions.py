@@ -39,7 +39,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,9 +145,11 @@ class ModelVersions:
     # --- publishing (the trainer) ------------------------------------------------------------
 
     def publish(self, models: Models, catalogue: Catalogue, histories: Histories, meta: dict,
-                after: int = 0) -> int:
+                after: int = 0, announce: Callable[[int], None] | None = None) -> int:
         """Write a new version and switch CURRENT to it; return its number (above ``after`` too: the
-        newest a shared store holds, when this folder is one host's copy)."""
+        newest a shared store holds, when this folder is one host's copy).  ``announce(number)`` runs once
+        the files are written, before any process can see the version (the trainer records it in the
+        ratings store)."""
         number = max([after, self.current() or 0, *self.numbers()]) + 1
         with self._scratch(number) as tmp:  # a failure (a full disk) takes the partial folder with it
             arrays = {**{f"model-{k}": v for k, v in _model_arrays(models).items()},
@@ -165,6 +167,8 @@ class ModelVersions:
                     "files": {name: sha256(tmp / name)
                               for name in [*(f"{a}.npy" for a in arrays), "catalogue.json"]}}
             write_file(tmp / "version.json", (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+            if announce is not None:
+                announce(number)
             self._commit(tmp, number)
         models.meta = full
         return number

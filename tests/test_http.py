@@ -135,6 +135,7 @@ ERRORS = [
     ("POST", "/1/ratings", b"1,-0.5\n", "text/plain", 400, "not on the scale"),
     ("POST", "/1/ratings", b"1,4,5\n", "text/plain", 400, "line 1"),
     ("POST", "/1/ratings", b'[{"movieId": 1, "rating": 1e999}]', "application/json", 400, "finite"),
+    ("POST", "/1/ratings", b'[{"movieId": 1, "rating": 1%s}]' % (b"0" * 400), "application/json", 400, "finite"),
     ("POST", "/1/ratings", b'[{"movieId": 1.5, "rating": 4}]', "application/json", 400, "movie id"),
     ("POST", "/1/ratings", b'[{"movieId": 1, "rating": 4, "x": 1}]', "application/json", 400, "exactly"),
     ("POST", "/1/ratings", b"[]", "application/json", 400, "no ratings"),

@@ -227,12 +227,16 @@ def test_user_tokens_are_checked_from_memory_and_follow_every_issue_and_revoke(l
 
     b.reading = down
     assert theirs.owner(token) == 4 and theirs.owner("u1.not-a-token") is None
+    a.reading = down  # reads fail, the revoke's write goes through: this process knows its revoke at once
+    mine.revoke(4)
+    assert mine.owner(token) is None
+    del a.reading
     a.close()
     del b.reading
     b.close()
 
 
-def test_a_busy_postgresql_pool_fails_one_request_and_is_no_outage(postgres):
+def test_a_busy_postgresql_pool_fails_one_request_and_is_no_outage(postgres, monkeypatch):
     """No free connection within the wait (every one held) fails that request alone, with StoreBusy; the
     next request goes through, and the store is not marked down."""
     import threading
@@ -240,6 +244,7 @@ def test_a_busy_postgresql_pool_fails_one_request_and_is_no_outage(postgres):
     from storage.postgres import PostgresStore
     from storage.store import StoreBusy
 
+    monkeypatch.setattr("storage.postgres.WAIT_TIMEOUT", 0.2)  # the wait this request gives up after
     store = PostgresStore(postgres.create_database(), max_connections=1)
     held, release = threading.Event(), threading.Event()
 
