@@ -69,6 +69,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds, more than 0."""
+    try:
+        value = seconds(text)
+    except argparse.ArgumentTypeError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, more than 0, not {text!r}")
+    return value
+
+
 def yes_no(text: str) -> bool:
     """An argparse type: 1/true/yes/on or 0/false/no/off."""
     value = text.strip().lower()
@@ -154,6 +165,9 @@ def build_parser() -> Parser:
           help="port to bind (env RECOMMENDER_PORT; default 5432)")
     p.add("--threads", env="RECOMMENDER_THREADS", type=whole(1, 1024), default=16,
           help="CherryPy worker threads (env RECOMMENDER_THREADS; default 16)")
+    p.add("--request-timeout", env="RECOMMENDER_REQUEST_TIMEOUT", type=positive_seconds, default=10.0,
+          help="seconds a request may take to arrive, head and body; a connection still incomplete then is "
+               "closed (env RECOMMENDER_REQUEST_TIMEOUT; default 10)")
     p.add("--api-token", env="RECOMMENDER_API_TOKEN",
           help="require 'Authorization: Bearer TOKEN' to post ratings, read a user's ratings and ask for a fit "
                "(env RECOMMENDER_API_TOKEN; on the command line it is visible in ps: prefer --api-token-file)")

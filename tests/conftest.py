@@ -142,15 +142,17 @@ def make_recommender(tmp_path, fixture_model):
 
 
 class LiveServer:
-    """The project's WSGI pipeline (Flask app in Paste's TransLogger) on CherryPy's server, on loopback."""
+    """The project's WSGI pipeline (Flask app in Paste's TransLogger) on CherryPy's server with the service's
+    limits on slow clients (http_limits.py), on loopback."""
 
-    def __init__(self, recommender, api_token=None):
-        from cheroot.wsgi import Server
-
+    def __init__(self, recommender, api_token=None, threads: int = 8, request_timeout: float = 10.0):
+        from app import MAX_BODY
+        from http_limits import Server
         from server import build_wsgi
 
         self.recommender = recommender
-        self.server = Server(("127.0.0.1", 0), build_wsgi(recommender, api_token), numthreads=8)
+        self.server = Server(("127.0.0.1", 0), build_wsgi(recommender, api_token), numthreads=threads,
+                             request_timeout=request_timeout, body_limit=MAX_BODY)
         self.server.prepare()
         self.port = self.server.bind_addr[1]
         self.thread = threading.Thread(target=self.server.serve, daemon=True)
@@ -202,8 +204,8 @@ def live(make_recommender):
     """A live server over a recommender on a fresh copy of the fixture's published version."""
     servers = []
 
-    def start(recommender=None, api_token=None):
-        server = LiveServer(recommender or make_recommender(), api_token)
+    def start(recommender=None, api_token=None, **limits):
+        server = LiveServer(recommender or make_recommender(), api_token, **limits)
         servers.append(server)
         return server
 
