@@ -73,9 +73,14 @@ def exit_with_parent(stop) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def serve(wsgi_app, host: str, port: int, threads: int = 16, on_stop=None) -> None:
-    """Graft the app into CherryPy and block until SIGINT/SIGTERM (or ``cherrypy.engine.exit()``)."""
+def serve(wsgi_app, host: str, port: int, threads: int = 16, on_stop=None, request_timeout: float = 10.0) -> None:
+    """Graft the app into CherryPy and block until SIGINT/SIGTERM (or ``cherrypy.engine.exit()``).
+
+    Requests arrive off the workers, within ``request_timeout`` seconds each (http_limits.py)."""
     import cherrypy
+
+    from app import MAX_BODY
+    from http_limits import cherrypy_server
 
     cherrypy.tree.graft(wsgi_app, "/")
     cherrypy.config.update({
@@ -87,6 +92,7 @@ def serve(wsgi_app, host: str, port: int, threads: int = 16, on_stop=None) -> No
         "server.thread_pool": threads,
         "server.socket_queue_size": 128,
     })
+    cherrypy.server.httpserver = cherrypy_server(cherrypy.server, request_timeout, MAX_BODY)
     if on_stop is not None:
         cherrypy.engine.subscribe("stop", on_stop, priority=90)
     cherrypy.engine.signals.subscribe()
@@ -334,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.shutdown()
 
     serve(build_wsgi(recommender, token, args.host, args.max_post_ratings), args.host, args.port, args.threads,
-          on_stop=shutdown)
+          on_stop=shutdown, request_timeout=args.request_timeout)
     return exit_code[0]
 
 

@@ -70,6 +70,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds, more than 0."""
+    try:
+        value = seconds(text)
+    except argparse.ArgumentTypeError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, more than 0, not {text!r}")
+    return value
+
+
 def yes_no(text: str) -> bool:
     """An argparse type: 1/true/yes/on or 0/false/no/off."""
     value = text.strip().lower()
@@ -160,6 +171,9 @@ def build_parser() -> Parser:
           help="the most ratings one POST may hold; more is a 413 that stores nothing (each is predicted and "
                f"folded in under a lock every request takes) (env RECOMMENDER_MAX_POST_RATINGS; default "
                f"{MAX_POST_RATINGS})")
+    p.add("--request-timeout", env="RECOMMENDER_REQUEST_TIMEOUT", type=positive_seconds, default=10.0,
+          help="seconds a request may take to arrive, head and body; a connection still incomplete then is "
+               "closed (env RECOMMENDER_REQUEST_TIMEOUT; default 10)")
     p.add("--api-token", env="RECOMMENDER_API_TOKEN",
           help="require 'Authorization: Bearer TOKEN' to post ratings, read a user's ratings and ask for a fit "
                "(env RECOMMENDER_API_TOKEN; on the command line it is visible in ps: prefer --api-token-file)")

@@ -142,17 +142,20 @@ def make_recommender(tmp_path, fixture_model):
 
 
 class LiveServer:
-    """The project's WSGI pipeline (Flask app in Paste's TransLogger) on CherryPy's server, on loopback."""
+    """The project's WSGI pipeline (Flask app in Paste's TransLogger) on CherryPy's server with the service's
+    limits on slow clients (http_limits.py), on loopback."""
 
-    def __init__(self, recommender, api_token=None, host: str = "127.0.0.1", **options):
+    def __init__(self, recommender, api_token=None, host: str = "127.0.0.1", threads: int = 8,
+                 request_timeout: float = 10.0, **options):
         """``options`` go to server.build_wsgi (such as ``max_post_ratings``)."""
-        from cheroot.wsgi import Server
-
+        from app import MAX_BODY
+        from http_limits import Server
         from server import build_wsgi
 
         self.recommender = recommender
         self.host = host
-        self.server = Server((host, 0), build_wsgi(recommender, api_token, host, **options), numthreads=8)
+        self.server = Server((host, 0), build_wsgi(recommender, api_token, host, **options), numthreads=threads,
+                             request_timeout=request_timeout, body_limit=MAX_BODY)
         self.server.prepare()
         self.port = self.server.bind_addr[1]
         self.thread = threading.Thread(target=self.server.serve, daemon=True)
