@@ -217,8 +217,15 @@ def is_operator() -> bool:
     admin = current_app.config.get("API_TOKEN")
     if not admin:
         return True
+    value = bearer()
+    return value is not None and hmac.compare_digest(value.encode(), admin.encode())
+
+
+def bearer() -> str | None:
+    """The request's ``Authorization: Bearer <token>`` token, or None."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), admin.encode())
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
 
 
 MAX_KEY = 255
@@ -246,9 +253,8 @@ def authorize(user: int | None) -> None:
     admin = current_app.config.get("API_TOKEN")
     if not admin:
         return
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    value = value.strip()
-    if scheme.lower() != "bearer" or not value:
+    value = bearer()
+    if value is None:
         raise InputError("a valid 'Authorization: Bearer <token>' header is required for a user's ratings", 401)
     if hmac.compare_digest(value.encode(), admin.encode()):
         return
