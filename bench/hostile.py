@@ -16,8 +16,8 @@ bounded in count and time, and the servers and folders go at the end.
   connection: p50/max of those that answered, and how many did not answer within 2 s.
 * ``largest_post`` (both shapes): a POST of ``--post-ratings`` ratings (JSON, distinct movies) of a new user,
   then a 1 MiB text body of ~116,000 ``movie,rating`` lines: status, seconds, the API process's VmRSS/VmHWM
-  before and after.  No such body can be accepted (the catalogue has fewer movies, so one is rated twice):
-  today it is parsed whole and refused with 400; a cap on the ratings per request refuses it with 413.
+  before and after.  The ratings cap (``--max-post-ratings``, 1,000) refuses it with 413 at its 1,001st
+  line, before anything else is done with it.
 * ``deep_json``: a 1 MiB body of ``[``: status, seconds, and whether /health still answers.
 * ``made_up_methods``: 100 requests with methods M1..M100; the ``recommender_http_requests_total`` series
   in /metrics before and after.
