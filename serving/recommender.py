@@ -112,6 +112,7 @@ class Recommender:
         self._refused: int | None = None  # a version that failed its checks
         self._retry: tuple[int, float, float] | None = None  # (version, when, back-off) after a passing load error
         self.clock = time.monotonic  # the load back-off's clock
+        self._copy_after, self._copy_backoff = 0.0, 0.0  # a copy from the store that failed here waits
         self.quality = LiveQuality()  # how the versions do on the ratings posted here
         self._store_down = False  # the last read of the store failed (said once in the log)
         self._health = Health(self.store, self.quality)
@@ -137,13 +138,16 @@ class Recommender:
     def refresh(self) -> bool:
         """Swap in the current version if it is not the one in service; whether it swapped."""
         with self._swap_lock:
-            if self.shared is not None:  # serve what is here when this fails; the next poll tries again
+            if self.shared is not None and self.clock() >= self._copy_after:  # else: serve what is here
                 try:
                     self.shared.sync(self.versions)
-                    self._store_down = False
+                    self._store_down, self._copy_backoff = False, 0.0
                 except StoreError as exc:
                     self._store_trouble(exc)
-                except ModelError as exc:
+                except ModelError as exc:  # a full disk here: not every second, each a whole download
+                    if isinstance(exc, TransientModelError):
+                        self._copy_backoff = min(max(2 * self._copy_backoff, RETRY_SECONDS[0]), RETRY_SECONDS[1])
+                        self._copy_after = self.clock() + self._copy_backoff
                     log.warning("could not copy the store's current model version: %s", exc)
             number = self.versions.current()
             served = self._served

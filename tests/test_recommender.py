@@ -235,3 +235,24 @@ def test_a_fold_in_replaces_counts_and_sums_whole(make_recommender, csv_fixture)
     assert served.sums[row] == sums_before[row] + 4.5
     rec.add_ratings(6400, [(movie, 2.0)])  # replaces the user's earlier rating of it
     assert served.counts[row] == counts_before[row] + 1 and served.sums[row] == sums_before[row] + 2.0
+
+
+def test_a_copy_from_the_store_that_this_disk_cannot_hold_backs_off(make_recommender):
+    """A full disk here: the store's version is not downloaded again at every poll (255 MB a time at 20M),
+    but after 1 s, 2 s, 4 s ... (a clock the test moves)."""
+    from model import TransientModelError
+
+    rec = make_recommender()
+    tries = []
+
+    class FullDisk:
+        def sync(self, versions):
+            tries.append(now[0])
+            raise TransientModelError("could not install model version 2: [Errno 28] No space left on device")
+
+    now = [0.0]
+    rec.shared, rec.clock = FullDisk(), lambda: now[0]
+    for t in (0.0, 0.5, 1.0, 1.5, 2.9, 3.0, 6.0, 7.0):
+        now[0] = t
+        rec.refresh()
+    assert tries == [0.0, 1.0, 3.0, 7.0] and rec.version == 1  # the version in service stays
