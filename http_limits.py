@@ -37,7 +37,8 @@ BODY_LIMIT = 1 << 20  # app.MAX_BODY: bodies up to this are buffered before a wo
 RECV_SIZE = 1 << 16
 FILL_MOST = 1 << 18  # bytes the selector thread reads from one connection per turn, so none starves the others
 
-WAIT, READY, STREAM = "wait", "ready", "stream"
+WAIT, READY, STREAM, BAD = "wait", "ready", "stream", "bad"
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class RequestReader:
@@ -53,6 +54,8 @@ class RequestReader:
         self.bytes_read = 0
         self.deadline: float | None = None
         self.eof = False
+        self.closed = False  # cheroot's forced shutdown reads it
+        self.expired = False  # a read hit the deadline: the connection is closed after this answer
 
     def fill(self) -> None:
         """Append what the socket has ready, without waiting; ``eof`` once the client closed or broke it."""
@@ -79,6 +82,7 @@ class RequestReader:
         if self.deadline is not None:
             wait = min(wait, self.deadline - time.monotonic())
             if wait <= 0:
+                self.expired = True
                 raise TimeoutError("timed out")  # cheroot's communicate() answers 408 to this
         self.sock.settimeout(wait)
         try:
@@ -120,6 +124,7 @@ class RequestReader:
 
     def close(self) -> None:
         self.buffer.clear()
+        self.closed = True
 
 
 def request_state(buffer: bytearray, header_reader, body_limit: int) -> str:
@@ -137,6 +142,8 @@ def request_state(buffer: bytearray, header_reader, body_limit: int) -> str:
         length = int(headers.get(b"Content-Length", 0))
     except ValueError:
         return READY  # cheroot answers 400
+    except Exception:  # noqa: BLE001 - a head cheroot's own parser breaks on (a continuation line first)
+        return BAD
     if (b"Transfer-Encoding" in headers or headers.get(b"Expect", b"").lower() == b"100-continue"
             or length > body_limit):
         return STREAM
@@ -155,7 +162,9 @@ class BufferedConnection(HTTPConnection):
 
     def communicate(self):
         try:
-            return super().communicate()
+            # A request whose body a read gave up on mid-way (the deadline) leaves the rest of it on the
+            # socket, which would be read as the next request: close the connection instead.
+            return super().communicate() and not self.rfile.expired
         finally:
             self.rfile.deadline = None  # the next request's starts when its first byte is seen
             if self.streaming:
@@ -182,10 +191,18 @@ class SlowClientLimits:
         reader = conn.rfile
         if reader.deadline is None:
             reader.deadline = time.monotonic() + self.request_timeout
-        reader.fill()
         state = request_state(reader.buffer, conn.RequestHandlerClass.header_reader, self.body_limit)
+        if state == WAIT:  # read more only for a request still arriving: the buffer holds at most one
+            reader.fill()
+            state = request_state(reader.buffer, conn.RequestHandlerClass.header_reader, self.body_limit)
         if state == READY:
             super().process_conn(conn)
+        elif state == BAD:  # answered here, in a few bytes the socket takes at once, and closed
+            try:
+                conn.socket.send(BAD_REQUEST)
+            except OSError:
+                pass
+            conn.close()
         elif state == STREAM:
             self._stream(conn)
         elif reader.eof or time.monotonic() >= reader.deadline or not self.ready:
@@ -212,15 +229,18 @@ class SlowClientLimits:
                 self._slots += 1
                 return
             conn = self._parked.popleft()
+        if not self.ready:  # stopping: no worker will take it
+            conn.close()
+            return
         conn.streaming = True  # a parked request past its deadline fails at its first read (408)
         super().process_conn(conn)
 
     def stop(self) -> None:
-        super().stop()
         with self._slots_lock:
             parked, self._parked = list(self._parked), collections.deque()
         for conn in parked:
             conn.close()
+        super().stop()
 
 
 class Server(SlowClientLimits, cheroot.wsgi.Server):

@@ -154,3 +154,26 @@ def test_request_timeout_flag_bounds_a_real_server(servers, tmp_path):
     sender.join()
     assert request(api.port, "GET", "/health")[0] == 200
     assert api.stop() == 0 and "Traceback" not in api.output()
+
+
+def test_a_head_cheroots_parser_chokes_on_is_answered_and_the_server_goes_on(live):
+    """A continuation line first (cheroot's header parser raises UnboundLocalError on it): the request gets
+    an answer from a worker, not a traceback in the selector thread, and later requests are served."""
+    server = live()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\n X\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 400")
+    assert health_within(server.port, 5.0) == 200
+
+
+def test_stopping_with_a_streamed_request_in_flight_ends_cleanly(live):
+    """A worker still reading a chunked body when the server stops: cheroot's forced close after its
+    shutdown timeout finds the reader closable, and stop() returns without an error."""
+    server = live(request_timeout=30.0)
+    server.server.shutdown_timeout = 0.5
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /4245/ratings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\n[{\"mo")  # and then nothing more
+        assert health_within(server.port, 5.0) == 200  # the streamed request holds one worker, not the server
+        server.stop()
+    assert not server.thread.is_alive() or server.thread.join(5) is None
