@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from model import ModelError, TransientModelError
+from serving.backoff import Backoff
 from serving.errors import InputError, StoreUnavailable, Unavailable
 from serving.quality import LiveQuality
 from serving.snapshot import candidates
@@ -37,7 +38,6 @@ from storage.versions import Lease, ModelVersions, Version
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # how often the pointer to the current version is read
-RETRY_SECONDS = (1.0, 60.0)  # a load that failed for a passing reason is tried again after 1 s, doubling to 60 s
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,9 @@ class Recommender:
         self._watcher: threading.Thread | None = None
         self.load_error: str | None = None
         self._refused: int | None = None  # a version that failed its checks
-        self._retry: tuple[int, float, float] | None = None  # (version, when, back-off) after a passing load error
-        self.clock = time.monotonic  # the load back-off's clock
-        self._copy_after, self._copy_backoff = 0.0, 0.0  # a copy from the store that failed here waits
+        self.clock = time.monotonic  # the back-offs' clock
+        self._load_backoff = Backoff(lambda: self.clock())  # a load that failed for a passing reason
+        self._copy_backoff = Backoff(lambda: self.clock())  # a copy from the store this host could not hold
         self.quality = LiveQuality()  # how the versions do on the ratings posted here
         self._store_down = False  # the last read of the store failed (said once in the log)
         self._health = Health(self.store, self.quality)
@@ -138,16 +138,16 @@ class Recommender:
     def refresh(self) -> bool:
         """Swap in the current version if it is not the one in service; whether it swapped."""
         with self._swap_lock:
-            if self.shared is not None and self.clock() >= self._copy_after:  # else: serve what is here
+            if self.shared is not None and self._copy_backoff.ready():  # else: serve what is here
                 try:
                     self.shared.sync(self.versions)
-                    self._store_down, self._copy_backoff = False, 0.0
+                    self._store_down = False
+                    self._copy_backoff.succeeded()
                 except StoreError as exc:
                     self._store_trouble(exc)
                 except ModelError as exc:  # a full disk here: not every second, each a whole download
                     if isinstance(exc, TransientModelError):
-                        self._copy_backoff = min(max(2 * self._copy_backoff, RETRY_SECONDS[0]), RETRY_SECONDS[1])
-                        self._copy_after = self.clock() + self._copy_backoff
+                        self._copy_backoff.failed()
                     log.warning("could not copy the store's current model version: %s", exc)
             number = self.versions.current()
             served = self._served
@@ -155,14 +155,12 @@ class Recommender:
                 self._settle(served)
             if number is None or (served is not None and served.number == number) or number == self._refused:
                 return False
-            retry = self._retry if self._retry is not None and self._retry[0] == number else None
-            if retry is not None and self.clock() < retry[1]:
+            if not self._load_backoff.ready(number):
                 return False  # waiting out a passing load error's back-off
             try:
                 version, lease = self.versions.load(number)
             except TransientModelError as exc:  # not the version's fault (EMFILE, EIO, ENOMEM): try again later
-                delay = RETRY_SECONDS[0] if retry is None else min(2 * retry[2], RETRY_SECONDS[1])
-                self._retry, self.load_error = (number, self.clock() + delay, delay), str(exc)
+                delay, self.load_error = self._load_backoff.failed(number), str(exc)
                 log.warning("%s; %s; trying again in %.0f s", exc,
                             "the previous version stays in service" if served else "not serving", delay)
                 return False
@@ -180,14 +178,14 @@ class Recommender:
             except BaseException as exc:  # the store is away: not the version's fault, try again later
                 lease.release()
                 if isinstance(exc, StoreError):
-                    delay = RETRY_SECONDS[0] if retry is None else min(2 * retry[2], RETRY_SECONDS[1])
-                    self._retry = (number, self.clock() + delay, delay)
+                    self._load_backoff.failed(number)
                     self._store_trouble(exc)
                     return False
                 raise
             if self._lease is not None:
                 self._lease.release()
-            self._lease, self.load_error, self._retry = lease, None, None
+            self._lease, self.load_error = lease, None
+            self._load_backoff.succeeded()
             # What is alive now (the libraries, this version) lives long: keep it out of the cyclic GC's
             # full passes, which held the GIL for 10 ms on ml-latest-small, in the middle of requests.
             gc.freeze()
