@@ -241,9 +241,9 @@ def idempotency_key() -> str | None:
     return key
 
 
-def acknowledged(ack: Ack, **extra):
+def acknowledged(ack: Ack):
     """A write's 201 answer; a replayed one (its Idempotency-Key seen before) says so."""
-    return jsonify({**ack.body, **extra, **({"replayed": True} if ack.replayed else {})}), 201
+    return jsonify({**ack.body, **({"replayed": True} if ack.replayed else {})}), 201
 
 
 def authorize(user: int | None) -> None:

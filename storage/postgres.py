@@ -183,13 +183,16 @@ class PostgresStore(Store):
                 if _too_many_clients(exc):  # the server answers, it is only full: busy too
                     raise StoreBusy(f"the PostgreSQL store {self.where} is busy: {_reason(exc, self.url)}") from None
                 self._went_down(_reason(exc, self.url))
-                raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}") from None
+                raise self._failed(exc) from None
             raise StoreBusy(f"the PostgreSQL store {self.where} is busy: no connection was free within "
                             f"{WAIT_TIMEOUT:g} s") from None
         except ERRORS as exc:  # unless the connection was lost: a statement timeout, a deadlock, this request's
             busy = isinstance(exc, psycopg.OperationalError) and not self._down.is_set()
-            raise (StoreBusy if busy else StoreError)(
-                f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}") from exc
+            raise self._failed(exc, StoreBusy if busy else StoreError) from exc
+
+    def _failed(self, exc: Exception, kind: type[StoreError] = StoreError) -> StoreError:
+        """The error a request that ``exc`` ended gets: the store, without its password, and psycopg's reason."""
+        return kind(f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}")
 
     def _went_down(self, why: str) -> None:
         """A connection failed: refuse requests at once until a probe connects again, then replace the
@@ -235,7 +238,7 @@ class PostgresStore(Store):
         try:
             return claim if claim.take() else None
         except psycopg.Error as exc:
-            raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}") from exc
+            raise self._failed(exc) from exc
 
     @contextmanager
     def dedicated(self) -> Iterator[_Cursor]:
@@ -248,7 +251,7 @@ class PostgresStore(Store):
                 conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
                 yield _Cursor(conn)
         except psycopg.Error as exc:
-            raise StoreError(f"the PostgreSQL store {self.where} failed: {_reason(exc, self.url)}") from exc
+            raise self._failed(exc) from exc
 
     def describe(self) -> dict:
         with self.reading() as db:

@@ -13,6 +13,12 @@ from processes import request
 HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
+# Whether /health answers at all, not how fast: long enough for a loaded CI machine, shorter than the 10 s
+# per-read timeout after which plain cheroot freed a worker (so each check fails without the limits).  The
+# issue's target, an answer within 1 s, is measured by bench/hostile.py (p50 1.3 ms, max 3.2 ms).
+ANSWERS = 5.0
+
+
 def health_within(port: int, seconds: float) -> int:
     """GET /health on a new connection; its status, or a failure if no answer came within ``seconds``."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=seconds)
@@ -62,10 +68,10 @@ def test_sixteen_slow_connections_leave_health_answering(live):
     slow = slow_connections(server.port, 16)
     try:
         for _ in range(3):
-            assert health_within(server.port, 1.0) == 200
+            assert health_within(server.port, ANSWERS) == 200
         for sock in slow:  # each slow request moves on a byte
             sock.sendall(HEALTH[1:2])
-        assert health_within(server.port, 1.0) == 200
+        assert health_within(server.port, ANSWERS) == 200
         slow[0].sendall(HEALTH[2:])  # a slow request that completes is answered
         response = http.client.HTTPResponse(slow[0])
         response.begin()
@@ -131,7 +137,7 @@ def test_a_slow_loris_is_closed_at_the_request_deadline(live):
         finally:
             stop.set()
             sender.join()
-    assert health_within(server.port, 1.0) == 200
+    assert health_within(server.port, ANSWERS) == 200
 
 
 @pytest.mark.slow
@@ -142,7 +148,7 @@ def test_request_timeout_flag_bounds_a_real_server(servers, tmp_path):
     slow = slow_connections(api.port, 16)
     stop = threading.Event()
     try:
-        assert health_within(api.port, 1.0) == 200
+        assert health_within(api.port, ANSWERS) == 200
         with socket.create_connection(("127.0.0.1", api.port)) as sock:
             sender = trickle(sock, stop)
             sock.settimeout(5)
@@ -163,7 +169,7 @@ def test_a_head_cheroots_parser_chokes_on_is_answered_and_the_server_goes_on(liv
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\n X\r\n\r\n")
         assert sock.recv(64).startswith(b"HTTP/1.1 400")
-    assert health_within(server.port, 5.0) == 200
+    assert health_within(server.port, ANSWERS) == 200
 
 
 def test_stopping_with_a_streamed_request_in_flight_ends_cleanly(live):
@@ -174,6 +180,7 @@ def test_stopping_with_a_streamed_request_in_flight_ends_cleanly(live):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"POST /4245/ratings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n5\r\n[{\"mo")  # and then nothing more
-        assert health_within(server.port, 5.0) == 200  # the streamed request holds one worker, not the server
+        assert health_within(server.port, ANSWERS) == 200  # the streamed request holds one worker, not the server
         server.stop()
-    assert not server.thread.is_alive() or server.thread.join(5) is None
+    server.thread.join(30)
+    assert not server.thread.is_alive()  # serve() returned: every worker ended
