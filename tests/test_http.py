@@ -598,9 +598,9 @@ def test_no_answer_can_be_framed(shared):
 def test_framing_is_added_to_a_policy_already_set():
     from flask import Response
 
-    from app import _refuse_framing
+    from access import refuse_framing
 
-    response = _refuse_framing(Response(headers={"Content-Security-Policy": "default-src 'self';"}))
+    response = refuse_framing(Response(headers={"Content-Security-Policy": "default-src 'self';"}))
     assert response.headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors 'none'"
-    kept = _refuse_framing(Response(headers={"Content-Security-Policy": "frame-ancestors 'self'"}))
+    kept = refuse_framing(Response(headers={"Content-Security-Policy": "frame-ancestors 'self'"}))
     assert kept.headers["Content-Security-Policy"] == "frame-ancestors 'self'"
