@@ -50,7 +50,7 @@ class UserTokens:
                        "DO UPDATE SET hash = excluded.hash, issued = excluded.issued",
                        (user, digest(token), time.time()))
             db.execute(PUT_META, (TOKENS_GENERATION, uuid.uuid4().hex))
-        self._forget(user, digest(token))
+        self._know_at_once(user, digest(token))
         return token
 
     def revoke(self, user: int) -> bool:
@@ -58,10 +58,10 @@ class UserTokens:
         with self._store.writing() as db:
             removed = db.execute('DELETE FROM user_tokens WHERE "user" = ?', (user,)).rowcount > 0
             db.execute(PUT_META, (TOKENS_GENERATION, uuid.uuid4().hex))
-        self._forget(user)
+        self._know_at_once(user)
         return removed
 
-    def _forget(self, user: int, new: bytes | None = None) -> None:
+    def _know_at_once(self, user: int, new: bytes | None = None) -> None:
         """This process knows its own issue or revoke at once, even if the store stops answering next; the
         next check reloads every token (the generation changed)."""
         with self._lock:
