@@ -17,9 +17,11 @@ from werkzeug.exceptions import HTTPException
 
 from access import LOOPBACK_NAMES, authorize, is_operator, refuse_framing, refuse_other_sites
 from metrics import CONTENT_TYPE, Metrics
+from model_admin import models_bp
 from parsing import MAX_BODY, bounded, drain_body, idempotency_key, int_arg, parse_id, read_ratings_body
+from serving.control import ModelControl
 from serving.errors import InputError, NotFound, StoreUnavailable
-from serving.recommender import Ack, Movie, Recommender
+from serving.recommender import Ack, Movie, Recommender, route_json
 from serving.status import operator_status, public_health
 from serving.validation import MAX_POST_RATINGS
 from storage.store import StoreError
@@ -60,7 +62,7 @@ def top_ratings(user_id: str, count: str):
     top = _recommender().recommend(user, n, min_count, genre)
     body = {"user": user, "movies": [{**movie_json(s.movie), "predicted_rating": s.predicted_rating,
                                       "ranking_score": s.ranking_score} for s in top.movies],
-            "model_version": top.version}
+            "model_version": top.version, **route_json(top.route)}
     if top.fallback:
         body["fallback"] = top.fallback
     if top.reason:
@@ -76,7 +78,7 @@ def movie_rating(user_id: str, movie_id: str):
     m = p.movie
     return jsonify({"user": p.user, "movieId": m.movie_id, "title": m.title, "genres": list(m.genres),
                     "predicted_rating": p.predicted_rating, "ratings_count": m.ratings_count,
-                    "user_rating": p.user_rating, "model_version": p.version})
+                    "user_rating": p.user_rating, "model_version": p.version, **route_json(p.route)})
 
 
 @ratings_bp.get("/<user_id>/ratings")
@@ -119,7 +121,7 @@ def recommend():
     # The tutorial's clients read "score" (the predicted stars): kept, next to its own name.
     body = {"user": user, "recommendations": [
         {"movieId": s.movie.movie_id, "title": s.movie.title, "predicted_rating": s.predicted_rating,
-         "score": s.predicted_rating} for s in top.movies]}
+         "score": s.predicted_rating} for s in top.movies], "model_version": top.version, **route_json(top.route)}
     if top.fallback:
         body["fallback"] = top.fallback
     if top.reason:
@@ -147,8 +149,13 @@ def similar_movies(movie_id: str):
     movie = parse_id(movie_id, "movie id")
     count = int_arg("count", 10, 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
-    similar = [{**movie_json(m), "similarity": s} for m, s in _recommender().similar(movie, count, min_count)]
-    return jsonify({"movieId": movie, "similar": similar})
+    raw_user = request.args.get("user")  # the answer comes from the version that serves this user
+    user = None if raw_user is None else parse_id(raw_user, "user")
+    if user is not None:
+        authorize(user)
+    found, route = _recommender().similar_for(user, movie, count, min_count)
+    return jsonify({"movieId": movie, "similar": [{**movie_json(m), "similarity": s} for m, s in found],
+                    "model_version": route.version, **route_json(route)})
 
 
 @status_bp.get("/health")
@@ -176,15 +183,6 @@ def operator_status_json():
 @status_bp.get("/openapi.json")
 def openapi():
     return jsonify(current_app.config["OPENAPI"])
-
-
-@operator_bp.post("/admin/retrain")
-def retrain():
-    """Ask the trainer for a fit on every stored rating now (it starts within a second unless one runs)."""
-    authorize(None)
-    recommender = _recommender()
-    asked = recommender.request_retrain()
-    return jsonify({"requested_at": asked, "model_version": recommender.version}), 202
 
 
 def _tokens():
@@ -252,9 +250,10 @@ def create_app(recommender: Recommender, api_token: str | None = None,
     app.before_request(refuse_other_sites)
     app.json.sort_keys = False
     app.extensions["recommender"] = recommender
+    app.extensions["control"] = ModelControl(recommender)
     if api_token:
         app.extensions["tokens"] = UserTokens(recommender.store)
-    for blueprint in (ratings_bp, movies_bp, status_bp, operator_bp, web_bp):
+    for blueprint in (ratings_bp, movies_bp, status_bp, operator_bp, models_bp, web_bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(InputError)

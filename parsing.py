@@ -151,6 +151,26 @@ def read_ratings_body() -> Parsed:
     return parse_text_ratings(text, cap)
 
 
+def json_body():
+    """An operator's JSON body (an object), or None when the request has none."""
+    if request.mimetype not in ("application/json", "application/x-www-form-urlencoded", ""):
+        raise InputError(f"unsupported content type {request.mimetype!r}: send application/json", 415)
+    raw = request.get_data(cache=False)
+    if request.content_length is None and len(raw) >= MAX_BODY and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    if not raw.strip():
+        return None
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise InputError(f"the body nests more than {MAX_JSON_DEPTH} deep")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError("the body must be a JSON object")
+    return data
+
+
 MAX_KEY = 255
 
 

@@ -12,19 +12,18 @@ anywhere reflects it.  Results are plain dataclasses; app.py shapes the JSON.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from model import ModelError, TransientModelError
-from serving.backoff import Backoff
 from serving.errors import InputError, StoreUnavailable, Unavailable
+from serving.experiments import ExperimentLog
+from serving.loader import Loader
+from serving.plan import Route
 from serving.quality import LiveQuality
 from serving.snapshot import candidates
 from serving.state import Served
@@ -32,8 +31,9 @@ from serving.status import Health
 from serving.validation import check_ratings, check_user
 from storage.backends import open_store
 from storage.shipping import shared_versions
+from storage.steering import Steering
 from storage.store import Once, Replayed, Store, StoreError
-from storage.versions import Lease, ModelVersions, Version
+from storage.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,13 @@ class Scored:
 class TopN:
     user: int
     movies: list[Scored]
-    version: int
+    route: Route  # the version that answered, and why (an experiment's arm)
     fallback: str | None  # "popular" for a user the models know nothing about
     reason: str | None = None  # why the list is empty, when it is
+
+    @property
+    def version(self) -> int:
+        return self.route.version
 
 
 @dataclass(frozen=True)
@@ -90,37 +94,41 @@ class Prediction:
     movie: Movie
     predicted_rating: float
     user_rating: float | None
-    version: int
+    route: Route
+
+    @property
+    def version(self) -> int:
+        return self.route.version
 
 
 class Recommender:
-    """The published version in service plus posted ratings folded in; see the module's docstring."""
+    """The versions in service plus posted ratings folded in; see the module's docstring."""
 
     def __init__(self, model_dir: Path, store: Store | None = None, poll: float = POLL_SECONDS):
         self.model_dir = Path(model_dir)
-        self.versions = ModelVersions(self.model_dir)
         self.store = store or open_store(None, self.model_dir)
-        self.shared = shared_versions(self.store)  # PostgreSQL: versions arrive from the database
+        self.steering = Steering(self.store)
+        self.versions = ModelVersions(self.model_dir, protect=self.steering.protected)
+        # PostgreSQL: versions arrive from the database
+        self.loader = Loader(self.versions, self.store, shared_versions(self.store))
+        self.loader.on_store_trouble = self._store_trouble
+        self.loader.on_store_back = self._store_back
         self.poll = poll
-        self._served: Served | None = None
-        self._lease: Lease | None = None
-        self._sync_lock = threading.Lock()  # one fold-in (or swap) at a time
-        self._swap_lock = threading.Lock()  # one load at a time
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
-        self.load_error: str | None = None
-        self._refused: int | None = None  # a version that failed its checks
-        self.clock = time.monotonic  # the back-offs' clock
-        self._load_backoff = Backoff(lambda: self.clock())  # a load that failed for a passing reason
-        self._copy_backoff = Backoff(lambda: self.clock())  # a copy from the store this host could not hold
         self.quality = LiveQuality()  # how the versions do on the ratings posted here
+        self.experiments = ExperimentLog(self.steering)  # the same, per experiment arm, in the store
         self._store_down = False  # the last read of the store failed (said once in the log)
         self._health = Health(self.store, self.quality)
 
     # --- versions ----------------------------------------------------------------------------
 
+    shared = property(lambda self: self.loader.shared, lambda self, v: setattr(self.loader, "shared", v))
+    clock = property(lambda self: self.loader.clock, lambda self, v: setattr(self.loader, "clock", v))
+    load_error = property(lambda self: self.loader.load_error)
+
     def start(self, watch: bool = True) -> Recommender:
-        """Load the current version, if there is one, and (``watch``) follow the pointer from now on."""
+        """Load what the serving plan serves, if anything is published, and (``watch``) follow it from now on."""
         self.refresh()
         if watch:
             self._watcher = threading.Thread(target=self._watch, name="version-watcher", daemon=True)
@@ -129,109 +137,33 @@ class Recommender:
 
     def _watch(self) -> None:
         # Before the first version every tenth of a second: a fresh start's first answer waits on this.
-        while not self._stopping.wait(self.poll if self._served is not None else min(self.poll, 0.1)):
+        while not self._stopping.wait(self.poll if self.loader.view is not None else min(self.poll, 0.1)):
             try:
                 self.refresh()
+                self.experiments.flush()
             except Exception:  # keep serving what is loaded; the next poll tries again
                 log.exception("could not check for a new model version")
 
     def refresh(self) -> bool:
-        """Swap in the current version if it is not the one in service; whether it swapped."""
-        with self._swap_lock:
-            if self.shared is not None and self._copy_backoff.ready():  # else: serve what is here
-                try:
-                    self.shared.sync(self.versions)
-                    self._store_down = False
-                    self._copy_backoff.succeeded()
-                except StoreError as exc:
-                    self._store_trouble(exc)
-                except ModelError as exc:  # a full disk here: not every second, each a whole download
-                    if isinstance(exc, TransientModelError):
-                        self._copy_backoff.failed()
-                    log.warning("could not copy the store's current model version: %s", exc)
-            number = self.versions.current()
-            served = self._served
-            if served is not None and served.number == number:
-                self._settle(served)
-            if number is None or (served is not None and served.number == number) or number == self._refused:
-                return False
-            if not self._load_backoff.ready(number):
-                return False  # waiting out a passing load error's back-off
-            try:
-                version, lease = self.versions.load(number)
-            except TransientModelError as exc:  # not the version's fault (EMFILE, EIO, ENOMEM): try again later
-                delay, self.load_error = self._load_backoff.failed(number), str(exc)
-                log.warning("%s; %s; trying again in %.0f s", exc,
-                            "the previous version stays in service" if served else "not serving", delay)
-                return False
-            except ModelError as exc:  # damaged: said once, and not read again until the pointer moves on
-                log.error("%s; %s", exc, "the previous version stays in service" if served else "not serving")
-                self.load_error, self._refused = str(exc), number
-                return False
-            start = time.perf_counter()
-            try:
-                fresh = self._based(version)
-                fresh.apply(*self.store.changes(fresh.seq))  # most of the catching up, outside the lock
-                with self._sync_lock:
-                    fresh.apply(*self.store.changes(fresh.synced))
-                    self._served = fresh
-            except BaseException as exc:  # the store is away: not the version's fault, try again later
-                lease.release()
-                if isinstance(exc, StoreError):
-                    self._load_backoff.failed(number)
-                    self._store_trouble(exc)
-                    return False
-                raise
-            if self._lease is not None:
-                self._lease.release()
-            self._lease, self.load_error = lease, None
-            self._load_backoff.succeeded()
-            # What is alive now (the libraries, this version) lives long: keep it out of the cyclic GC's
-            # full passes, which held the GIL for 10 ms on ml-latest-small, in the middle of requests.
-            gc.freeze()
-            log.info("model version %d in service (trained on ratings up to request %d; %d user(s) posted since; "
-                     "loaded in %.2f s)", fresh.number, fresh.seq, len(fresh.posted), time.perf_counter() - start)
-            return True
-
-    def _based(self, version: Version) -> Served:
-        """The version, served over the store's ratings from the last request of this store it covers: all of
-        them when it was fitted on another store or before the store was restored (said once per load)."""
-        covered = self.store.covered(version.meta)
-        if covered is None:
-            log.warning("model version %d in %s is not recorded as fitted on the ratings store %s as it is now "
-                        "(another store, one restored from an earlier backup, or not recorded yet): every rating "
-                        "the store holds is folded in", version.number, self.versions.root, self.store.where)
-        return Served(version, 0 if covered is None else covered)
-
-    def _settle(self, served: Served) -> None:
-        """A version served over the whole store because it was not recorded yet (published, then recorded;
-        or published while the store was down): once the store records it, count from its request again."""
-        if served.base != served.version.seq and self.store.covered(served.version.meta) == served.version.seq:
-            served.base = served.version.seq
-            log.info("model version %d is recorded in the ratings store now", served.number)
+        """Follow the serving plan and the newest version: load what they serve; whether anything changed."""
+        return self.loader.refresh()
 
     def current(self) -> Served:
-        """The version in service with every acknowledged rating folded in; Unavailable before the first."""
-        served = self._served
-        if served is None:
+        """The version that answers outside an experiment, with every acknowledged rating folded in."""
+        return self.routed(None)[0]
+
+    def routed(self, user: int | None) -> tuple[Served, Route]:
+        """The version that answers ``user`` (None: no user in particular) with every acknowledged rating
+        folded in, and why it does; Unavailable before the first version.  Every answer goes through here."""
+        view = self.loader.view
+        if view is None:
             raise Unavailable("no model has been published yet: the trainer is fitting the first one")
         try:  # one read per request: what any process acknowledged before this request began is in the answer
-            last = self.store.last_seq
-            if last > served.synced:
-                with self._sync_lock:
-                    served = self._served
-                    served.apply(*self.store.changes(served.synced))
-            elif last < served.synced:  # the store went back (restored from a backup): start over from it
-                with self._sync_lock:
-                    if self.store.last_seq < self._served.synced:
-                        fresh = self._based(self._served.version)
-                        fresh.apply(*self.store.changes(fresh.synced))
-                        self._served = fresh
-                    served = self._served
+            view = self.loader.sync(view)
             self._store_down = False
         except StoreError as exc:  # no process can write either: answer from memory
             self._store_trouble(exc)
-        return served
+        return view.route(user)
 
     def _store_trouble(self, exc: StoreError) -> None:
         """Say once per outage that the store is not answering (every request and every poll meets it)."""
@@ -239,16 +171,24 @@ class Recommender:
             log.warning("%s; answering from memory until it is back", exc)
         self._store_down = True
 
+    def _store_back(self) -> None:
+        self._store_down = False
+
     @property
     def version(self) -> int | None:
-        return None if self._served is None else self._served.number
+        """The version that answers outside an experiment (pinned or newest), None before the first."""
+        view = self.loader.view
+        return None if view is None else view.default.version
 
     def close(self) -> None:
         self._stopping.set()
         if self._watcher is not None:
             self._watcher.join(10)
-        if self._lease is not None:
-            self._lease.release()
+        try:
+            self.experiments.flush()
+        except StoreError as exc:
+            log.warning("could not record the last lists served in the experiment: %s", exc)
+        self.loader.close()
         self.store.close()
 
     # --- queries -------------------------------------------------------------------------------
@@ -268,7 +208,7 @@ class Recommender:
         about gets the most-rated movies, marked ``fallback: popular``.  An empty
         list says why (``reason``).
         """
-        served = self.current()
+        served, route = self.routed(user)
         snapshot = served.snapshot
         rated = served.ratings_of(user)
         rows = candidates(served.counts, min_count, rated.rows if rated is not None else None,
@@ -280,12 +220,14 @@ class Recommender:
                   for r, p, s in zip(rows.tolist(), predicted.tolist(), scores.tolist())]
         reason = None if movies else _empty_reason(served, min_count, genre)
         if movies:
-            self.quality.shown(user, [s.movie.movie_id for s in movies])
-        return TopN(user, movies, served.number, "popular" if vectors is None else None, reason)
+            shown = [s.movie.movie_id for s in movies]
+            self.quality.shown(user, shown)
+            self.experiments.shown(route, user, shown)
+        return TopN(user, movies, route, "popular" if vectors is None else None, reason)
 
     def predict(self, user: int, movie: int) -> Prediction:
         """The predicted rating of one movie for one user, and the user's own rating if any."""
-        served = self.current()
+        served, route = self.routed(user)
         row = served.row(movie)
         snapshot = served.snapshot
         rated = served.ratings_of(user)
@@ -294,11 +236,11 @@ class Recommender:
         if rated is not None:
             hit = np.flatnonzero(rated.rows == row)
             own = float(rated.ratings[hit[0]]) if hit.size else None
-        return Prediction(user, self._movie(served, row), round(float(score), 4), own, served.number)
+        return Prediction(user, self._movie(served, row), round(float(score), 4), own, route)
 
     def rated(self, user: int) -> list[tuple[Movie, float]]:
         """The user's rated movies and ratings, by movie id."""
-        served = self.current()
+        served, _ = self.routed(user)
         ratings = served.ratings_of(user)
         if ratings is None:
             return []
@@ -322,10 +264,15 @@ class Recommender:
 
     def similar(self, movie: int, count: int = 10, min_count: int = 25) -> list[tuple[Movie, float]]:
         """Movies most like the given one (see ``Snapshot.similar``), among those with ``min_count`` ratings."""
-        served = self.current()
+        return self.similar_for(None, movie, count, min_count)[0]
+
+    def similar_for(self, user: int | None, movie: int, count: int = 10,
+                    min_count: int = 25) -> tuple[list[tuple[Movie, float]], Route]:
+        """:meth:`similar` from the version that serves ``user`` (None: outside any experiment), and why."""
+        served, route = self.routed(user)
         row = served.row(movie)
         rows, sims = served.snapshot.similar(row, candidates(served.counts, min_count), count)
-        return [(self._movie(served, r), round(float(s), 4)) for r, s in zip(rows.tolist(), sims.tolist())]
+        return [(self._movie(served, r), round(float(s), 4)) for r, s in zip(rows.tolist(), sims.tolist())], route
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -339,20 +286,25 @@ class Recommender:
         request changes nothing.
         """
         check_user(user)
-        served = self.current()
+        served, route = self.routed(user)
         rows = np.array(check_ratings(served.catalogue, served.scale, pairs, labels), dtype=np.int64)
         snapshot, rated = served.snapshot, served.ratings_of(user)
-        predicted = snapshot.predicted_ratings(snapshot.user_vectors(user), rows, rated=_pairs(rated))
-        body = {"user": user, "accepted": len(pairs), "model_version": served.number}
+        predicted = snapshot.predicted_ratings(snapshot.user_vectors(user), rows, rated=_pairs(rated)).tolist()
+        body = {"user": user, "accepted": len(pairs), "model_version": served.number, **route_json(route)}
         once = None if key is None else Once(f"ratings:{user}", key, fingerprint(sorted(pairs)))
+        record = self.experiments.posting(route, user, pairs, predicted)
         try:
-            self.store.append(user, pairs, once, body)
+            self.store.append(user, pairs, once, body, record)
         except Replayed as again:
+            if record is not None:
+                record.failed()
             return self._replay(again)
         except StoreError as exc:
+            if record is not None:
+                record.failed()
             log.error("%s", exc)
             raise StoreUnavailable("the ratings could not be stored; nothing was saved, try again later") from None
-        self.quality.posted(served.number, user, [m for m, _ in pairs], predicted.tolist(), [r for _, r in pairs])
+        self.quality.posted(served.number, user, [m for m, _ in pairs], predicted, [r for _, r in pairs])
         self.current()  # folded in before the answer
         return Ack(body)
 
@@ -388,7 +340,8 @@ class Recommender:
 
     def status(self) -> dict:
         """What /health reports (serving/status.py's ``health``)."""
-        return self._health.read(self.current())
+        served, route = self.routed(None)
+        return self._health.read(served, route, self.loader.view)
 
 
 def _empty_reason(served, min_count: int, genre: str | None) -> str:
@@ -404,6 +357,11 @@ def _empty_reason(served, min_count: int, genre: str | None) -> str:
         return f"no movie{where} has {min_count} ratings or more: the most-rated has {largest}"
     passing = int((counts >= min_count).sum())
     return f"you have rated all {passing} movie(s){where} with at least {min_count} ratings"
+
+
+def route_json(route: Route) -> dict:
+    """What an answer says of an experiment: its name and the user's arm (nothing outside one)."""
+    return {} if route.experiment is None else {"experiment": route.experiment, "arm": route.arm}
 
 
 def fingerprint(request) -> str:

@@ -23,8 +23,9 @@ class Health:
         self.quality = quality
         self._cache: tuple | None = None  # (key, pending, first, trainer, when)
 
-    def read(self, served) -> dict:
-        """The status of ``served`` (the version in service with what was posted since folded in)."""
+    def read(self, served, route, view) -> dict:
+        """The status of ``served`` (the version that answers outside an experiment, with what was posted since
+        folded in; ``route`` says why it serves) and of the ``view`` of every served version."""
         try:
             pending, first, trainer = self._store_status(served)
             store_error = None
@@ -47,7 +48,7 @@ class Health:
                 "trainer": {"state": state, "pid": trainer.get("pid"), "last_fit": trainer.get("last_fit"),
                             "error": trainer.get("error")},
                 "last_retrain_error": trainer.get("error"), "next_fit": due,
-                "live_quality": self.quality.summary()}
+                "serving": serving(route, view), "live_quality": self.quality.summary()}
 
     def _store_status(self, served) -> tuple[int, float | None, dict]:
         """Pending ratings, the first one's time and the trainer's status, from the store or the cache."""
@@ -66,6 +67,16 @@ class Health:
         return pending, first, trainer
 
 
+def serving(route, view) -> dict:
+    """What serves and why: the default version (``reason``: pinned or newest), the pin, the newest, the
+    running experiment's arms, and every version this process has loaded."""
+    experiment = view.plan.experiment
+    return {"version": route.version, "reason": route.reason, "pinned": view.plan.pinned, "newest": view.newest,
+            "experiment": None if experiment is None else {
+                "name": experiment.name, "arms": experiment.arms, "traffic": experiment.traffic},
+            "loaded": sorted(view.served), "load_errors": {str(k): v for k, v in view.errors.items()} or None}
+
+
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -76,6 +87,7 @@ def public_health(health: dict) -> dict:
     trainer = health["trainer"]
     public = {k: v for k, v in health.items() if k not in ("store_error", "last_retrain_error", "trainer")}
     public["trainer"] = {"state": trainer["state"], "last_fit": trainer["last_fit"]}
+    public["serving"] = {k: v for k, v in health["serving"].items() if k != "load_errors"}
     if health["store_error"] is not None:
         public["store"] = "not answering"
     return public

@@ -60,6 +60,16 @@ CREATE TABLE IF NOT EXISTS model_versions (
 CREATE TABLE IF NOT EXISTS model_files (
     number INTEGER NOT NULL REFERENCES model_versions ON DELETE CASCADE, name TEXT NOT NULL, part INTEGER NOT NULL,
     data BYTEA NOT NULL, PRIMARY KEY (number, name, part));
+CREATE TABLE IF NOT EXISTS experiments (
+    name TEXT PRIMARY KEY, spec TEXT NOT NULL, started DOUBLE PRECISION NOT NULL, stopped DOUBLE PRECISION,
+    outcome TEXT);
+CREATE TABLE IF NOT EXISTS experiment_ratings (
+    experiment TEXT NOT NULL, seq BIGINT NOT NULL, "user" BIGINT NOT NULL, movie BIGINT NOT NULL, arm TEXT NOT NULL,
+    version INTEGER NOT NULL, rating DOUBLE PRECISION NOT NULL, predicted DOUBLE PRECISION NOT NULL, shown INTEGER,
+    PRIMARY KEY (experiment, seq, movie));
+CREATE TABLE IF NOT EXISTS experiment_lists (
+    experiment TEXT NOT NULL, "user" BIGINT NOT NULL, arm TEXT NOT NULL, lists BIGINT NOT NULL, movies TEXT NOT NULL,
+    shown_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, "user"));
 """
 SCHEMA_LOCK = 4_242_001  # an advisory lock: processes starting at once create the tables one at a time
 TRAINER_LOCK = 4_242_002  # an advisory lock: one trainer per store, whatever its host

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 
 from model import ModelError, TransientModelError
+from storage.steering import Steering, named_versions
 from storage.store import PUT_META, Store
 from storage.versions import ModelVersions
 
@@ -34,7 +35,8 @@ class SharedVersions:
 
     def __init__(self, store: Store):
         self.store = store
-        self.refused: int | None = None  # the version that failed its checks, until the pointer moves on
+        self.refused: set[int] = set()  # versions that failed their checks, until the pointer moves on
+        self._pointer: int | None = None
 
     def current(self) -> int | None:
         value = self.store.get_meta(CURRENT)
@@ -46,14 +48,31 @@ class SharedVersions:
         with self.store.reading() as db:
             return int(db.execute("SELECT max(number) FROM model_versions").fetchone()[0] or 0)
 
-    def upload(self, versions: ModelVersions, number: int, keep: int) -> None:
-        """Copy version ``number`` of ``versions`` into the database and make it current, in one
-        transaction; drop uploaded versions beyond the newest ``keep``."""
+    def numbers(self) -> list[int]:
+        """Every version the store holds, oldest first."""
+        with self.store.reading() as db:
+            return [int(r[0]) for r in db.execute("SELECT number FROM model_versions ORDER BY number").fetchall()]
+
+    def describe(self, number: int) -> dict | None:
+        """A version's version.json as uploaded, without its checksums (None when the store lacks it)."""
+        with self.store.reading() as db:
+            row = db.execute("SELECT meta FROM model_versions WHERE number = ?", (number,)).fetchone()
+        if row is None:
+            return None
+        meta = json.loads(row[0])
+        meta.pop("files", None)
+        return meta
+
+    def upload(self, versions: ModelVersions, number: int, keep: int, serve: bool = True) -> None:
+        """Copy version ``number`` of ``versions`` into the database and (``serve``) make it current, in one
+        transaction; drop uploaded versions beyond the newest ``keep`` but the current one and those the
+        serving plan names (its row is locked first: a plan change waits, and sees what is kept)."""
         folder = versions.path(number)
         meta = (folder / "version.json").read_text()
         started = time.perf_counter()
         size = 0
         with self.store.writing() as db:
+            protected = named_versions(Steering(self.store).locked_plan(db))
             db.execute("INSERT INTO model_versions (number, meta, created) VALUES (?, ?, ?)",
                        (number, meta, time.time()))
             for name in ["version.json", *json.loads(meta)["files"]]:
@@ -65,22 +84,36 @@ class SharedVersions:
                         part, size = part + 1, size + len(chunk)
                     if part == 0:  # an empty file is one empty part
                         db.execute("INSERT INTO model_files VALUES (?, ?, 0, ?)", (number, name, b""))
-            db.execute(PUT_META, (CURRENT, str(number)))
-            db.execute("DELETE FROM model_versions WHERE number NOT IN "
-                       "(SELECT number FROM model_versions ORDER BY number DESC LIMIT ?)", (max(1, keep),))
-        log.info("model version %d uploaded to the store (%.1f MB in %.1f s)", number, size / 1e6,
-                 time.perf_counter() - started)
+            if serve:
+                db.execute(PUT_META, (CURRENT, str(number)))
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (CURRENT,)).fetchone()
+            protected.add(int(row[0]) if row else number)
+            newest = [int(r[0]) for r in db.execute("SELECT number FROM model_versions ORDER BY number DESC "
+                                                    "LIMIT ?", (max(1, keep),)).fetchall()]
+            kept = sorted(protected | set(newest))
+            db.execute(f"DELETE FROM model_versions WHERE number NOT IN ({', '.join('?' * len(kept))})", kept)
+        log.info("model version %d uploaded to the store%s (%.1f MB in %.1f s)", number,
+                 "" if serve else " as a candidate", size / 1e6, time.perf_counter() - started)
 
-    def sync(self, versions: ModelVersions) -> bool:
-        """Install the store's current version into ``versions`` if the folder lacks it; whether it did.
+    def sync(self, versions: ModelVersions, wanted: set[int] | frozenset[int] = frozenset()) -> bool:
+        """Install the store's current version into ``versions`` if the folder lacks it, and each ``wanted``
+        one it lacks (a pinned or experiment version; not named in CURRENT); whether it installed any.
 
-        Raises ModelError when the version fails its checks; that version is then skipped (not
-        downloaded again, at every poll) until the pointer names another.  One this host could not write
+        Raises ModelError when a version fails its checks; that version is then skipped (not downloaded
+        again, at every poll) until the pointer names another.  One this host could not write
         (TransientModelError: a full disk) is tried again at the next call."""
         number = self.current()
-        if number is None or number == self.refused or (versions.current() or 0) >= number:
-            return False
-        self.refused = None
+        if number != self._pointer:
+            self.refused, self._pointer = set(), number
+        installed = False
+        if number is not None and number not in self.refused and (versions.current() or 0) < number:
+            installed = self._install(versions, number, point=True)
+        have = set(versions.numbers())
+        for extra in sorted(set(wanted) - have - {number} - self.refused):
+            installed = self._install(versions, extra, point=False) or installed
+        return installed
+
+    def _install(self, versions: ModelVersions, number: int, point: bool) -> bool:
         started = time.perf_counter()
         with self.store.dedicated() as db:  # one snapshot, on a connection of its own: not a request's
             row = db.execute("SELECT meta FROM model_versions WHERE number = ?", (number,)).fetchone()
@@ -89,7 +122,7 @@ class SharedVersions:
             try:
                 names = ["version.json", *json.loads(row[0])["files"]]
             except (ValueError, KeyError, TypeError) as exc:
-                self.refused = number
+                self.refused.add(number)
                 raise ModelError(f"model version {number} in the store has a damaged version.json: {exc}") from exc
 
             def parts(name: str) -> Iterator[bytes]:
@@ -100,11 +133,11 @@ class SharedVersions:
                     part += 1
 
             try:
-                versions.install(number, {name: parts(name) for name in names})
+                versions.install(number, {name: parts(name) for name in names}, point)
             except TransientModelError:
                 raise
             except ModelError:
-                self.refused = number
+                self.refused.add(number)
                 raise
         log.info("model version %d copied from the store in %.1f s", number, time.perf_counter() - started)
         return True

@@ -11,6 +11,7 @@ Schema::
     meta(key, value)                           -- store_id, last_seq, trainer status, retrain requests
     user_tokens(user, hash, issued)            -- storage/tokens.py
     idempotency(scope, key, fingerprint, answer, time)  -- Idempotency-Key answers, kept 24 hours
+    experiments, experiment_ratings, experiment_lists  -- storage/steering.py
 
 ``BEGIN IMMEDIATE`` holds the database's one write lock for each write
 transaction, so the promises of :mod:`storage.store` hold across the processes
@@ -47,6 +48,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, answer TEXT NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (scope, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency (time);
+CREATE TABLE IF NOT EXISTS experiments (
+    name TEXT PRIMARY KEY, spec TEXT NOT NULL, started REAL NOT NULL, stopped REAL, outcome TEXT);
+CREATE TABLE IF NOT EXISTS experiment_ratings (
+    experiment TEXT NOT NULL, seq INTEGER NOT NULL, user INTEGER NOT NULL, movie INTEGER NOT NULL, arm TEXT NOT NULL,
+    version INTEGER NOT NULL, rating REAL NOT NULL, predicted REAL NOT NULL, shown INTEGER,
+    PRIMARY KEY (experiment, seq, movie)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS experiment_lists (
+    experiment TEXT NOT NULL, user INTEGER NOT NULL, arm TEXT NOT NULL, lists INTEGER NOT NULL, movies TEXT NOT NULL,
+    shown_at REAL NOT NULL, PRIMARY KEY (experiment, user)) WITHOUT ROWID;
 """
 # A pause after each compaction transaction: a POST in another process that found the lock taken sleeps in
 # SQLite's busy handler (1, 2, 5, 10, 15, 20, 25 ms ...) and must find it free when it wakes, or it sleeps longer.

@@ -163,11 +163,12 @@ class Store(ABC):
     # --- writes ---------------------------------------------------------------------------
 
     def append(self, user: int, ratings: list[tuple[int, float]], once: Once | None = None,
-               answer: dict | None = None) -> Entry:
+               answer: dict | None = None, also: Callable[[Cursor, int], None] | None = None) -> Entry:
         """Store one request in one transaction; the caller may acknowledge once this returns.
 
         With ``once``, ``answer`` is kept with the ratings in the same transaction, and a request whose
         key was seen within IDEMPOTENCY_SECONDS stores nothing and raises Replayed with the first answer.
+        ``also(cursor, seq)`` writes what goes with the ratings (an experiment's record) in their transaction.
         Raises StoreError, with nothing stored, when the commit fails.
         """
         now = time.time()
@@ -177,6 +178,8 @@ class Store(ABC):
                 self._first_time(db, once, now)
             db.executemany('INSERT INTO ratings (seq, "user", movie, rating, time) VALUES (?, ?, ?, ?, ?)',
                            [(seq, user, m, r, now) for m, r in ratings])
+            if also is not None:
+                also(db, seq)
             if once is not None:
                 self._remember(db, once, answer or {}, now)
         return Entry(seq, user, tuple(ratings), now)

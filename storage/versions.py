@@ -20,8 +20,10 @@ holds an exclusive ``flock`` on its temporary folder while it writes, and remove
 the folder at once when the write fails (a full disk); the next trainer removes
 only the folders nobody holds (a dead writer's).  An API process holds a shared ``flock`` on the
 ``version.json`` of the version it serves (released when it swaps or exits, also
-on SIGKILL); pruning keeps the newest ``keep`` versions, the current one, and any
-version a process holds.
+on SIGKILL); pruning keeps the newest ``keep`` versions, the current one, the
+versions the serving plan names (a pin, an experiment's arms: storage/steering.py)
+and any version a process holds.  A candidate (published with ``serve`` False)
+is a version CURRENT does not name: it serves only when pinned or in an experiment.
 
 With a database store, versions published on another host arrive through
 :meth:`ModelVersions.install` (storage/shipping.py): streamed into a temporary
@@ -105,9 +107,12 @@ class Lease:
 class ModelVersions:
     """The versions folder: the trainer publishes and prunes, API processes read the pointer and load."""
 
-    def __init__(self, model_dir: Path, keep: int = KEEP):
+    def __init__(self, model_dir: Path, keep: int = KEEP, protect: Callable[[], set[int]] | None = None):
+        """``protect()``: versions pruning must keep whatever their age (the serving plan's pin and experiment
+        arms, read from the ratings store); when it fails, nothing is pruned that time."""
         self.root = Path(model_dir) / "versions"
         self.keep = max(1, keep)
+        self.protect = protect
         self._described: dict[int, dict] = {}  # a published version never changes: read once
 
     def path(self, number: int) -> Path:
@@ -145,11 +150,11 @@ class ModelVersions:
     # --- publishing (the trainer) ------------------------------------------------------------
 
     def publish(self, models: Models, catalogue: Catalogue, histories: Histories, meta: dict,
-                after: int = 0, announce: Callable[[int], None] | None = None) -> int:
-        """Write a new version and switch CURRENT to it; return its number (above ``after`` too: the
-        newest a shared store holds, when this folder is one host's copy).  ``announce(number)`` runs once
-        the files are written, before any process can see the version (the trainer records it in the
-        ratings store)."""
+                after: int = 0, announce: Callable[[int], None] | None = None, serve: bool = True) -> int:
+        """Write a new version and switch CURRENT to it (not with ``serve`` False: a candidate, served only
+        when pinned or in an experiment); return its number (above ``after`` too: the newest a shared store
+        holds, when this folder is one host's copy).  ``announce(number)`` runs once the files are written,
+        before any process can see the version (the trainer records it in the ratings store)."""
         number = max([after, self.current() or 0, *self.numbers()]) + 1
         with self._scratch(number) as tmp:  # a failure (a full disk) takes the partial folder with it
             arrays = {**{f"model-{k}": v for k, v in _model_arrays(models).items()},
@@ -169,7 +174,7 @@ class ModelVersions:
             write_file(tmp / "version.json", (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
             if announce is not None:
                 announce(number)
-            self._commit(tmp, number)
+            self._commit(tmp, number, serve)
         models.meta = full
         return number
 
@@ -181,9 +186,9 @@ class ModelVersions:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _commit(self, tmp: Path, number: int) -> None:
-        """Rename a complete version folder into place and name it in CURRENT (unless a newer one is
-        there already), then prune.  When that fails, a version it put in place that CURRENT does not
+    def _commit(self, tmp: Path, number: int, point: bool = True) -> None:
+        """Rename a complete version folder into place and (``point``) name it in CURRENT unless a newer one
+        is there already, then prune.  When that fails, a version it put in place that CURRENT does not
         name is removed again (its space back at once); a failed prune is only logged, as the version is
         out by then."""
         fsync_dir(tmp)
@@ -196,7 +201,7 @@ class ModelVersions:
                     os.rename(tmp, self.path(number))
                     placed = True
                     fsync_dir(self.root)
-                if (self.current() or 0) < number:
+                if point and (self.current() or 0) < number:
                     replace_durably(self.root / "CURRENT", f"{number}\n".encode())
             except BaseException:
                 if placed and not self._named(number):
@@ -207,9 +212,10 @@ class ModelVersions:
             except (OSError, ModelError) as exc:
                 log.warning("could not prune old model versions: %s", exc)
 
-    def install(self, number: int, files: dict[str, Iterator[bytes]]) -> None:
+    def install(self, number: int, files: dict[str, Iterator[bytes]], point: bool = True) -> None:
         """Put a version published elsewhere (its files, streamed: ``version.json`` and those it names)
-        into this folder and switch to it, as :meth:`publish` does.  Raises ModelError when a file does
+        into this folder and (``point``: it is the store's newest) switch to it, as :meth:`publish` does.
+        Raises ModelError when a file does
         not match its checksum or is missing, TransientModelError when this host could not write it (a
         full disk: the version itself may be fine); either way the partial folder is gone."""
         with self._scratch(number) as tmp:
@@ -226,7 +232,7 @@ class ModelVersions:
                 for name, digest in meta["files"].items():
                     if not (tmp / name).exists() or sha256(tmp / name) != digest:
                         raise ModelError(f"model version {number}'s {name} does not match its checksum")
-                self._commit(tmp, number)
+                self._commit(tmp, number, point)
             except OSError as exc:
                 raise TransientModelError(f"could not install model version {number}: {exc}") from exc
             except (ValueError, KeyError) as exc:
@@ -286,7 +292,8 @@ class ModelVersions:
         return True
 
     def prune(self) -> list[int]:
-        """Remove versions beyond the newest ``keep`` that are not current and that no process holds."""
+        """Remove versions beyond the newest ``keep`` that are not current, not protected (pinned or in an
+        experiment) and that no process holds."""
         if not self.root.is_dir():
             return []
         with self._install_lock():
@@ -296,9 +303,17 @@ class ModelVersions:
         """:meth:`prune`, with the install lock held; a version another process removed meanwhile is
         skipped."""
         current = self.current()
+        old = [n for n in self.numbers()[:-self.keep] if n != current]
+        if not old:
+            return []
+        try:
+            protected = self.protect() if self.protect is not None else set()
+        except Exception as exc:  # the store is away: which versions the plan names is unknown
+            log.warning("not pruning model versions: could not read which ones serve (%s)", exc)
+            return []
         removed = []
-        for number in self.numbers()[:-self.keep]:
-            if number == current:
+        for number in old:
+            if number in protected:
                 continue
             path = self.path(number)
             try:

@@ -246,7 +246,7 @@ def test_a_copy_from_the_store_that_this_disk_cannot_hold_backs_off(make_recomme
     tries = []
 
     class FullDisk:
-        def sync(self, versions):
+        def sync(self, versions, wanted=frozenset()):
             tries.append(now[0])
             raise TransientModelError("could not install model version 2: [Errno 28] No space left on device")
 

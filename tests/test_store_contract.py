@@ -307,9 +307,9 @@ def test_a_version_download_takes_no_connection_requests_need(postgres, fixture_
     during = []
     install = here.install
 
-    def streaming(number, files):
+    def streaming(number, files, point=True):
         during.append(store.last_seq)  # a request, mid-download
-        return install(number, files)
+        return install(number, files, point)
 
     here.install = streaming
     assert shared.sync(here) and here.current() == ModelVersions(fixture_model).current() and during == [1]
