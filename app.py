@@ -177,7 +177,7 @@ def prometheus_metrics():
 def operator_status_json():
     """The operators' status (an operator endpoint); /status draws it."""
     authorize(None)
-    return jsonify(operator_status(_recommender()))
+    return jsonify(operator_status(_recommender(), current_app.extensions["control"]))
 
 
 @status_bp.get("/openapi.json")

@@ -229,9 +229,11 @@ class RecommendationEngine:
             log.warning("%s; the fit is published here and goes to the store once it answers", exc)
             return self._newest_shared
 
-    def fit_and_publish(self, seq: int | None = None) -> int:
+    def fit_and_publish(self, seq: int | None = None, params: ModelParams | None = None, serve: bool = True) -> int:
         """Fit every model on the dataset and every rating posted up to request ``seq`` (default: all),
-        publish the fit as a new version, and return its number.
+        with ``params`` (default: the dataset's), publish the fit as a new version, and return its number.
+        ``serve`` False publishes a candidate: kept and shipped, but CURRENT does not name it (it serves
+        only when pinned or in an experiment).
 
         Raises Cancelled (and publishes nothing) when :meth:`cancel` was called.
         """
@@ -239,23 +241,26 @@ class RecommendationEngine:
         seq = self.store.last_seq if seq is None else seq
         histories, posted_users = self.histories(seq)
         with self._ratings(histories, posted_users) as ratings:
-            models = fit_models(self.sc, ratings, self.params, self.scale, stop=self._stopping.is_set)
+            models = fit_models(self.sc, ratings, params or self.params, self.scale, stop=self._stopping.is_set)
         if self._stopping.is_set():
             raise Cancelled("the trainer is stopping")
         meta = {"dataset": self.dataset, "dataset_fingerprint": self.fingerprint, "store_id": self.store.store_id,
                 "seq": seq, "tuned": self.tune_budget is None, "validation": tuning_summary(self.model_dir),
                 "n_ratings": models.meta["n_ratings"],
-                "fit_seconds": models.meta["fit_seconds"]}
-        self._unrecorded = None  # an earlier version still unrecorded is superseded by this one
+                "fit_seconds": models.meta["fit_seconds"], "candidate": not serve,
+                "params_source": "candidate" if params is not None and not serve else self.params_source}
+        if serve:
+            self._unrecorded = None  # an earlier version still unrecorded is superseded by this one
         number = self.versions.publish(models, self.catalogue, histories, meta, after=self._number_floor(),
-                                       announce=lambda n: self._record(n, seq))
-        log.info("model version %d published (ratings up to request %d, fit in %.1f s)", number, seq,
+                                       announce=lambda n: self._record(n, seq), serve=serve)
+        log.info("model version %d published%s (ratings up to request %d, fit in %.1f s)", number,
+                 "" if serve else " as a candidate (not served unless pinned or in an experiment)", seq,
                  models.meta["fit_seconds"]["total"])
         if self._unrecorded is not None:  # the store is away: uploaded too once it answers
             return number
         if self.shared:  # API processes on other hosts get it from there
             try:
-                self.shared.upload(self.versions, number, self.versions.keep)
+                self.shared.upload(self.versions, number, self.versions.keep, serve=serve)
             except StoreError as exc:  # the fit is not lost: share_versions uploads it once the store answers
                 log.warning("model version %d is not in the store yet (%s); it goes there once the store "
                             "answers", number, exc)
@@ -266,6 +271,14 @@ class RecommendationEngine:
         except StoreError as exc:
             log.warning("ratings store: compaction failed (%s); retried after the next fit", exc)
         return number
+
+    def adopt(self, params: ModelParams, source: str = "promoted") -> None:
+        """Make ``params`` the dataset's parameters (saved as params.json) for every later fit."""
+        try:
+            save_params(self.model_dir, params)
+        except OSError as exc:  # used all the same; the next start reads the old file
+            log.error("could not save the promoted parameters to %s: %s", self.model_dir, exc)
+        self.params, self.params_source, self.tune_budget = params, source, None
 
     def tune(self) -> ModelParams:
         """Tune the parameters on a validation split of the current ratings, save them (params.json) and use

@@ -5,7 +5,8 @@ label set stays small), method (one of HTTP's, else ``other``: a client
 makes up method tokens at will) and status, with their latency; ratings
 posted; store errors.  Read when scraped, from the recommender: the version in
 service, its age, how long its fit took per model, the ratings it has not
-seen, and the trainer's state.  Each app gets its own registry (no globals).
+seen, what serves and why (newest, pinned, an experiment's arms), and the
+trainer's state.  Each app gets its own registry (no globals).
 """
 
 from __future__ import annotations
@@ -89,6 +90,15 @@ class ServingCollector:
                 if row[name] is not None:
                     family.add_metric([str(row["version"])], float(row[name]))
         yield from live.values()
+        serving = GaugeMetricFamily("recommender_serving_version", "The version that answers, and why: reason "
+                                    "newest or pinned for users outside an experiment, experiment per arm",
+                                    labels=["reason", "experiment", "arm"])
+        plan = status["serving"]
+        serving.add_metric([plan["reason"], "", ""], float(plan["version"]))
+        if plan["experiment"]:
+            for arm, version in plan["experiment"]["arms"].items():
+                serving.add_metric(["experiment", plan["experiment"]["name"], arm], float(version))
+        yield serving
         state = GaugeMetricFamily("recommender_trainer_state", "1 for the trainer's state", labels=["state"])
         current = status["trainer"]["state"]
         for name in TRAINER_STATES if current in TRAINER_STATES else (*TRAINER_STATES, current):

@@ -93,22 +93,18 @@ def public_health(health: dict) -> dict:
     return public
 
 
-def operator_status(recommender) -> dict:
-    """The serving status (/health's), each published version newest first with its fit and its live
-    figures, the last tuning's validation figures, and the ratings store's size on disk."""
+def operator_status(recommender, control) -> dict:
+    """The serving status (/health's), each kept version newest first with its fit, parameters and live
+    figures (``control``'s /admin/versions rows), the running and last experiments with their arms side by
+    side, the last tuning's validation figures, and the ratings store's size on disk."""
     health = recommender.status()
-    live = {row["version"]: row for row in health["live_quality"]}
-    versions = []
-    for number in sorted(recommender.versions.numbers(), reverse=True):
-        meta = recommender.versions.describe(number)
-        if meta is None:
-            continue
-        versions.append({"version": number, "created_at": meta.get("created_at"), "seq": meta.get("seq"),
-                         "n_ratings": meta.get("n_ratings"), "fit_seconds": meta.get("fit_seconds"),
-                         "tuned": meta.get("tuned"), "serving": number == health["model_version"],
-                         "live": live.get(number)})
+    versions = control.versions()
     # The figures travel with each version (an API host of a database store has no tune.json of its own).
-    serving = recommender.versions.describe(health["model_version"]) or {}
+    serving = control.describe(health["model_version"]) or {}
     tuning = serving.get("validation") or tuning_summary(recommender.model_dir)
-    return {"serving": health, "versions": versions, "validation": tuning,
+    try:
+        experiments = control.experiments()["experiments"]
+    except StoreError:
+        experiments = None
+    return {"serving": health, "versions": versions["versions"], "experiments": experiments, "validation": tuning,
             "store": {**recommender.store.describe(), "last_request": recommender.store.last_seq}}

@@ -311,7 +311,8 @@ def test_a_shipped_version_that_fails_its_checksum_is_downloaded_once(tmp_path, 
     rec = Recommender(tmp_path / "host", store=PostgresStore(url))
     installs = []
     real_install = rec.versions.install
-    rec.versions.install = lambda number, files, point=True: installs.append(number) or real_install(number, files, point)
+    rec.versions.install = lambda number, files, point=True: (installs.append(number)
+                                                              or real_install(number, files, point))
     try:
         with caplog.at_level("WARNING"):
             rec.start(watch=False)

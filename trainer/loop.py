@@ -14,6 +14,7 @@ fit go to the store, where every API process's /health reads them.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from model import ModelError
+from model import ModelError, ModelParams
 from spark.training import Cancelled
+from storage.steering import PROMOTED, Steering
 from storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 5.0  # first wait after a failed fit; doubles up to 5 minutes
 HEARTBEAT_SECONDS = 10.0
 TUNE = "tune"  # what _due says when the parameters are to be tuned
+CANDIDATE = "a candidate was requested"  # what _due says when an operator asked for a candidate fit
 
 
 class Engine(Protocol):
@@ -43,7 +46,9 @@ class Engine(Protocol):
 
     def current_meta(self) -> dict | None: ...
     def matches(self, meta: dict | None) -> bool: ...
-    def fit_and_publish(self, seq: int | None = None) -> int: ...
+    def fit_and_publish(self, seq: int | None = None, params: ModelParams | None = None,
+                        serve: bool = True) -> int: ...
+    def adopt(self, params: ModelParams, source: str = "promoted") -> None: ...
     def share_versions(self) -> None: ...
     def tune(self) -> object: ...
     def cancel(self) -> None: ...
@@ -144,6 +149,8 @@ class Trainer:
         self.stop_event = threading.Event()
         self._meta = engine.current_meta()
         self._handled = float(self._meta.get("created", 0)) if self._meta else 0.0  # retrain requests up to then
+        self.steering = Steering(self.store)
+        self._candidate_handled = self._handled  # candidate requests up to then
         self._status: dict = {"pid": os.getpid(), "host": os.uname().nodename, "heartbeat_seconds": heartbeat,
                               "state": "idle", "error": None, "last_fit": None}
 
@@ -229,6 +236,7 @@ class Trainer:
             engine.share_versions()  # a version published while the store was down goes there now
         except ModelError as exc:
             log.warning("could not share model versions through the store: %s", exc)
+        self._adopt_promoted()
         if not engine.matches(self._meta):
             why = "no model is published yet" if self._meta is None else \
                 "the published model was fitted on other data, with other parameters or on another ratings store"
@@ -238,6 +246,9 @@ class Trainer:
         requested = self.store.retrain_requested()
         if requested is not None and requested > self._handled:
             return "a fit was requested"
+        candidate = self.steering.candidate_request()
+        if candidate is not None and float(candidate["at"]) > self._candidate_handled:
+            return CANDIDATE
         seq = int(self._meta["seq"])
         pending = self.store.ratings_after(seq) if self.store.last_seq > seq else 0
         if not pending:
@@ -245,7 +256,43 @@ class Trainer:
         first = self.store.first_time_after(seq) or time.time()
         return self.policy.reason(pending, time.time() - first, int(self._meta["n_ratings"]))
 
+    def _adopt_promoted(self) -> None:
+        """Parameters an operator promoted (an experiment's arm) become the dataset's, once."""
+        promoted = self.steering.promoted()
+        if promoted is None or promoted.get("applied") or promoted.get("params") is None:
+            return
+        params = ModelParams.from_dict(promoted["params"], "promoted parameters")
+        if params != self.engine.params:
+            log.info("the parameters of model version %s were promoted: they are the dataset's from now on",
+                     promoted.get("version"))
+            self.engine.adopt(params)
+        self.store.put_meta(PROMOTED, json.dumps({**promoted, "applied": time.time()}))
+
+    def _candidate(self) -> None:
+        """Fit what an operator asked for: with its parameters, published as a candidate (``serve`` false),
+        or (``serve`` true) with the parameters made the dataset's first."""
+        request = self.steering.candidate_request() or {}
+        asked = float(request.get("at", time.time()))
+        params = None if request.get("params") is None else ModelParams.from_dict(request["params"], "params")
+        serve = bool(request.get("serve", True))
+        if params is not None and serve:
+            self.engine.adopt(params, "given")
+            params = None
+        log.info("fitting: %s%s", CANDIDATE, "" if serve else " (published without serving it)")
+        self._set(state="fitting", reason=CANDIDATE)
+        start = time.perf_counter()
+        number = self.engine.fit_and_publish(params=params, serve=serve)
+        if serve:
+            self._meta = self.engine.current_meta()
+        self._candidate_handled = max(self._candidate_handled, asked)
+        self._set(state="idle", error=None, reason=None,
+                  last_fit={"version": number, "seconds": round(time.perf_counter() - start, 1), "ended": time.time(),
+                            "candidate": not serve})
+
     def _work(self, reason: str) -> None:
+        if reason == CANDIDATE:
+            self._candidate()
+            return
         if reason == TUNE:
             log.info("tuning the parameters (no params.json in %s); the version in service answers meanwhile",
                      self.engine.model_dir)
