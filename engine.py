@@ -29,6 +29,7 @@ from storage.backends import open_store
 from storage.catalogue import Catalogue, Histories
 from storage.params import save_params, saved_params, tuning_summary
 from storage.shipping import shared_versions
+from storage.steering import Steering
 from storage.store import Store, StoreError
 from storage.versions import ModelVersions
 
@@ -50,8 +51,9 @@ class RecommendationEngine:
         self.dataset = dataset
         self.scale = scale  # None: inferred from the ratings
         self.model_dir = Path(model_dir) if model_dir else default_model_dir(dataset)
-        self.versions = ModelVersions(self.model_dir, keep_versions)
         self.store = store or open_store(None, self.model_dir)
+        # Pruning keeps what the serving plan names (a pinned version, an experiment's arms).
+        self.versions = ModelVersions(self.model_dir, keep_versions, protect=Steering(self.store).protected)
         self.shared = shared_versions(self.store)  # PostgreSQL: versions go to the database for other hosts
         self._newest_shared = 0  # the highest version number the store held when it last answered
         saved = None if params is not None else saved_params(self.model_dir)
