@@ -11,7 +11,10 @@ job, and this module imports no Spark.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,15 +26,6 @@ class ModelError(Exception):
 class TransientModelError(ModelError):
     """A model that could not be read or installed for a passing reason (too many open files, an I/O error,
     no memory for a mapping, a full disk): nothing says it is damaged, so it is worth trying again later."""
-
-
-def _from_dict(cls, data: dict, where: str):
-    """Build a params dataclass from a dict, naming any unknown key in a one-line ModelError."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ModelError(f"{where}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -131,6 +125,88 @@ class NeighbourParams:
         return sx / (ss + self.support)
 
 
+class _Range(NamedTuple):
+    """The values a number parameter may take: ``low`` (itself only when ``closed``) to ``high``."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    closed: bool = True
+
+
+_ALS = {"rank": _Range(1, 1000), "iterations": _Range(1, 100), "seed": _Range(0, 2**31 - 1)}
+# Each number parameter's allowed values; one not named here may be any finite number.  Every value must also
+# have its default's type (an int where the default is an int, a bool for a bool; an int will do for a float).
+PARAM_RANGES = {
+    # reg 0 leaves a user with fewer ratings than the rank a singular solve (fold-in, and ALS's own Cholesky);
+    # damping 0 is the undamped mean (a tuning step).
+    RatingParams: {**_ALS, "reg": _Range(0, 1e6, closed=False), "user_damping": _Range(0),
+                   "movie_damping": _Range(0)},
+    # Implicit ALS adds Y^T Y to every solve, so reg 0 stays solvable.  blend is the rating model's weight
+    # beside the ranking model's 1 (both standardised): 0 is off, above 1 the rating model leads; no
+    # negative weight, which would rank what the user is predicted to dislike first.
+    RankingParams: {**_ALS, "reg": _Range(0, 1e6), "alpha": _Range(0), "blend": _Range(0)},
+    # neighbours and k are counts (a matrix's width, a top-k); support 0 makes knn 0 / 0 where the user rated
+    # none of a movie's neighbours.
+    NeighbourParams: {"neighbours": _Range(1, 5000), "k": _Range(1, 5000), "shrinkage": _Range(0),
+                      "support": _Range(0, closed=False)},
+}
+
+
+def _from_dict(cls, data, where: str):
+    """Build a params dataclass from a dict (missing keys keep the defaults), naming any unknown key or
+    value outside PARAM_RANGES in a one-line ModelError."""
+    if not isinstance(data, dict):
+        raise ModelError(f"{where}: expected a JSON object of parameters, not {_shown(data)}")
+    defaults = {f.name: f.default for f in fields(cls)}
+    unknown = sorted(set(data) - set(defaults))
+    if unknown:
+        raise ModelError(f"{where}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+    values = {key: _checked(type(defaults[key]), PARAM_RANGES.get(cls, {}).get(key, _Range()), f"{where} {key}",
+                            value) for key, value in data.items()}
+    try:
+        return cls(**values)
+    except ModelError as exc:  # a string outside its choices
+        raise ModelError(f"{where}: {exc}") from None
+
+
+def _checked(kind: type, allowed: _Range, where: str, value):
+    """``value`` if it has the type ``kind`` (an int or a float for a float, then as a float) and, for a
+    number, is finite and within ``allowed``; else a ModelError saying what is allowed."""
+    if kind not in (int, float):
+        if isinstance(value, kind):
+            return value
+        raise ModelError(f"{where}: expected {'true or false' if kind is bool else 'a string'}, not {_shown(value)}")
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if kind is int and not isinstance(number, int):
+        number = None
+    elif kind is float and number is not None:
+        number = float(number) if abs(number) < 1e300 else math.inf  # float() of a huge int overflows
+    if number is None or not (isinstance(number, int) or math.isfinite(number)) or number > allowed.high \
+            or not (allowed.low <= number if allowed.closed else allowed.low < number):
+        raise ModelError(f"{where}: expected {_describe(kind, allowed)}, not {_shown(value)}")
+    return number
+
+
+def _describe(kind: type, allowed: _Range) -> str:
+    """``allowed`` in words: "an integer from 1 to 1000", "a finite number above 0"."""
+    low, high = (f"{b:g}" if isinstance(b, float) else str(b) for b in allowed[:2])
+    bounds = [f"{'of at least' if allowed.closed else 'above'} {low}"] if allowed.low > -math.inf else []
+    bounds += [f"at most {high}"] if allowed.high < math.inf else []
+    noun = "an integer" if kind is int else "a number" if len(bounds) == 2 else "a finite number"
+    if len(bounds) == 2 and allowed.closed:
+        return f"{noun} from {low} to {high}"
+    return " ".join([noun, " and ".join(bounds)]).strip()
+
+
+def _shown(value) -> str:
+    """A value as JSON would spell it (one line, cut to 60 characters), else its repr."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 @dataclass(frozen=True)
 class TuneBudget:
     """How much tuning a new dataset may do (trainer and evaluate.py): ``fits`` candidate fits, which
@@ -170,8 +246,7 @@ class ModelParams:
         if set(data) - set(parts):
             unknown = ", ".join(sorted(set(data) - set(parts)))
             raise ModelError(f"{where}: expected {expected}, not the key(s) {unknown}")
-        return cls(*(_from_dict(kind, {**kind().as_dict(), **data.get(name, {})}, f"{where} {name}")
-                     for name, kind in parts.items()))
+        return cls(*(_from_dict(kind, data.get(name, {}), f"{where} {name}") for name, kind in parts.items()))
 
 
 @dataclass(frozen=True)
