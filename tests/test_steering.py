@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +271,8 @@ def test_a_candidate_request_is_checked_before_the_trainer_sees_it(two):
     for body, message in [({"params": {"rating": {"rank": 4}, "rnking": {}}}, "rnking"),
                           ({"params": {"rating": {"rnak": 4}}}, "rnak"),
                           ({"serve": "no"}, "serve must be true or false"),
+                          ({"params": {"rating": {"rank": -1}}, "serve": False}, "rating rank"),
+                          ({"params": {"ranking": {"alpha": "lots"}}}, "ranking alpha"),
                           ({"params": {"rating": {"rank": 16}}, "when": "now"}, "when")]:
         status, answer, _ = web_a.post_json("/admin/retrain", body)
         assert status == 400 and message in answer["error"], answer
