@@ -140,9 +140,12 @@ class Recommender:
         while not self._stopping.wait(self.poll if self.loader.view is not None else min(self.poll, 0.1)):
             try:
                 self.refresh()
-                self.experiments.flush()
             except Exception:  # keep serving what is loaded; the next poll tries again
                 log.exception("could not check for a new model version")
+            try:
+                self.experiments.flush()  # the lists served in the experiment since the last poll
+            except StoreError as exc:  # kept, and written once the store answers
+                self._store_trouble(exc)
 
     def refresh(self) -> bool:
         """Follow the serving plan and the newest version: load what they serve; whether anything changed."""

@@ -282,3 +282,49 @@ def test_a_candidate_request_is_checked_before_the_trainer_sees_it(two):
     request = a.steering.candidate_request()
     assert request["serve"] is False and request["params"]["rating"]["rank"] == 16
     assert a.store.retrain_requested() is None  # a candidate, not the dataset's own fit
+
+
+def test_lists_not_written_yet_survive_a_store_that_fails(two, monkeypatch):
+    """A list served in the experiment stays in memory until the store takes it: a flush that fails keeps
+    it, and so does a POST whose transaction failed after taking it (503, nothing stored)."""
+    import sqlite3
+
+    from storage import steering
+
+    (a, web_a), _ = two
+    assert web_a.post_json("/admin/experiments", EXPERIMENT)[0] == 201
+    web_a.get("/950/ratings/top/3?min_count=0")
+    real_writing = a.store.writing
+
+    def failing():
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def refused(db, rows):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(steering.Steering, "write_ratings", staticmethod(refused))
+    status, answer, _ = web_a.post_json("/950/ratings", [{"movieId": 1, "rating": 4.0}])
+    assert status == 503 and a.store.entries() == []  # nothing stored, the list taken back
+    monkeypatch.undo()
+    web_a.get("/950/ratings/top/3?min_count=0")
+    monkeypatch.setattr(a.store, "writing", lambda: _raising(failing))
+    with pytest.raises(Exception, match="disk I/O"):
+        a.experiments.flush()
+    monkeypatch.setattr(a.store, "writing", real_writing)
+    assert a.experiments.flush() == 1
+    report = web_a.get("/admin/experiments/bias")[1]
+    assert sum(arm["lists"] for arm in report["arms"].values()) == 2
+    assert sum(arm["users"] for arm in report["arms"].values()) == 1
+
+
+class _raising:
+    """A context manager that fails on entry, as a store's ``writing()`` does when the disk fails."""
+
+    def __init__(self, fail):
+        self.fail = fail
+
+    def __enter__(self):
+        self.fail()
+
+    def __exit__(self, *exc):
+        return False
