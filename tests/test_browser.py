@@ -197,10 +197,97 @@ def test_the_status_page_draws_versions_and_live_rmse(page_server, browser):
     page = browser.new_page()
     page.goto(f"http://127.0.0.1:{page_server.port}/status")
     page.wait_for_selector("#versions tbody tr.serving")
-    assert "(serving)" in page.inner_text("#versions tbody tr.serving")
+    roles = page.inner_text("#versions tbody tr.serving .roles")
+    assert "newest" in roles and "loaded here" in roles and "pinned" not in roles
     assert page.locator("#live-chart rect.bar.serving").count() == 1
-    assert "Version" in page.inner_text("#serving") and page.is_hidden("#error")
+    serving = page.inner_text("#serving")
+    assert serving.startswith("Serving version 1, the newest, to everyone.") and "Version 1, trained" in serving
+    assert "No experiment yet" in page.inner_text("#experiments") and page.is_hidden("#error")
     page.close()
+
+
+def _js_fixed(x: float, digits: int, sign: bool = False) -> str:
+    """What the page shows for ``x``: toFixed, with a + before a positive difference."""
+    return ("+" if sign and x > 0 else "") + f"{x:.{digits}f}"
+
+
+def _with_interval(x: float, interval: list[float], digits: int = 4, sign: bool = False) -> str:
+    low, high = (_js_fixed(v, digits, sign) for v in interval)
+    return f"{_js_fixed(x, digits, sign)} [{low}, {high}]"
+
+
+def test_the_status_page_shows_an_experiment_arm_by_arm_and_what_its_stop_promoted(page_server, browser):
+    """While an experiment runs the page says which arm serves which version to how many users, marks the
+    version's arms, and puts the arms side by side (control first) with their figures, intervals and
+    differences from the control, as the API reports them; once stopped it says when and what was promoted.
+    The fixture keeps one version, so both arms serve it."""
+    name, pair = "browser-ab", ("control", "candidate")
+    body = {"name": name, "arms": {arm: {"version": 1} for arm in pair}, "traffic": {arm: 50 for arm in pair}}
+    status, report, _ = page_server.post_json("/admin/experiments", body)
+    assert status == 201, report
+    try:
+        for user in range(6700, 6740):  # each user: a rating, a list, a rating it may have been shown
+            assert page_server.post_json(f"/{user}/ratings", [{"movieId": 1, "rating": 3.0}])[0] == 201
+            assert page_server.get(f"/{user}/ratings/top/10")[0] == 200
+            assert page_server.post_json(f"/{user}/ratings", [{"movieId": 50, "rating": 4.5}])[0] == 201
+        report = page_server.get(f"/admin/experiments/{name}")[1]
+        assert all(report["arms"][arm]["posted"] >= 4 for arm in pair)  # figures with intervals in both arms
+
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(f"http://127.0.0.1:{page_server.port}/status")
+        block = page.locator(f'#experiments .experiment.running[data-name="{name}"]')
+        block.locator("table.arms tbody tr").first.wait_for(timeout=10_000)
+        assert page.inner_text("#serving").startswith(
+            f"Serving experiment {name} (arm candidate: version 1 to 50% of users; arm control: version 1 to 50% "
+            "of users); answers for no user in particular from version 1, the newest.")
+        roles = page.inner_text('#versions tr[data-version="1"] .roles')
+        assert all(role in roles for role in (f"{name}: arm candidate", f"{name}: arm control", "newest",
+                                              "loaded here"))
+        assert page.locator("#live-chart rect.bar.serving").count() == 1
+
+        assert block.locator("h3").inner_text() == f"{name} (running)"
+        assert f"Running since {report['started_at']}; control arm control." in block.inner_text()
+        assert block.locator("thead th").all_inner_texts() == ["arm", "control (control)", "candidate"]
+
+        def cells(figure: str) -> list[str]:
+            return block.locator(f'tbody tr[data-figure="{figure}"] td').all_inner_texts()
+
+        arms = [report["arms"][arm] for arm in pair]
+        assert cells("version") == ["1", "1"] and cells("traffic") == ["50%", "50%"]
+        for figure in ("users", "lists", "posted"):
+            assert cells(figure) == [str(a[figure]) for a in arms], figure
+        assert cells("rmse") == [_with_interval(a["rmse"], a["rmse_interval"]) for a in arms]
+        assert cells("mae") == [_with_interval(a["mae"], a["mae_interval"]) for a in arms]
+        assert cells("hit_rate") == [_with_interval(a["hit_rate"], a["hit_rate_interval"], 3) +
+                                     f" ({a['hits']} of {a['liked']})" for a in arms]
+        difference = report["difference"]["candidate"]
+        for figure, digits in (("rmse", 4), ("mae", 4), ("hit_rate", 3)):
+            assert cells(f"{figure}_difference") == [
+                "(control)", _with_interval(difference[figure], difference[f"{figure}_interval"], digits, True)]
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "status-experiment-1280.png"), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: wide tables scroll in their box
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        page.screenshot(path=str(OUTPUT / "status-experiment-phone.png"), full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 1000})
+
+        status, stopped, _ = page_server.post_json(f"/admin/experiments/{name}/stop", {"promote": "candidate"})
+        assert status == 200 and stopped["outcome"] == {"promoted": "candidate", "pinned": 1}, stopped
+        page.reload()
+        block = page.locator(f'#experiments .experiment[data-name="{name}"]:not(.running)')
+        block.locator("table.arms").wait_for(timeout=10_000)
+        assert block.locator(".when").inner_text() == (
+            f"Stopped {stopped['stopped_at']} (started {stopped['started_at']}); promoted arm candidate: "
+            "version 1 pinned, its parameters the dataset's.")
+        assert block.locator("h3").inner_text() == name and page.locator(".experiment.running").count() == 0
+        assert page.inner_text("#serving").startswith("Serving version 1, pinned (also the newest), to everyone.")
+        assert "pinned" in page.inner_text('#versions tr[data-version="1"] .roles')
+        assert "arm" not in page.inner_text('#versions tr[data-version="1"] .roles')
+        assert page.is_hidden("#error")
+        page.close()
+    finally:  # the later tests serve the newest to everyone again
+        page_server.post_json(f"/admin/experiments/{name}/stop", {})  # 409 once stopped
+        assert page_server.post_json("/admin/serve", {"version": "newest"})[0] == 200
 
 
 @pytest.mark.parametrize("width,height", [(375, 667), (1280, 800)])
