@@ -50,7 +50,9 @@ class ModelControl:
         self.rec.current()  # fails with a 503 before the first version
         view = self.rec.loader.view
         plan, default = view.plan, view.default
-        arms = {} if plan.experiment is None else {v: a for a, v in plan.experiment.arms.items()}
+        arms: dict[int, list[str]] = {}  # version -> the arms it serves (two arms may share one)
+        for arm, number in sorted((plan.experiment.arms if plan.experiment else {}).items()):
+            arms.setdefault(number, []).append(arm)
         live = {row["version"]: row for row in self.rec.quality.summary()}
         rows = []
         for number in self.kept():
@@ -61,7 +63,7 @@ class ModelControl:
                          "validation": meta.get("validation"), "candidate": bool(meta.get("candidate")),
                          "newest": number == view.newest, "pinned": number == plan.pinned,
                          "experiment": None if number not in arms else {"name": plan.experiment.name,
-                                                                        "arm": arms[number]},
+                                                                        "arms": arms[number]},
                          "serving": number in view.served, "live": live.get(number)})
         return {"serving": default.version, "reason": default.reason, "pinned": plan.pinned,
                 "newest": view.newest, "experiment": None if plan.experiment is None else plan.experiment.name,
@@ -163,7 +165,7 @@ class ModelControl:
         if promote == "newest":
             pin = None
         elif promote is not None:
-            if promote not in record["arms"]:
+            if not isinstance(promote, str) or promote not in record["arms"]:
                 raise InputError(f"promote must be one of the arms ({', '.join(sorted(record['arms']))}) or "
                                  f"newest, not {str(promote)[:40]!r}")
             pin = record["arms"][promote]
@@ -236,7 +238,7 @@ def parse_experiment(body) -> Experiment:
     if sum(traffic.values()) != 100:
         raise InputError(f"traffic must sum to 100, not {sum(traffic.values())}")
     control = body.get("control", "control" if "control" in arms else sorted(arms)[0])
-    if control not in arms:
+    if not isinstance(control, str) or control not in arms:
         raise InputError(f"control must be one of the arms ({', '.join(sorted(arms))})")
     return Experiment(name, versions, dict(traffic), control, time.time())
 

@@ -81,7 +81,7 @@ function roles(v, sv) {
   const e = sv.experiment;
   // Every arm from the serving block (two arms may share a version); the row's own field otherwise.
   const arms = e ? Object.keys(e.arms).sort().filter((arm) => e.arms[arm] === v.version).map((arm) => [e.name, arm])
-    : v.experiment ? [[v.experiment.name, v.experiment.arm]] : [];
+    : v.experiment ? v.experiment.arms.map((arm) => [v.experiment.name, arm]) : [];
   for (const [name, arm] of arms) out.push(["arm", `${name}: arm ${arm}`]);
   if (v.serving) out.push(["loaded", "loaded here"]);
   return out;

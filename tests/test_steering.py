@@ -130,6 +130,9 @@ def test_an_experiment_splits_users_the_same_way_on_both_processes(two, csv_fixt
     status, started, _ = web_a.post_json("/admin/experiments", EXPERIMENT)
     assert status == 201 and started["running"] and set(started["arms"]) == {"control", "candidate"}
     _everyone_follows(two)
+    rows = {v["version"]: v for v in web_b.get("/admin/versions")[1]["versions"]}
+    assert rows[1]["experiment"] == {"name": "bias", "arms": ["control"]} and rows[1]["serving"]
+    assert rows[2]["experiment"] == {"name": "bias", "arms": ["candidate"]}
     movie = csv_fixture.comedies[0]
     arms = {}
     for user in range(1, 41):
