@@ -235,7 +235,7 @@ def test_a_version_the_database_store_could_not_take_goes_there_once_it_answers(
     assert shared.current() is None
     upload = engine.shared.upload
 
-    def down(*args):
+    def down(*args, **kwargs):
         raise StoreError("the PostgreSQL store is not answering: Connection refused")
 
     engine.shared.upload = down
@@ -266,7 +266,7 @@ class _FlakyShared:
         self._check()
         return self._newest
 
-    def upload(self, versions, number: int, keep: int) -> None:
+    def upload(self, versions, number: int, keep: int, serve: bool = True) -> None:
         self._check()
         self.uploaded.append(number)
         self._current, self._newest = number, max(self._newest, number)
@@ -290,6 +290,7 @@ def test_a_fit_published_while_the_database_is_down_is_kept_and_uploaded_later(t
     engine.model_dir, engine.dataset, engine.fingerprint, engine.tune_budget = tmp_path, "fixture", "f", None
     engine.store, engine.versions = open_store(None, tmp_path), ModelVersions(tmp_path)
     engine.catalogue, engine.params, engine.scale, engine.base_ratings = CATALOGUE, None, None, None
+    engine.params_source = "given"
     engine._base = (np.array([1, 2], dtype=np.int64), np.array([0, 1], dtype=np.int32), np.array([4.0, 3.0]))
     engine._stopping, engine.job_group, engine._newest_shared = threading.Event(), "g", 0
     engine._unrecorded = None

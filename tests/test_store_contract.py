@@ -314,3 +314,34 @@ def test_a_version_download_takes_no_connection_requests_need(postgres, fixture_
     here.install = streaming
     assert shared.sync(here) and here.current() == ModelVersions(fixture_model).current() and during == [1]
     store.close()
+
+
+def test_the_database_keeps_a_pinned_version_and_refuses_to_pin_a_dropped_one(postgres, fixture_model, tmp_path):
+    """Uploads drop versions beyond ``keep`` but never the one the plan pins (the plan's row is locked first);
+    a candidate upload does not move the database's current version; a dropped version cannot be pinned."""
+    from conftest import copy_model
+    from test_steering import publish_variant
+
+    from storage.postgres import PostgresStore
+    from storage.shipping import SharedVersions
+    from storage.steering import PlanChanged, Steering
+    from storage.versions import ModelVersions
+
+    store = PostgresStore(postgres.create_database())
+    shared, steering = SharedVersions(store), Steering(store)
+    folder = copy_model(fixture_model, tmp_path / "m")
+    versions = ModelVersions(folder)
+    shared.upload(versions, 1, keep=1)
+    assert steering.pin(1)["pinned"] == 1  # checked against the database's versions, in the transaction
+    publish_variant(folder, 0.1)
+    shared.upload(versions, 2, keep=1)
+    publish_variant(folder, 0.2)
+    shared.upload(versions, 3, keep=1, serve=False)  # a candidate
+    assert shared.numbers() == [1, 2, 3] and shared.current() == 2  # the current one stays too
+    publish_variant(folder, 0.3)
+    shared.upload(versions, 4, keep=1)
+    assert shared.numbers() == [1, 4] and shared.current() == 4
+    with pytest.raises(PlanChanged, match="kept versions: 4, 1"):
+        steering.pin(2)
+    assert steering.plan()["pinned"] == 1
+    store.close()
