@@ -202,6 +202,11 @@ class RecommendationEngine:
         elif local > self._newest() and self.store.covered(self.current_meta() or {}) is not None:
             self.shared.upload(self.versions, local, self.versions.keep)
             self._newest_shared = max(self._newest_shared, local)
+        for number in self.versions.numbers():  # candidates published while the store was down
+            meta = self.versions.describe(number) or {}
+            if number > self._newest() and meta.get("candidate") and self.store.covered(meta) is not None:
+                self.shared.upload(self.versions, number, self.versions.keep, serve=False)
+                self._newest_shared = max(self._newest_shared, number)
 
     def _record(self, number: int, seq: int) -> None:
         """Record version ``number`` in the ratings store before CURRENT names it: API processes trust its

@@ -17,6 +17,7 @@ from model import ModelError, ModelParams
 from serving.errors import InputError, NotFound
 from serving.figures import ArmTotals, experiment_figures
 from serving.plan import NAME, Experiment
+from serving.status import iso as _iso
 from storage.steering import PlanChanged
 from storage.store import StoreError
 
@@ -78,13 +79,15 @@ class ModelControl:
             raise NotFound(f"model version {missing[0]} is not kept; kept versions: "
                            f"{', '.join(map(str, kept)) or 'none'}")
         shared = self.rec.shared
-        if shared is not None:
-            shared.sync(self.rec.versions, set(numbers))
         for number in numbers:
             try:
+                if shared is not None and number not in self.rec.versions.numbers():
+                    shared.sync(self.rec.versions, {number})  # copied here, and spared by that copy's prune
                 _, lease = self.rec.versions.load(number)
-            except ModelError as exc:
-                raise InputError(f"model version {number} cannot be served: {exc}", 409) from None
+            except StoreError as exc:
+                raise _unavailable(exc) from None
+            except ModelError as exc:  # damaged, or this host cannot hold it (a full disk)
+                raise InputError(f"model version {number} cannot be served here: {exc}", 409) from None
             stack.callback(lease.release)
         return kept
 
@@ -170,9 +173,11 @@ class ModelControl:
                                  f"newest, not {str(promote)[:40]!r}")
             pin = record["arms"][promote]
             params = (self.describe(pin) or {}).get("params")
-        self.rec.experiments.flush()
-        outcome = {"promoted": promote, "pinned": pin if pin is not False else None,
-                   "figures": self._figures(record)}
+        try:
+            self.rec.experiments.flush()  # this process's last lists count; nothing is recorded after the stop
+        except StoreError:
+            pass
+        outcome = {"promoted": promote, "pinned": pin if pin is not False else None}
         self._changed(lambda: self.steering.stop(name, outcome, pin, params))
         return self.report(name)
 
@@ -190,8 +195,7 @@ class ModelControl:
         return {"name": name, "running": record["stopped"] is None, "control": record["control"],
                 "traffic": record["traffic"], "started_at": _iso(record["started"]),
                 "stopped_at": None if record["stopped"] is None else _iso(record["stopped"]),
-                "outcome": None if record["outcome"] is None else
-                {k: v for k, v in record["outcome"].items() if k != "figures"}, **figures}
+                "outcome": record["outcome"], **figures}
 
     def _figures(self, record: dict) -> dict:
         totals = self.steering.totals(record["name"])
@@ -241,10 +245,6 @@ def parse_experiment(body) -> Experiment:
     if not isinstance(control, str) or control not in arms:
         raise InputError(f"control must be one of the arms ({', '.join(sorted(arms))})")
     return Experiment(name, versions, dict(traffic), control, time.time())
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _unavailable(exc: StoreError):

@@ -16,18 +16,20 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from serving.plan import Route
 from storage.steering import Steering
 from storage.store import Cursor
 
-MAX_PENDING = 100_000  # users whose unwritten lists are kept while the store is away (oldest dropped)
+MAX_PENDING = 20_000  # users whose unwritten lists are kept while the store is away (then dropped)
 
 
 @dataclass
 class _Lists:
     arm: str
     count: int
-    movies: list[int]
+    movies: np.ndarray
     shown_at: float
 
 
@@ -67,24 +69,25 @@ class ExperimentLog:
         self._pending: dict[tuple[str, int], _Lists] = {}
 
     def shown(self, route: Route, user: int, movies: list[int]) -> None:
-        """A list was served to ``user`` (counted when ``route`` is an experiment's)."""
-        if route.experiment is None:
+        """A list was served to ``user`` (counted when ``route`` is an experiment's, from the arm's version)."""
+        if route.experiment is None or route.stand_in:
             return
+        movies = np.asarray(movies, dtype=np.int64)  # 8 bytes a movie, not a Python int's 28
         with self._lock:
             key = (route.experiment, user)
             entry = self._pending.get(key)
             if entry is None:
                 if len(self._pending) >= MAX_PENDING:
                     self._pending.pop(next(iter(self._pending)))
-                self._pending[key] = _Lists(route.arm, 1, list(movies), time.time())
+                self._pending[key] = _Lists(route.arm, 1, movies, time.time())
             else:
-                entry.arm, entry.count, entry.movies, entry.shown_at = route.arm, entry.count + 1, list(movies), \
-                    time.time()
+                entry.arm, entry.count, entry.movies, entry.shown_at = route.arm, entry.count + 1, movies, time.time()
 
     def posting(self, route: Route, user: int, pairs: list[tuple[int, float]],
                 predicted: list[float]) -> Posting | None:
-        """The record a post by ``user`` writes with its ratings (None outside an experiment)."""
-        return None if route.experiment is None else Posting(self, route, user, pairs, predicted)
+        """The record a post by ``user`` writes with its ratings (None outside an experiment, or when another
+        version stands in for the arm's: its predictions are not the arm's)."""
+        return None if route.experiment is None or route.stand_in else Posting(self, route, user, pairs, predicted)
 
     def take(self, experiment: str, user: int) -> _Lists | None:
         with self._lock:
@@ -94,6 +97,8 @@ class ExperimentLog:
         with self._lock:
             newer = self._pending.get((experiment, user))
             if newer is None:
+                if len(self._pending) >= MAX_PENDING:
+                    return  # the store has been away long enough: the oldest lists are not kept
                 self._pending[(experiment, user)] = lists
             else:
                 newer.count += lists.count

@@ -14,7 +14,9 @@ version's pages however many of them serve it.
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +32,8 @@ from storage.store import Store, StoreError
 from storage.versions import Lease, ModelVersions, Version
 
 log = logging.getLogger(__name__)
+
+PLAN_COPY = "plan.json"  # in the versions folder: the last serving plan read, for a start during an outage
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class View:
         served = self.served.get(route.version)
         if served is None:
             served = self.served[self.fallback]
-            route = Route(served.number, route.reason, route.experiment, route.arm)
+            route = Route(served.number, route.reason, route.experiment, route.arm, stand_in=True)
         return served, route
 
     @property
@@ -68,11 +72,12 @@ class Loader:
         self.steering = Steering(store)
         self.view: View | None = None
         self.plan = Plan()  # the last plan read (kept while the store does not answer)
+        self._plan_read = False
         self._leases: dict[int, Lease] = {}
         self._sync_lock = threading.Lock()  # one fold-in (or swap) at a time
         self._swap_lock = threading.Lock()  # one load at a time
         self._refused: dict[int, str] = {}  # versions that failed their checks, and why (until CURRENT moves on)
-        self._refused_newest: int | None = None
+        self._refused_newest: tuple | None = None
         self.load_error: str | None = None
         self.clock = clock
         self._load_backoff = Backoff(lambda: self.clock())  # a load that failed for a passing reason
@@ -83,12 +88,32 @@ class Loader:
     # --- loading ----------------------------------------------------------------------------
 
     def read_plan(self) -> Plan:
-        """The store's plan (the last one read when the store does not answer)."""
+        """The store's plan; when the store does not answer, the last one read, by this process or (at start)
+        by any process of this host, which keep a copy in the versions folder (``plan.json``): a process
+        that starts during an outage does not go back to the newest version an operator rolled back from."""
         try:
-            self.plan = Plan.from_json(self.steering.plan())
+            plan = Plan.from_json(self.steering.plan())
         except StoreError as exc:
             self.on_store_trouble(exc)
-        return self.plan
+            if not self._plan_read:
+                self._plan_read = True
+                try:
+                    self.plan = Plan.from_json(json.loads((self.versions.root / PLAN_COPY).read_text()))
+                    log.warning("serving the plan this host last read from the store (%s)",
+                                self.versions.root / PLAN_COPY)
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+            return self.plan
+        if plan != self.plan or not self._plan_read:
+            try:
+                self.versions.root.mkdir(parents=True, exist_ok=True)
+                tmp = self.versions.root / f".{PLAN_COPY}-{os.getpid()}-{threading.get_ident()}.tmp"
+                tmp.write_bytes(json.dumps(plan.as_json()).encode())  # a file of this process's own, renamed
+                os.replace(tmp, self.versions.root / PLAN_COPY)
+            except OSError as exc:
+                log.warning("could not keep a copy of the serving plan in %s: %s", self.versions.root, exc)
+        self.plan, self._plan_read = plan, True
+        return plan
 
     def refresh(self) -> bool:
         """Follow the plan and CURRENT: load what they serve and swap it in; whether the view changed."""
@@ -106,8 +131,8 @@ class Loader:
                         self._copy_backoff.failed()
                     log.warning("could not copy a model version from the store: %s", exc)
             newest = self.versions.current()
-            if newest != self._refused_newest:
-                self._refused, self._refused_newest = {}, newest
+            if (newest, plan) != self._refused_newest:  # a new version or plan: damaged ones are tried again
+                self._refused, self._refused_newest = {}, (newest, plan)
             view = self.view
             loaded = dict(view.served) if view is not None else {}
             for served in loaded.values():

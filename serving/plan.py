@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from storage.steering import named_versions
+
 BLOCK = 100  # consecutive user ids an arm's share is exact over: percentages are whole numbers
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NEWEST, PINNED, EXPERIMENT = "newest", "pinned", "experiment"  # why a version serves
@@ -28,12 +30,15 @@ NEWEST, PINNED, EXPERIMENT = "newest", "pinned", "experiment"  # why a version s
 
 @dataclass(frozen=True)
 class Route:
-    """The version that answers one user, and why (``reason``: newest, pinned or experiment)."""
+    """The version that answers one user, and why (``reason``: newest, pinned or experiment).  ``stand_in``:
+    the version the plan names could not be loaded here, and ``version`` stands in for it (an experiment
+    does not count what it answers)."""
 
     version: int
     reason: str
     experiment: str | None = None
     arm: str | None = None
+    stand_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,7 @@ class Plan:
 
     def named(self) -> set[int]:
         """The versions the plan names (the pin and the arms): never pruned while it names them."""
-        return {*(() if self.pinned is None else (self.pinned,)),
-                *(self.experiment.arms.values() if self.experiment else ())}
+        return named_versions(self.as_json())
 
     def as_json(self) -> dict:
         return {"pinned": self.pinned, "experiment": None if self.experiment is None else self.experiment.as_json()}

@@ -1,13 +1,15 @@
 """The serving side: answers every query from the published model version, in milliseconds, without Spark.
 
-An API process holds one :class:`Recommender`.  It loads the version named by
-the versions folder's CURRENT pointer (NumPy arrays: the models, the catalogue
-and users' ratings), watches the pointer and swaps a new version in whole once
-it is loaded, and folds in every rating posted after the version, by this
-process or any other on the same store: before answering, it compares the
-store's last request number with the last one it has folded in (one indexed
-read) and folds in what is new.  So a GET issued after a POST was acknowledged
-anywhere reflects it.  Results are plain dataclasses; app.py shapes the JSON.
+An API process holds one :class:`Recommender`.  It serves the versions the
+serving plan names (serving/plan.py: the pinned one or the newest that the
+versions folder's CURRENT names, and a running experiment's arms), loaded and
+swapped in whole by serving/loader.py (NumPy arrays: the models, the catalogue
+and users' ratings).  Every answer goes through :meth:`Recommender.routed`,
+which picks the user's version and folds in every rating posted since, by this
+process or any other on the same store: it compares the store's last request
+number with the last one folded in (one indexed read) and folds in what is new.
+So a GET issued after a POST was acknowledged anywhere reflects it.  Results are
+plain dataclasses; app.py shapes the JSON.
 """
 
 from __future__ import annotations

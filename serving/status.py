@@ -36,7 +36,7 @@ class Health:
         if policy.get("after_ratings") and pending is not None:
             due["ratings_to_go"] = max(0, int(policy["after_ratings"]) - pending)
         if first is not None and policy.get("interval_seconds"):
-            due["at"] = _iso(first + float(policy["interval_seconds"]))
+            due["at"] = iso(first + float(policy["interval_seconds"]))
         state = trainer.get("state", "unknown")
         if trainer.get("heartbeat") and state not in ("stopped",) and \
                 time.time() - float(trainer["heartbeat"]) > 3 * float(trainer.get("heartbeat_seconds", 10)):
@@ -77,7 +77,7 @@ def serving(route, view) -> dict:
             "loaded": sorted(view.served), "load_errors": {str(k): v for k, v in view.errors.items()} or None}
 
 
-def _iso(t: float) -> str:
+def iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
@@ -87,7 +87,9 @@ def public_health(health: dict) -> dict:
     trainer = health["trainer"]
     public = {k: v for k, v in health.items() if k not in ("store_error", "last_retrain_error", "trainer")}
     public["trainer"] = {"state": trainer["state"], "last_fit": trainer["last_fit"]}
-    public["serving"] = {k: v for k, v in health["serving"].items() if k != "load_errors"}
+    # What serves and why, not the experiment's arms or traffic: with them and the hash anyone could tell
+    # every user's arm.
+    public["serving"] = {k: health["serving"][k] for k in ("version", "reason")}
     if health["store_error"] is not None:
         public["store"] = "not answering"
     return public

@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS experiments (
 CREATE TABLE IF NOT EXISTS experiment_ratings (
     experiment TEXT NOT NULL, seq BIGINT NOT NULL, "user" BIGINT NOT NULL, movie BIGINT NOT NULL, arm TEXT NOT NULL,
     version INTEGER NOT NULL, rating DOUBLE PRECISION NOT NULL, predicted DOUBLE PRECISION NOT NULL, shown INTEGER,
-    PRIMARY KEY (experiment, seq, movie));
+    PRIMARY KEY (experiment, "user", movie));
 CREATE TABLE IF NOT EXISTS experiment_lists (
     experiment TEXT NOT NULL, "user" BIGINT NOT NULL, arm TEXT NOT NULL, lists BIGINT NOT NULL, movies TEXT NOT NULL,
     shown_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, "user"));

@@ -66,13 +66,13 @@ class SharedVersions:
     def upload(self, versions: ModelVersions, number: int, keep: int, serve: bool = True) -> None:
         """Copy version ``number`` of ``versions`` into the database and (``serve``) make it current, in one
         transaction; drop uploaded versions beyond the newest ``keep`` but the current one and those the
-        serving plan names (its row is locked first: a plan change waits, and sees what is kept)."""
+        serving plan names (its row is locked once the files are in, before the drop: a plan change made
+        meanwhile waits for the commit, and then sees what is kept)."""
         folder = versions.path(number)
         meta = (folder / "version.json").read_text()
         started = time.perf_counter()
         size = 0
         with self.store.writing() as db:
-            protected = named_versions(Steering(self.store).locked_plan(db))
             db.execute("INSERT INTO model_versions (number, meta, created) VALUES (?, ?, ?)",
                        (number, meta, time.time()))
             for name in ["version.json", *json.loads(meta)["files"]]:
@@ -86,6 +86,8 @@ class SharedVersions:
                         db.execute("INSERT INTO model_files VALUES (?, ?, 0, ?)", (number, name, b""))
             if serve:
                 db.execute(PUT_META, (CURRENT, str(number)))
+            # Only now, with the files in: a plan change waits for this commit, not for the whole stream.
+            protected = named_versions(Steering(self.store).locked_plan(db))
             row = db.execute("SELECT value FROM meta WHERE key = ?", (CURRENT,)).fetchone()
             protected.add(int(row[0]) if row else number)
             newest = [int(r[0]) for r in db.execute("SELECT number FROM model_versions ORDER BY number DESC "

@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS experiments (
 CREATE TABLE IF NOT EXISTS experiment_ratings (
     experiment TEXT NOT NULL, seq INTEGER NOT NULL, user INTEGER NOT NULL, movie INTEGER NOT NULL, arm TEXT NOT NULL,
     version INTEGER NOT NULL, rating REAL NOT NULL, predicted REAL NOT NULL, shown INTEGER,
-    PRIMARY KEY (experiment, seq, movie)) WITHOUT ROWID;
+    PRIMARY KEY (experiment, user, movie)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS experiment_lists (
     experiment TEXT NOT NULL, user INTEGER NOT NULL, arm TEXT NOT NULL, lists INTEGER NOT NULL, movies TEXT NOT NULL,
     shown_at REAL NOT NULL, PRIMARY KEY (experiment, user)) WITHOUT ROWID;

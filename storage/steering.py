@@ -6,11 +6,15 @@
   a version the plan names is never dropped, and one dropped is never pinned.
 * ``experiments``: every experiment started (its arms, traffic, start, stop and outcome); a name is
   used once.
-* ``experiment_ratings``: each rating posted by a user in an experiment, with the arm, the version that
-  served the user, the prediction it made just before, and whether the movie was in the last list shown
-  to the user (NULL: no list shown), written in the ratings' own transaction.
+* ``experiment_ratings``: the first rating a user in an experiment posts of each movie (a re-rating does not
+  count again: one user cannot weigh an arm down by posting one movie over and over), with the arm, the
+  version that served the user, the prediction it made just before, and whether the movie was in the last
+  list shown to the user (NULL: no list shown), written in the ratings' own transaction while the
+  experiment runs.
 * ``experiment_lists``: per experiment and user, the lists served and the last one (its movies and
-  when), written by each API process in one transaction a second (serving/experiments.py).
+  when), written by each API process in one transaction a second (serving/experiments.py), while the
+  experiment runs.  "Last" is by the writing host's clock: hosts whose clocks disagree by more than the
+  time between two lists may keep the earlier one.
 
 So an experiment's figures add up every process and host.  A candidate fit asked for by an operator
 (``candidate_request``) and parameters promoted to the dataset's (``promoted_params``) pass through
@@ -95,9 +99,16 @@ class Steering:
 
     def pin(self, number: int | None, kept: Iterable[int] | None = None) -> dict:
         """Pin version ``number`` (None: follow the newest again); the new plan.  With ``kept`` (a database
-        store's versions are checked in the transaction instead), a version not among them is refused."""
+        store's versions are checked in the transaction instead), a version not among them is refused.
+        While an experiment runs it decides every user's version: a pin is refused (409), so that a roll
+        back never leaves half the users where they were."""
         with self.store.writing() as db:
             plan = self.locked_plan(db)
+            running = plan.get("experiment")
+            if running:
+                raise PlanChanged(f"the experiment {running['name']!r} is running and serves every user: stop it "
+                                  f"first (POST /admin/experiments/{running['name']}/stop, with "
+                                  '{"promote": "<arm>"} or {"promote": "newest"} to choose what serves)', 409)
             if number is not None:
                 self._check_kept(db, [number], kept)
             plan["pinned"] = number
@@ -174,9 +185,17 @@ class Steering:
     # --- what an experiment measures --------------------------------------------------------
 
     @staticmethod
+    def running(db: Cursor) -> set[str]:
+        """Inside a transaction: the names of the experiments that run (records of others are not kept)."""
+        return {r[0] for r in db.execute("SELECT name FROM experiments WHERE stopped IS NULL").fetchall()}
+
+    @staticmethod
     def write_lists(db: Cursor, lists: list[tuple[str, int, str, int, list[int], float]]) -> None:
-        """Inside a write transaction: lists served, as (experiment, user, arm, how many, last movies, when)."""
-        db.executemany(LISTS, [(e, u, a, n, json.dumps(m), t) for e, u, a, n, m, t in lists])
+        """Inside a write transaction: lists served, as (experiment, user, arm, how many, last movies, when),
+        those of running experiments only."""
+        running = Steering.running(db)
+        db.executemany(LISTS, [(e, u, a, n, json.dumps([int(x) for x in m]), t)
+                               for e, u, a, n, m, t in lists if e in running])
 
     @staticmethod
     def last_list(db: Cursor, experiment: str, user: int) -> set[int] | None:
@@ -188,9 +207,12 @@ class Steering:
     @staticmethod
     def write_ratings(db: Cursor, rows: list[tuple]) -> None:
         """Inside the ratings' transaction: (experiment, seq, user, movie, arm, version, rating, predicted,
-        shown) for each posted rating."""
+        shown) for each posted rating; a movie the user rated before in the experiment is not counted again,
+        nor anything of an experiment that stopped."""
+        running = Steering.running(db)
         db.executemany('INSERT INTO experiment_ratings (experiment, seq, "user", movie, arm, version, rating, '
-                       'predicted, shown) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', rows)
+                       'predicted, shown) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) '
+                       'ON CONFLICT (experiment, "user", movie) DO NOTHING', [r for r in rows if r[0] in running])
 
     def totals(self, name: str) -> dict[str, dict]:
         """Per arm: users, lists, posted ratings, and the sums the figures come from (serving/figures.py)."""
@@ -220,12 +242,26 @@ class Steering:
         return now
 
     def candidate_request(self) -> dict | None:
+        """The last candidate request: ``at``, ``params``, ``serve``, and once the trainer is done with it
+        ``done`` (the version it published) or ``failed`` (why it gave up)."""
         value = self.store.get_meta(CANDIDATE)
         return json.loads(value) if value else None
 
     def promoted(self) -> dict | None:
+        """The last promotion: ``at``, ``version``, ``params``, and ``applied`` once the trainer took them."""
         value = self.store.get_meta(PROMOTED)
         return json.loads(value) if value else None
+
+    def settle(self, key: str, at: float, **fields) -> bool:
+        """Mark the request under meta ``key`` (CANDIDATE or PROMOTED) asked at ``at`` with ``fields`` (done,
+        failed, applied), unless a newer request replaced it meanwhile; whether it did."""
+        with self.store.writing() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?" + self.store.lock_row, (key,)).fetchone()
+            request = json.loads(row[0]) if row else None
+            if request is None or request.get("at") != at:
+                return False
+            db.execute(PUT_META, (key, json.dumps({**request, **fields})))
+        return True
 
 
 def _record(row) -> dict:

@@ -208,7 +208,7 @@ class ModelVersions:
                     self._remove(number)
                 raise
             try:
-                self._prune()
+                self._prune(spare={number})  # an old version copied in to be pinned is not taken at once
             except (OSError, ModelError) as exc:
                 log.warning("could not prune old model versions: %s", exc)
 
@@ -299,11 +299,11 @@ class ModelVersions:
         with self._install_lock():
             return self._prune()
 
-    def _prune(self) -> list[int]:
-        """:meth:`prune`, with the install lock held; a version another process removed meanwhile is
-        skipped."""
+    def _prune(self, spare: set[int] | frozenset[int] = frozenset()) -> list[int]:
+        """:meth:`prune`, with the install lock held, leaving ``spare`` too; a version another process removed
+        meanwhile is skipped."""
         current = self.current()
-        old = [n for n in self.numbers()[:-self.keep] if n != current]
+        old = [n for n in self.numbers()[:-self.keep] if n != current and n not in spare]
         if not old:
             return []
         try:
@@ -363,8 +363,8 @@ class ModelVersions:
             try:
                 fd = os.open(path / "version.json", os.O_RDONLY)
             except FileNotFoundError:
-                if number is not None:
-                    raise ModelError(f"model version {number} is not in {self.root}") from None
+                if number is not None:  # not here yet (a copy from a database store may bring it): not damage
+                    raise TransientModelError(f"model version {number} is not in {self.root}") from None
                 continue
             except OSError as exc:
                 raise _unreadable(path, exc) from exc

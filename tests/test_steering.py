@@ -331,3 +331,76 @@ class _raising:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_pin_is_refused_while_an_experiment_serves_every_user(two):
+    (a, web_a), _ = two
+    assert web_a.post_json("/admin/experiments", EXPERIMENT)[0] == 201
+    for body in ({"version": 1}, {"version": "newest"}):
+        status, answer, _ = web_a.post_json("/admin/serve", body)
+        assert status == 409 and "'bias' is running" in answer["error"]
+    assert a.steering.plan()["pinned"] is None
+
+
+def test_an_arm_its_version_cannot_serve_here_is_answered_but_not_counted(two, csv_fixture):
+    """Version 2 damaged on this host after the experiment started: its arm's users get version 1's answers,
+    marked with their arm, and nothing of them is recorded against the arm (its figures are version 2's)."""
+    (a, web_a), _ = two
+    assert web_a.post_json("/admin/experiments", EXPERIMENT)[0] == 201
+    arrays = a.versions.path(2) / "model-movie_factors.npy"
+    data = bytearray(arrays.read_bytes())
+    data[-1] ^= 0xFF
+    arrays.write_bytes(bytes(data))
+    assert web_a.post_json("/admin/experiments", {**EXPERIMENT, "name": "again"})[0] == 409
+    fresh = Recommender(a.model_dir).start(watch=False)  # loads what the plan names: version 2 fails
+    server = LiveServer(fresh)
+    try:
+        movie = csv_fixture.comedies[0]
+        arms = {u: server.get(f"/{u}/ratings/{movie}")[1] for u in range(1, 21)}
+        stood_in = [u for u, body in arms.items() if body["arm"] == "candidate"]
+        assert stood_in and all(arms[u]["model_version"] == 1 for u in stood_in)
+        for user in range(1, 21):
+            server.get(f"/{user}/ratings/top/3?min_count=0")
+            assert server.post_json(f"/{user}/ratings", [{"movieId": movie, "rating": 4.0}])[0] == 201
+        report = server.get("/admin/experiments/bias")[1]["arms"]
+        assert report["candidate"]["posted"] == 0 and report["candidate"]["lists"] == 0
+        assert report["control"]["posted"] == report["control"]["lists"] == 20 - len(stood_in)
+        assert "checksum" in fresh.status()["serving"]["load_errors"]["2"]
+    finally:
+        server.stop()
+        fresh.close()
+
+
+def test_a_rerating_counts_once_and_nothing_counts_after_the_stop(two, csv_fixture):
+    (a, web_a), (b, web_b) = two
+    assert web_a.post_json("/admin/experiments", EXPERIMENT)[0] == 201
+    _everyone_follows(two)
+    movie = csv_fixture.comedies[1]
+    for rating in (1.0, 5.0, 1.0, 5.0):  # one user posting one movie again and again
+        assert web_a.post_json("/960/ratings", [{"movieId": movie, "rating": rating}])[0] == 201
+    arms = web_a.get("/admin/experiments/bias")[1]["arms"]
+    assert sum(arm["posted"] for arm in arms.values()) == 1
+    assert web_a.post_json("/admin/experiments/bias/stop", {})[0] == 200
+    web_b.get("/961/ratings/top/3?min_count=0")  # B has not followed the stop yet: still in the experiment
+    assert web_b.post_json("/961/ratings", [{"movieId": movie, "rating": 4.0}])[0] == 201
+    b.experiments.flush()
+    after = web_a.get("/admin/experiments/bias")[1]
+    assert sum(arm["posted"] for arm in after["arms"].values()) == 1
+    assert sum(arm["lists"] for arm in after["arms"].values()) == sum(arm["lists"] for arm in arms.values())
+
+
+def test_a_process_that_starts_while_the_store_is_down_serves_the_last_plan(two, monkeypatch):
+    (a, web_a), _ = two
+    assert web_a.post_json("/admin/serve", {"version": 1})[0] == 200
+    from storage.store import StoreError
+
+    def down(*args, **kwargs):
+        raise StoreError("the ratings store is not answering")
+
+    monkeypatch.setattr(Steering, "plan", down)
+    fresh = Recommender(a.model_dir)
+    try:
+        fresh.start(watch=False)
+        assert fresh.version == 1  # pinned, from the copy this host keeps, not the newest (2)
+    finally:
+        fresh.close()

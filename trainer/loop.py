@@ -14,7 +14,6 @@ fit go to the store, where every API process's /health reads them.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -25,7 +24,7 @@ from typing import Protocol
 
 from model import ModelError, ModelParams
 from spark.training import Cancelled
-from storage.steering import PROMOTED, Steering
+from storage.steering import CANDIDATE, PROMOTED, Steering
 from storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,8 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 5.0  # first wait after a failed fit; doubles up to 5 minutes
 HEARTBEAT_SECONDS = 10.0
 TUNE = "tune"  # what _due says when the parameters are to be tuned
-CANDIDATE = "a candidate was requested"  # what _due says when an operator asked for a candidate fit
+CANDIDATE_FIT = "a candidate was requested"  # what _due says when an operator asked for a candidate fit
+CANDIDATE_TRIES = 3  # failed fits of one candidate request before the trainer gives it up
 
 
 class Engine(Protocol):
@@ -150,7 +150,8 @@ class Trainer:
         self._meta = engine.current_meta()
         self._handled = float(self._meta.get("created", 0)) if self._meta else 0.0  # retrain requests up to then
         self.steering = Steering(self.store)
-        self._candidate_handled = self._handled  # candidate requests up to then
+        self._candidate_failures: dict[float, int] = {}  # failed fits per candidate request (by its time)
+        self._candidates_done: set[float] = set()
         self._status: dict = {"pid": os.getpid(), "host": os.uname().nodename, "heartbeat_seconds": heartbeat,
                               "state": "idle", "error": None, "last_fit": None}
 
@@ -247,8 +248,9 @@ class Trainer:
         if requested is not None and requested > self._handled:
             return "a fit was requested"
         candidate = self.steering.candidate_request()
-        if candidate is not None and float(candidate["at"]) > self._candidate_handled:
-            return CANDIDATE
+        if candidate is not None and not candidate.get("done") and not candidate.get("failed") \
+                and candidate.get("at") not in self._candidates_done:
+            return CANDIDATE_FIT
         seq = int(self._meta["seq"])
         pending = self.store.ratings_after(seq) if self.store.last_seq > seq else 0
         if not pending:
@@ -261,36 +263,59 @@ class Trainer:
         promoted = self.steering.promoted()
         if promoted is None or promoted.get("applied") or promoted.get("params") is None:
             return
-        params = ModelParams.from_dict(promoted["params"], "promoted parameters")
+        try:
+            params = ModelParams.from_dict(promoted["params"], "promoted parameters")
+        except ModelError as exc:  # a version fitted before today's checks: the dataset's parameters stay
+            log.error("the promoted parameters of model version %s cannot be used (%s); the dataset's stay",
+                      promoted.get("version"), exc)
+            self.steering.settle(PROMOTED, promoted["at"], applied=time.time(), error=str(exc))
+            return
         if params != self.engine.params:
             log.info("the parameters of model version %s were promoted: they are the dataset's from now on",
                      promoted.get("version"))
             self.engine.adopt(params)
-        self.store.put_meta(PROMOTED, json.dumps({**promoted, "applied": time.time()}))
+        self.steering.settle(PROMOTED, promoted["at"], applied=time.time())
 
     def _candidate(self) -> None:
         """Fit what an operator asked for: with its parameters, published as a candidate (``serve`` false),
         or (``serve`` true) with the parameters made the dataset's first."""
         request = self.steering.candidate_request() or {}
-        asked = float(request.get("at", time.time()))
-        params = None if request.get("params") is None else ModelParams.from_dict(request["params"], "params")
+        asked = request.get("at")
+        try:
+            params = None if request.get("params") is None else ModelParams.from_dict(request["params"], "params")
+        except ModelError as exc:  # checked when asked; a request written by an older release may not pass
+            self.steering.settle(CANDIDATE, asked, failed=str(exc))
+            raise
         serve = bool(request.get("serve", True))
         if params is not None and serve:
             self.engine.adopt(params, "given")
             params = None
-        log.info("fitting: %s%s", CANDIDATE, "" if serve else " (published without serving it)")
-        self._set(state="fitting", reason=CANDIDATE)
+        log.info("fitting: %s%s", CANDIDATE_FIT, "" if serve else " (published without serving it)")
+        self._set(state="fitting", reason=CANDIDATE_FIT)
         start = time.perf_counter()
-        number = self.engine.fit_and_publish(params=params, serve=serve)
+        try:
+            number = self.engine.fit_and_publish(params=params, serve=serve)
+        except Cancelled:
+            raise
+        except Exception as exc:  # retried with the loop's back-off, then given up (normal fits go on)
+            tries = self._candidate_failures[asked] = self._candidate_failures.get(asked, 0) + 1
+            if tries >= CANDIDATE_TRIES:
+                log.error("giving up the candidate fit after %d failures", tries)
+                self.steering.settle(CANDIDATE, asked, failed=f"{type(exc).__name__}: {str(exc)[:200]}")
+            raise
         if serve:
             self._meta = self.engine.current_meta()
-        self._candidate_handled = max(self._candidate_handled, asked)
+        self._candidates_done.add(asked)
+        try:
+            self.steering.settle(CANDIDATE, asked, done=number)  # once, whatever restarts follow
+        except StoreError as exc:  # this trainer remembers it; a restart before the store answers fits it again
+            log.warning("could not record the candidate fit as done: %s", exc)
         self._set(state="idle", error=None, reason=None,
                   last_fit={"version": number, "seconds": round(time.perf_counter() - start, 1), "ended": time.time(),
                             "candidate": not serve})
 
     def _work(self, reason: str) -> None:
-        if reason == CANDIDATE:
+        if reason == CANDIDATE_FIT:
             self._candidate()
             return
         if reason == TUNE:
