@@ -22,6 +22,7 @@ import numpy as np
 
 from datasets import movielens
 from model import ModelError, ModelParams, Scale, TuneBudget
+from serving.snapshot import Snapshot
 from settings import default_model_dir
 from spark import internals, tuning
 from spark.training import Cancelled, collect_ratings, fit_models, phase
@@ -259,7 +260,8 @@ class RecommendationEngine:
         if serve:
             self._unrecorded = None  # an earlier version still unrecorded is superseded by this one
         number = self.versions.publish(models, self.catalogue, histories, meta, after=self._number_floor(),
-                                       announce=lambda n: self._record(n, seq), serve=serve)
+                                       announce=lambda n: self._record(n, seq), serve=serve,
+                                       layout=Snapshot.layouts(models, self.catalogue.movie_ids))
         log.info("model version %d published%s (ratings up to request %d, fit in %.1f s)", number,
                  "" if serve else " as a candidate (not served unless pinned or in an experiment)", seq,
                  models.meta["fit_seconds"]["total"])

@@ -114,8 +114,14 @@ class Snapshot:
     trained_at: str = ""
     folded: dict[int, UserVectors] = field(default_factory=dict)
 
-    @classmethod
-    def build(cls, models: Models, movie_ids: np.ndarray, version: int = 0, seq: int = 0) -> Snapshot:
+    LAYOUT = ("movie_bias", "movie_factors", "has_factors", "rank_factors", "rank_unit", "has_rank",
+              "score_matrix", "score_columns", "neighbours", "similarity")
+
+    @staticmethod
+    def layouts(models: Models, movie_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays a snapshot serves from, in catalogue order (:attr:`LAYOUT`).  The trainer publishes them
+        with each version, so API processes map them from the version's files (a host's processes share
+        their pages) instead of each building its own copy at load."""
         rating, ranking = models.rating, models.ranking
         rows = rating.movie_rows(movie_ids)
         seen = rows >= 0
@@ -126,8 +132,6 @@ class Snapshot:
         rank_factors = np.where((rrows >= 0)[:, None], ranking.movie_factors[np.maximum(rrows, 0)], 0.0)
         norms = np.linalg.norm(rank_factors, axis=1, keepdims=True)
         rank_unit = np.divide(rank_factors, norms, out=np.zeros_like(rank_factors), where=norms > 0)
-        trained_at = models.meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        rating_moments = Moments.of(np.column_stack([movie_bias, movie_factors])) if rating.params.bias else None
         width = models.neighbours.neighbours.shape[1] if models.blend is not None else 0
         neighbours = np.full((len(movie_ids), width), -1, dtype=np.int32)
         similarity = np.zeros((len(movie_ids), width), dtype=np.float32)
@@ -137,11 +141,23 @@ class Snapshot:
             neighbours[seen] = np.where(model_nb >= 0, catalogue_row[np.maximum(model_nb, 0)], -1)
             similarity[seen] = models.neighbours.similarity[rows[seen]]
         score_matrix = np.column_stack([rank_factors, movie_bias, movie_factors]).astype(np.float32)
-        return cls(models, movie_ids, movie_bias, movie_factors, movie_factors.any(axis=1),
-                   rank_factors.astype(np.float32), rank_unit.astype(np.float32), norms[:, 0] > 0,
-                   Moments.of(rank_factors), rating_moments, score_matrix, np.asfortranarray(score_matrix),
-                   neighbours, similarity, version, seq,
-                   trained_at)
+        return {"movie_bias": movie_bias, "movie_factors": movie_factors, "has_factors": movie_factors.any(axis=1),
+                "rank_factors": rank_factors.astype(np.float32), "rank_unit": rank_unit.astype(np.float32),
+                "has_rank": norms[:, 0] > 0, "score_matrix": score_matrix,
+                "score_columns": np.asfortranarray(score_matrix), "neighbours": neighbours, "similarity": similarity}
+
+    @classmethod
+    def build(cls, models: Models, movie_ids: np.ndarray, version: int = 0, seq: int = 0,
+              layout: dict[str, np.ndarray] | None = None) -> Snapshot:
+        """A snapshot of ``models`` over the catalogue ``movie_ids``, from a published ``layout`` (mapped from
+        the version's files) when there is one, else built here."""
+        arrays = layout if layout and set(cls.LAYOUT) <= set(layout) else cls.layouts(models, movie_ids)
+        trained_at = models.meta.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        movie_bias, movie_factors = arrays["movie_bias"], arrays["movie_factors"]
+        rating_moments = Moments.of(np.column_stack([movie_bias, movie_factors])) \
+            if models.rating.params.bias else None
+        return cls(models, movie_ids, *(arrays[k] for k in cls.LAYOUT[:6]), Moments.of(arrays["rank_factors"]),
+                   rating_moments, *(arrays[k] for k in cls.LAYOUT[6:]), version, seq, trained_at)
 
     def user_vectors(self, user: int) -> UserVectors | None:
         """The user's vectors: folded in since the last training, else trained; None for a stranger."""

@@ -33,7 +33,8 @@ class Served:
         self.catalogue = version.catalogue
         self.histories = version.histories
         self.scale = version.models.scale
-        self.snapshot = Snapshot.build(version.models, self.catalogue.movie_ids, version.number, version.seq)
+        self.snapshot = Snapshot.build(version.models, self.catalogue.movie_ids, version.number, version.seq,
+                                       version.layout)
         # Each movie's ratings count and sum, as one pair: a reader of both (a mean) never sees one old and
         # one new.  Fold-ins replace the pair whole.
         self.tallies = (np.array(self.histories.counts), np.array(self.histories.sums))

@@ -7,6 +7,7 @@
                              and the SHA-256 of each file below
             model-*.npy      the rating, ranking and neighbourhood models' arrays
             histories-*.npy  every user's ratings as of the version, and each movie's count and sum
+            layout-*.npy     the arrays API processes serve from, in catalogue order (serving/snapshot.py)
             catalogue.json   movie ids, titles and genres
 
 Arrays are plain ``.npy`` files that API processes map read-only (``mmap``): a
@@ -43,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,7 @@ class Version:
     catalogue: Catalogue
     histories: Histories
     meta: dict
+    layout: dict = field(default_factory=dict)  # the serving layouts (serving/snapshot.py), mapped; {} if none
 
     @property
     def number(self) -> int:
@@ -150,18 +152,23 @@ class ModelVersions:
     # --- publishing (the trainer) ------------------------------------------------------------
 
     def publish(self, models: Models, catalogue: Catalogue, histories: Histories, meta: dict,
-                after: int = 0, announce: Callable[[int], None] | None = None, serve: bool = True) -> int:
+                after: int = 0, announce: Callable[[int], None] | None = None, serve: bool = True,
+                layout: dict[str, np.ndarray] | None = None) -> int:
         """Write a new version and switch CURRENT to it (not with ``serve`` False: a candidate, served only
         when pinned or in an experiment); return its number (above ``after`` too: the newest a shared store
         holds, when this folder is one host's copy).  ``announce(number)`` runs once the files are written,
-        before any process can see the version (the trainer records it in the ratings store)."""
+        before any process can see the version (the trainer records it in the ratings store).  ``layout``:
+        the arrays API processes serve from, in catalogue order (``layout-*.npy``), so that they map them
+        instead of each building a copy."""
         number = max([after, self.current() or 0, *self.numbers()]) + 1
         with self._scratch(number) as tmp:  # a failure (a full disk) takes the partial folder with it
             arrays = {**{f"model-{k}": v for k, v in _model_arrays(models).items()},
-                      **{f"histories-{k}": getattr(histories, k) for k in Histories.FIELDS}}
+                      **{f"histories-{k}": getattr(histories, k) for k in Histories.FIELDS},
+                      **{f"layout-{k}": v for k, v in (layout or {}).items()}}
             for name, array in arrays.items():
-                with open(tmp / f"{name}.npy", "wb") as fh:
-                    np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+                with open(tmp / f"{name}.npy", "wb") as fh:  # a Fortran-ordered layout stays so
+                    np.save(fh, array if array.flags.f_contiguous and array.ndim > 1 else np.ascontiguousarray(array),
+                            allow_pickle=False)
                     fh.flush()
                     os.fsync(fh.fileno())
             write_file(tmp / "catalogue.json", json.dumps(catalogue.as_json()).encode())
@@ -430,6 +437,7 @@ def _read(path: Path) -> Version:
         arrays = {name[:-4]: np.load(path / name, mmap_mode="r", allow_pickle=False).view(np.ndarray)
                   for name in meta["files"] if name.endswith(".npy")}
         histories = Histories(**{k: arrays[f"histories-{k}"] for k in Histories.FIELDS})
+        layout = {k[len("layout-"):]: v for k, v in arrays.items() if k.startswith("layout-")}
         catalogue = _catalogue(path / "catalogue.json", meta["files"]["catalogue.json"])
         models = _models({k[len("model-"):]: v for k, v in arrays.items() if k.startswith("model-")},
                          ModelParams.from_dict(meta["params"], str(meta_path)), Scale(**meta["scale"]), meta)
@@ -444,9 +452,10 @@ def _read(path: Path) -> Version:
             and len(models.neighbours.neighbours) == len(models.rating.movie_ids)
             and len(histories.starts) == len(histories.users) + 1 and len(histories.rows) == len(histories.values)
             and len(histories.counts) == len(histories.sums) == len(catalogue)
-            and (not len(histories.rows) or int(histories.rows.max()) < len(catalogue))):
+            and (not len(histories.rows) or int(histories.rows.max()) < len(catalogue))
+            and all(len(a) == len(catalogue) for a in layout.values())):
         raise ModelError(f"damaged model version in {path}: array shapes disagree")
-    return Version(models, catalogue, histories, meta)
+    return Version(models, catalogue, histories, meta, layout)
 
 
 _catalogues: dict[str, Catalogue] = {}  # by checksum: the last few loaded

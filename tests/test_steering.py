@@ -404,3 +404,25 @@ def test_a_process_that_starts_while_the_store_is_down_serves_the_last_plan(two,
         assert fresh.version == 1  # pinned, from the copy this host keeps, not the newest (2)
     finally:
         fresh.close()
+
+
+def test_a_version_carries_its_serving_layouts_and_processes_map_them(fixture_model, tmp_path):
+    """The arrays a snapshot serves from come with the version (layout-*.npy, checksummed) and are mapped
+    from its files, so the processes of a host share them; they equal what a process would build."""
+    from serving.snapshot import Snapshot
+
+    folder = copy_model(fixture_model, tmp_path / "m")
+    version, lease = ModelVersions(folder).load()
+    try:
+        assert set(version.layout) == set(Snapshot.LAYOUT)
+        assert {f"layout-{k}.npy" for k in Snapshot.LAYOUT} <= set(json.loads(
+            (folder / "versions" / "v000001" / "version.json").read_text())["files"])
+        served = Snapshot.build(version.models, version.catalogue.movie_ids, layout=version.layout)
+        built = Snapshot.layouts(version.models, version.catalogue.movie_ids)
+        for name in Snapshot.LAYOUT:
+            mapped = getattr(served, name)
+            assert isinstance(mapped.base, np.memmap) or isinstance(getattr(mapped.base, "base", None), np.memmap)
+            assert np.array_equal(mapped, built[name]), name
+        assert served.score_columns.flags.f_contiguous
+    finally:
+        lease.release()
