@@ -103,3 +103,20 @@ def tree_rss_mb(pid: int) -> dict:
 
     kids = sum(rss_mb(c) for c in descendants(pid))
     return {"driver_mb": rss_mb(pid), "children_mb": round(kids, 1), "total_mb": round(rss_mb(pid) + kids, 1)}
+
+
+def wait_until(what: str, test, timeout: float, procs=()) -> None:
+    """Poll ``test`` every 0.2 s until true; stop with ``what`` after ``timeout`` or when a process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc, log in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"bench: a process exited ({proc.returncode}) while waiting for {what}: "
+                                 f"{Path(log).read_text()[-2000:]}")
+        try:
+            if test():
+                return
+        except (OSError, ValueError, KeyError, RuntimeError):  # /health is a 503 before the first version
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"bench: no {what} within {timeout:.0f} s")

@@ -66,7 +66,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATASET, ROOT, Client, rss_mb, start_server, summary
+from common import DEFAULT_DATASET, ROOT, Client, rss_mb, start_server, summary, wait_until
 from serve_bench import catalogue
 
 ROUTE = "/{user}/ratings/top/10"
@@ -110,23 +110,6 @@ def health(client: Client) -> dict:
     except (OSError, http.client.HTTPException):
         client.conn.close()
         return json.loads(client.call("GET", "/health")[2])
-
-
-def wait_until(what: str, test, timeout: float, procs=()) -> None:
-    """Poll ``test`` every 0.2 s until true; stop with ``what`` after ``timeout`` or when a process exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc, log in procs:
-            if proc.poll() is not None:
-                raise SystemExit(f"bench: a process exited ({proc.returncode}) while waiting for {what}: "
-                                 f"{Path(log).read_text()[-2000:]}")
-        try:
-            if test():
-                return
-        except (OSError, ValueError, KeyError, RuntimeError):  # /health is a 503 before the first version
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"bench: no {what} within {timeout:.0f} s")
 
 
 def start_trainer(model_dir: str, dataset: str, master: str, extra: list[str]) -> tuple[subprocess.Popen, Path]:

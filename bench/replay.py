@@ -68,7 +68,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from accuracy import split_files
-from common import DEFAULT_DATASET, ROOT, Client, start_server
+from common import DEFAULT_DATASET, ROOT, Client, start_server, wait_until
 
 JSON = {"Content-Type": "application/json"}
 CANDIDATE = {"rating": {"reg": 0.01}}  # weak regularisation: a candidate that should lose, clearly
@@ -95,23 +95,6 @@ def checked(client: Client, method: str, path: str, body=None, want: tuple = (20
         raise SystemExit(f"bench: {method} {path} {json.dumps(body) if body is not None else ''} -> {status}: "
                          f"{answer}")
     return answer
-
-
-def wait_until(what: str, test, timeout: float, procs=()) -> None:
-    """Poll ``test`` every 0.2 s until true; stop with ``what`` after ``timeout`` or when a process exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc, log in procs:
-            if proc.poll() is not None:
-                raise SystemExit(f"bench: a process exited ({proc.returncode}) while waiting for {what}: "
-                                 f"{Path(log).read_text()[-2000:]}")
-        try:
-            if test():
-                return
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"bench: no {what} within {timeout:.0f} s")
 
 
 def read_test(path: Path) -> dict[int, list[tuple[int, float, int]]]:
