@@ -203,9 +203,10 @@ class RecommendationEngine:
         elif local > self._newest() and self.store.covered(self.current_meta() or {}) is not None:
             self.shared.upload(self.versions, local, self.versions.keep)
             self._newest_shared = max(self._newest_shared, local)
+        newest = self._newest()  # one query a poll, not one a version
         for number in self.versions.numbers():  # candidates published while the store was down
             meta = self.versions.describe(number) or {}
-            if number > self._newest() and meta.get("candidate") and self.store.covered(meta) is not None:
+            if number > newest and meta.get("candidate") and self.store.covered(meta) is not None:
                 self.shared.upload(self.versions, number, self.versions.keep, serve=False)
                 self._newest_shared = max(self._newest_shared, number)
 

@@ -120,3 +120,16 @@ def wait_until(what: str, test, timeout: float, procs=()) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"bench: no {what} within {timeout:.0f} s")
+
+
+def stop_all(procs) -> None:
+    """SIGTERM every process still running, then wait up to 120 s for each (SIGKILL past that)."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()

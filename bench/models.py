@@ -66,7 +66,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATASET, ROOT, Client, rss_mb, start_server, summary, wait_until
+from common import DEFAULT_DATASET, ROOT, Client, rss_mb, start_server, stop_all, summary, wait_until
 from serve_bench import catalogue
 
 ROUTE = "/{user}/ratings/top/10"
@@ -270,14 +270,7 @@ def main() -> int:
         if args.keep:
             result["model_dir"] = model_dir
     finally:
-        for proc, _ in watched:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, _ in watched:
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(proc for proc, _ in watched)
         if not args.keep:
             shutil.rmtree(model_dir, ignore_errors=True)
     print(json.dumps(result))

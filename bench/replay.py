@@ -68,7 +68,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from accuracy import split_files
-from common import DEFAULT_DATASET, ROOT, Client, start_server, wait_until
+from common import DEFAULT_DATASET, ROOT, Client, start_server, stop_all, wait_until
 
 JSON = {"Content-Type": "application/json"}
 CANDIDATE = {"rating": {"reg": 0.01}}  # weak regularisation: a candidate that should lose, clearly
@@ -272,14 +272,7 @@ def main() -> int:
         # a new connection: the first one idled through the replay, past the server's keep-alive timeout
         report = checked(Client("127.0.0.1", port), "GET", f"/admin/experiments/{args.name}")
     finally:
-        for proc, _ in watched:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, _ in watched:
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(proc for proc, _ in watched)
     result["failed"] = len(seen["failed"])
     if seen["failed"]:
         result["first_failures"] = seen["failed"][:5]

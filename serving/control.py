@@ -14,7 +14,7 @@ import time
 from contextlib import ExitStack
 
 from model import ModelError, ModelParams
-from serving.errors import InputError, NotFound
+from serving.errors import InputError, NotFound, StoreUnavailable
 from serving.figures import ArmTotals, experiment_figures
 from serving.plan import NAME, Experiment
 from serving.status import iso as _iso
@@ -247,7 +247,5 @@ def parse_experiment(body) -> Experiment:
     return Experiment(name, versions, dict(traffic), control, time.time())
 
 
-def _unavailable(exc: StoreError):
-    from serving.errors import StoreUnavailable
-
+def _unavailable(exc: StoreError) -> StoreUnavailable:
     return StoreUnavailable(f"the request could not be stored; nothing was changed, try again later ({exc})")

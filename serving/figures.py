@@ -25,8 +25,7 @@ Z = 1.959964  # two-sided 95% of the standard normal
 class ArmTotals:
     users: int  # distinct users of the arm seen (shown a list or posted)
     lists: int  # top-N lists served
-    posted: int  # ratings posted
-    n: int  # posted ratings that had a prediction (errors e = predicted - actual)
+    posted: int  # ratings posted, each with the prediction made just before it (errors e = predicted - actual)
     sum_e2: float  # sum of e**2
     sum_e4: float  # sum of e**4
     sum_abs: float  # sum of |e|
@@ -54,11 +53,11 @@ def _mean_se(n: int, total: float, total_sq: float) -> tuple[float | None, float
 
 
 def _mse(t: ArmTotals) -> tuple[float | None, float | None]:
-    return _mean_se(t.n, t.sum_e2, t.sum_e4)
+    return _mean_se(t.posted, t.sum_e2, t.sum_e4)
 
 
 def _mae(t: ArmTotals) -> tuple[float | None, float | None]:
-    return _mean_se(t.n, t.sum_abs, t.sum_e2)  # |e|**2 = e**2
+    return _mean_se(t.posted, t.sum_abs, t.sum_e2)  # |e|**2 = e**2
 
 
 def _rmse(t: ArmTotals) -> tuple[float | None, float | None]:

@@ -219,12 +219,12 @@ class Steering:
         out: dict[str, dict] = {}
 
         def arm(a: str) -> dict:
-            return out.setdefault(a, {"users": 0, "lists": 0, "posted": 0, "n": 0, "sum_e2": 0.0, "sum_e4": 0.0,
+            return out.setdefault(a, {"users": 0, "lists": 0, "posted": 0, "sum_e2": 0.0, "sum_e4": 0.0,
                                       "sum_abs": 0.0, "liked": 0, "hits": 0})
 
         with self.store.reading() as db:  # SQLite: one connection's reads; PostgreSQL: close enough
             for a, n, e2, e4, ab, liked, hits in db.execute(ARM_TOTALS, (name,)).fetchall():
-                arm(a).update(posted=int(n), n=int(n), sum_e2=float(e2), sum_e4=float(e4), sum_abs=float(ab),
+                arm(a).update(posted=int(n), sum_e2=float(e2), sum_e4=float(e4), sum_abs=float(ab),
                               liked=int(liked), hits=int(hits))
             for a, users in db.execute(ARM_USERS, (name, name)).fetchall():
                 arm(a)["users"] = int(users)

@@ -11,7 +11,7 @@ from serving.figures import ArmTotals, Z, arm_figures, difference, experiment_fi
 
 def totals(errors: list[float], liked: int = 0, hits: int = 0, users: int = 2, lists: int = 3) -> ArmTotals:
     """The totals the store would return for these errors (predicted - actual)."""
-    return ArmTotals(users=users, lists=lists, posted=len(errors) + 1, n=len(errors),
+    return ArmTotals(users=users, lists=lists, posted=len(errors),
                      sum_e2=sum(e ** 2 for e in errors), sum_e4=sum(e ** 4 for e in errors),
                      sum_abs=sum(abs(e) for e in errors), liked=liked, hits=hits)
 
@@ -43,7 +43,7 @@ def test_rmse_and_mae_of_four_errors():
     mae, mae_se = mean_and_se([abs(e) for e in errors])
     assert f["mae"] == 1.0 == mae
     assert f["mae_interval"] == [0.1998, 1.8002] == [round(mae - Z * mae_se, 4), round(mae + Z * mae_se, 4)]
-    assert (f["users"], f["lists"], f["posted"]) == (2, 3, 5)
+    assert (f["users"], f["lists"], f["posted"]) == (2, 3, 4)
     # |e| 0, 0, 0, 3: MAE 0.75, SE 0.75, so 0.75 - 1.96 * 0.75 < 0 is clipped at 0
     mae, mae_se = mean_and_se([0, 0, 0, 3])
     assert arm_figures(totals([0, 0, 0, -3]))["mae_interval"] == [0.0, round(mae + Z * mae_se, 4)] == [0.0, 2.22]
@@ -72,7 +72,7 @@ def test_hit_rate_three_of_four_has_the_wilson_interval():
 
 
 def test_no_data_gives_none():
-    f = arm_figures(ArmTotals(users=1, lists=1, posted=0, n=0, sum_e2=0.0, sum_e4=0.0, sum_abs=0.0, liked=0, hits=0))
+    f = arm_figures(ArmTotals(users=1, lists=1, posted=0, sum_e2=0.0, sum_e4=0.0, sum_abs=0.0, liked=0, hits=0))
     assert {k: f[k] for k in ("rmse", "rmse_interval", "mae", "mae_interval", "hit_rate", "hit_rate_interval")} \
         == dict.fromkeys(("rmse", "rmse_interval", "mae", "mae_interval", "hit_rate", "hit_rate_interval"))
     assert (f["users"], f["lists"], f["posted"], f["liked"], f["hits"]) == (1, 1, 0, 0, 0)
@@ -82,7 +82,7 @@ def test_no_data_gives_none():
 
 def test_a_variance_rounding_below_zero_is_taken_as_zero():
     # three errors of 1: the variance of e**2 is 0, here a hair below it as float sums can give
-    t = ArmTotals(users=1, lists=0, posted=3, n=3, sum_e2=3.0, sum_e4=3.0 - 1e-12, sum_abs=3.0 + 1e-12,
+    t = ArmTotals(users=1, lists=0, posted=3, sum_e2=3.0, sum_e4=3.0 - 1e-12, sum_abs=3.0 + 1e-12,
                   liked=0, hits=0)
     f = arm_figures(t)
     assert (f["rmse"], f["rmse_interval"], f["mae"], f["mae_interval"]) == (1.0, [1.0, 1.0], 1.0, [1.0, 1.0])

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from conftest import LiveServer, copy_model
 
-from serving.figures import Z
 from serving.recommender import Recommender
 from storage.sqlite import SQLiteStore
 from storage.steering import Steering
@@ -206,7 +205,7 @@ def test_figures_per_arm_add_up_the_posts_of_both_processes(two, csv_fixture):
         diff = report["difference"]["candidate"]
         assert diff["rmse"] == pytest.approx(report["arms"]["candidate"]["rmse"] - report["arms"]["control"]["rmse"],
                                              abs=2e-4)
-        assert diff["rmse_interval"][0] <= diff["rmse"] <= diff["rmse_interval"][1] and Z > 1.9
+        assert diff["rmse_interval"][0] <= diff["rmse"] <= diff["rmse_interval"][1]
 
 
 def test_stop_with_promote_pins_the_arm_and_keeps_its_parameters_for_the_trainer(two):
