@@ -18,9 +18,13 @@ from werkzeug.exceptions import HTTPException
 from access import LOOPBACK_NAMES, authorize, is_operator, refuse_framing, refuse_other_sites
 from metrics import CONTENT_TYPE, Metrics
 from model_admin import models_bp
-from parsing import MAX_BODY, bounded, drain_body, idempotency_key, int_arg, parse_id, read_ratings_body
+from movie_admin import movie_admin_bp
+from parsing import MAX_BODY, bounded, drain_body, idempotency_key, int_arg, list_filters, parse_id, read_ratings_body
+from people import people_bp
 from serving.control import ModelControl
 from serving.errors import InputError, NotFound, StoreUnavailable
+from serving.movie_rules import MovieRules
+from serving.personal import PersonalData
 from serving.recommender import Ack, Movie, Recommender, route_json
 from serving.status import operator_status, public_health
 from serving.validation import MAX_POST_RATINGS
@@ -58,8 +62,8 @@ def top_ratings(user_id: str, count: str):
     authorize(user)
     n = bounded(count, "count", 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
-    genre = request.args.get("genre")
-    top = _recommender().recommend(user, n, min_count, genre)
+    filters = list_filters()
+    top = _recommender().recommend(user, n, min_count, filters=filters)
     body = {"user": user, "movies": [{**movie_json(s.movie), "predicted_rating": s.predicted_rating,
                                       "ranking_score": s.ranking_score} for s in top.movies],
             "model_version": top.version, **route_json(top.route)}
@@ -67,7 +71,7 @@ def top_ratings(user_id: str, count: str):
         body["fallback"] = top.fallback
     if top.reason:
         body["reason"] = top.reason
-    return jsonify({**body, "min_count": min_count, "genre": genre})
+    return jsonify({**body, "min_count": min_count, "genre": request.args.get("genre"), **filters.as_json()})
 
 
 @ratings_bp.get("/<user_id>/ratings/<movie_id>")
@@ -117,7 +121,7 @@ def recommend():
     authorize(user)
     n = int_arg("n", 5, 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
-    top = _recommender().recommend(user, n, min_count, request.args.get("genre"))
+    top = _recommender().recommend(user, n, min_count, filters=list_filters())
     # The tutorial's clients read "score" (the predicted stars): kept, next to its own name.
     body = {"user": user, "recommendations": [
         {"movieId": s.movie.movie_id, "title": s.movie.title, "predicted_rating": s.predicted_rating,
@@ -153,7 +157,7 @@ def similar_movies(movie_id: str):
     user = None if raw_user is None else parse_id(raw_user, "user")
     if user is not None:
         authorize(user)
-    found, route = _recommender().similar_for(user, movie, count, min_count)
+    found, route = _recommender().similar_for(user, movie, count, min_count, list_filters())
     return jsonify({"movieId": movie, "similar": [{**movie_json(m), "similarity": s} for m, s in found],
                     "model_version": route.version, **route_json(route)})
 
@@ -251,9 +255,11 @@ def create_app(recommender: Recommender, api_token: str | None = None,
     app.json.sort_keys = False
     app.extensions["recommender"] = recommender
     app.extensions["control"] = ModelControl(recommender)
+    app.extensions["personal"] = PersonalData(recommender)
+    app.extensions["movie_rules"] = MovieRules(recommender)
     if api_token:
         app.extensions["tokens"] = UserTokens(recommender.store)
-    for blueprint in (ratings_bp, movies_bp, status_bp, operator_bp, models_bp, web_bp):
+    for blueprint in (ratings_bp, movies_bp, status_bp, operator_bp, models_bp, people_bp, movie_admin_bp, web_bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(InputError)

@@ -29,6 +29,7 @@ from spark.training import Cancelled, collect_ratings, fit_models, phase
 from storage.backends import open_store
 from storage.catalogue import Catalogue, Histories
 from storage.params import save_params, saved_params, tuning_summary
+from storage.people import People
 from storage.shipping import shared_versions
 from storage.steering import Steering
 from storage.store import Store, StoreError
@@ -113,9 +114,20 @@ class RecommendationEngine:
     # --- the ratings a fit sees ---------------------------------------------------------------
 
     def histories(self, seq: int) -> tuple[Histories, list[int]]:
-        """Every user's ratings: the dataset's, with every rating posted up to request ``seq`` over them;
-        and the users who posted."""
+        """Every user's ratings: the dataset's, less those of forgotten users and withdrawn ratings (as the
+        store has them now: storage/people.py), with every rating posted up to request ``seq`` over them;
+        and the users whose ratings differ from the dataset's (posted, forgotten or withdrawn)."""
         users, rows, values = self._base
+        forgotten, withdrawn = People(self.store).excluded()  # first: a forget after it deletes posted rows
+        if forgotten or withdrawn:
+            drop = np.isin(users, np.fromiter(forgotten, dtype=np.int64, count=len(forgotten)))
+            pairs = [(u, self.catalogue.row(m)) for u, m in withdrawn if self.catalogue.has(m)]
+            if pairs:
+                n = len(self.catalogue)
+                wanted = np.array([u * n + r for u, r in pairs], dtype=np.int64)
+                drop |= np.isin(users * n + rows, wanted)
+            users, rows, values = users[~drop], rows[~drop], values[~drop]
+        changed = forgotten | {u for u, _ in withdrawn}
         latest = list(self.store.latest(seq))
         posted = [(u, self.catalogue.row(m), r) for u, pairs, _ in latest for m, r in pairs if self._known(u, m)]
         if posted:
@@ -123,7 +135,7 @@ class RecommendationEngine:
             users = np.concatenate([users, extra[:, 0].astype(np.int64)])
             rows = np.concatenate([rows, extra[:, 1].astype(np.int32)])
             values = np.concatenate([values, extra[:, 2].astype(np.float32)])
-        return Histories.build(users, rows, values, len(self.catalogue)), sorted({u for u, _, _ in latest})
+        return Histories.build(users, rows, values, len(self.catalogue)), sorted({u for u, _, _ in latest} | changed)
 
     def _known(self, user: int, movie: int) -> bool:
         if self.catalogue.has(movie):
@@ -133,7 +145,8 @@ class RecommendationEngine:
 
     @contextmanager
     def _ratings(self, histories: Histories, posted_users: list[int]):
-        """The dataset's ratings RDD with ``posted_users`` replaced by their merged ratings in ``histories``."""
+        """The dataset's ratings RDD with ``posted_users`` replaced by their merged ratings in ``histories``
+        (none for a user forgotten who posted nothing since)."""
         if not posted_users:
             yield self.base_ratings
             return
@@ -146,7 +159,10 @@ class RecommendationEngine:
 
     def _posted_rdd(self, histories: Histories, users: list[int]):
         """Those users' ratings as an RDD, shipped as packed arrays (no Python object per rating)."""
+        users = [u for u in users if histories.of(u) is not None]
         mine = [histories.of(u) for u in users]
+        if not users:
+            return self.sc.emptyRDD()
         user_col = np.concatenate([np.full(len(r.rows), u, dtype=np.int64) for u, r in zip(users, mine)])
         movies = self.catalogue.movie_ids[np.concatenate([r.rows for r in mine])]
         values = np.concatenate([r.ratings for r in mine])

@@ -15,6 +15,7 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from serving.errors import InputError
+from serving.lists import ListFilters
 from serving.validation import MAX_ID, MAX_POST_RATINGS
 
 MAX_BODY = 1 << 20  # 1 MiB
@@ -32,6 +33,12 @@ def bounded(text: str, name: str, low: int, high: int) -> int:
 def parse_id(text: str, what: str) -> int:
     """A user or movie id: 0..2**31-1, as pyspark.mllib stores ids."""
     return bounded(text, what, 0, MAX_ID)
+
+
+def list_filters() -> ListFilters:
+    """A list's filters from the query: exclude, genre, exclude_genre and year (serving/lists.py)."""
+    args = request.args
+    return ListFilters.parse(args.get("exclude"), args.get("genre"), args.get("exclude_genre"), args.get("year"))
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -153,6 +160,14 @@ def read_ratings_body() -> Parsed:
 
 def json_body():
     """An operator's JSON body (an object), or None when the request has none."""
+    data = json_value()
+    if data is not None and not isinstance(data, dict):
+        raise InputError("the body must be a JSON object")
+    return data
+
+
+def json_value():
+    """A request's JSON body (any JSON value), or None when the request has none."""
     if request.mimetype not in ("application/json", "application/x-www-form-urlencoded", ""):
         raise InputError(f"unsupported content type {request.mimetype!r}: send application/json", 415)
     raw = request.get_data(cache=False)
@@ -166,8 +181,6 @@ def json_body():
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError("the body must be a JSON object")
     return data
 
 

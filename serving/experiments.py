@@ -103,6 +103,12 @@ class ExperimentLog:
             else:
                 newer.count += lists.count
 
+    def forget(self, user: int) -> None:
+        """Drop ``user``'s unwritten lists (a forgotten user; storage/people.py deleted the written ones)."""
+        with self._lock:
+            for key in [k for k in self._pending if k[1] == user]:
+                del self._pending[key]
+
     def flush(self) -> int:
         """Write every pending list in one transaction; how many users' lists it wrote.  When the store does
         not take them they stay pending (StoreError is raised)."""

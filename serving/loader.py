@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from model import ModelError, TransientModelError
 from serving.backoff import Backoff
 from serving.plan import Plan, Route
+from serving.shelf import Shelf
 from serving.state import Served
 from storage.shipping import SharedVersions
 from storage.steering import Steering
-from storage.store import Store, StoreError
+from storage.store import SHOWN, Store, StoreError
 from storage.versions import Lease, ModelVersions, Version
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ class Loader:
         self._copy_backoff = Backoff(lambda: self.clock())  # a copy from the store this host could not hold
         self.on_store_trouble: Callable[[StoreError], None] = lambda exc: None
         self.on_store_back: Callable[[], None] = lambda: None
+        self.on_forgotten: Callable[[list[int]], None] = lambda users: None  # this process's own records too
+        self.now: Callable[[], float] = time.time  # the wall clock movie rules' dates are judged by
+        self.shelf = Shelf(lambda: self.now())  # hidden movies and movie rules, whatever the version (read once)
+        self._shelf_read = False
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -234,28 +239,45 @@ class Loader:
 
     # --- folding in -------------------------------------------------------------------------
 
+    def _read_shelf(self) -> None:
+        """The hidden movies and movie rules as the store holds them now, once (then kept up by sync)."""
+        shelf = Shelf(self.shelf.now)
+        shelf.apply(*self.store.changes(0, SHOWN))
+        self.shelf, self._shelf_read = shelf, True
+
+    def _synced(self, view: View) -> list[int]:
+        return [s.synced for s in view.served.values()] + ([self.shelf.synced] if self._shelf_read else [])
+
     def sync(self, view: View) -> View:
-        """Fold every rating acknowledged before now into every served version (one read of the store's last
-        request when nothing is new); the view to answer from.  Raises StoreError when the store is away."""
+        """Fold everything acknowledged before now (ratings, forgetting, withdrawals, hidden movies, movie
+        rules) into every served version and the shelf (one read of the store's last request when nothing
+        is new); the view to answer from.  Raises StoreError when the store is away."""
+        if not self._shelf_read:
+            with self._sync_lock:
+                if not self._shelf_read:
+                    self._read_shelf()
         last = self.store.last_seq
-        behind = min(s.synced for s in view.served.values())
-        ahead = max(s.synced for s in view.served.values())
-        if last > behind:
+        synced = self._synced(view)
+        if last > min(synced):
             with self._sync_lock:
                 view = self.view
-                after = min(s.synced for s in view.served.values())
-                upto, changes = self.store.changes(after)
+                upto, changes = self.store.changes(min(self._synced(view)))
                 for served in view.served.values():  # newest per user and movie: applying one twice is harmless
                     served.apply(upto, changes)
-        elif last < ahead:  # the store went back (restored from a backup): start over from it
+                self.shelf.apply(upto, changes)
+            forgotten = [u for u, c in changes.users.items() if c.forgotten]
+            if forgotten:
+                self.on_forgotten(forgotten)
+        elif last < max(synced):  # the store went back (restored from a backup): start over from it
             with self._sync_lock:
                 view = self.view
-                if self.store.last_seq < max(s.synced for s in view.served.values()):
+                if self.store.last_seq < max(self._synced(view)):
                     served = {}
                     for number, old in view.served.items():
                         fresh = self._based(old.version)
                         fresh.apply(*self.store.changes(fresh.synced))
                         served[number] = fresh
+                    self._read_shelf()
                     self.view = view = View(view.plan, view.newest, served, view.fallback, view.errors)
         return self.view
 

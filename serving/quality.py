@@ -24,15 +24,15 @@ VERSIONS_KEPT = 5
 
 @dataclass
 class VersionQuality:
-    errors: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # predicted - actual
+    errors: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # (user, predicted - actual)
     liked: int = 0  # liked ratings by users who had been shown a list
     hits: int = 0  # of those, for a movie in that list
 
     def summary(self, version: int) -> dict:
         n = len(self.errors)
         return {"version": version, "ratings": n,
-                "rmse": round(math.sqrt(sum(e * e for e in self.errors) / n), 4) if n else None,
-                "mae": round(sum(abs(e) for e in self.errors) / n, 4) if n else None,
+                "rmse": round(math.sqrt(sum(e * e for _, e in self.errors) / n), 4) if n else None,
+                "mae": round(sum(abs(e) for _, e in self.errors) / n, 4) if n else None,
                 "liked": self.liked, "hit_rate": round(self.hits / self.liked, 4) if self.liked else None}
 
 
@@ -61,13 +61,22 @@ class LiveQuality:
                 quality = self._versions[version] = VersionQuality()
                 while len(self._versions) > VERSIONS_KEPT:
                     self._versions.popitem(last=False)
-            quality.errors.extend(p - a for p, a in zip(predicted, actual))
+            quality.errors.extend((user, p - a) for p, a in zip(predicted, actual))
             shown = self._shown.get(user)
             if shown is not None:
                 for movie, rating in zip(movies, actual):
                     if rating >= LIKED:
                         quality.liked += 1
                         quality.hits += movie in shown
+
+    def forget(self, user: int) -> None:
+        """Drop everything kept of ``user``: their errors and their last list (the liked and hit counts are
+        plain totals, with nobody's id)."""
+        with self._lock:
+            self._shown.pop(user, None)
+            for quality in self._versions.values():
+                if any(u == user for u, _ in quality.errors):
+                    quality.errors = deque(((u, e) for u, e in quality.errors if u != user), maxlen=WINDOW)
 
     def summary(self) -> list[dict]:
         """Each version's figures, newest first."""

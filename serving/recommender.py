@@ -24,10 +24,11 @@ import numpy as np
 
 from serving.errors import InputError, StoreUnavailable, Unavailable
 from serving.experiments import ExperimentLog
+from serving.lists import NO_FILTERS, ListFilters, allowed, choose, empty_reason
 from serving.loader import Loader
 from serving.plan import Route
 from serving.quality import LiveQuality
-from serving.snapshot import candidates
+from serving.shelf import Shelf
 from serving.state import Served
 from serving.status import Health
 from serving.validation import check_ratings, check_user
@@ -122,12 +123,24 @@ class Recommender:
         self.experiments = ExperimentLog(self.steering)  # the same, per experiment arm, in the store
         self._store_down = False  # the last read of the store failed (said once in the log)
         self._health = Health(self.store, self.quality)
+        self.loader.on_forgotten = self._forgotten
+
+    def _forgotten(self, users: list[int]) -> None:
+        """Users forgotten (here or on any process): this process's own records of them go too."""
+        for user in users:
+            self.quality.forget(user)
+            self.experiments.forget(user)
 
     # --- versions ----------------------------------------------------------------------------
 
     shared = property(lambda self: self.loader.shared, lambda self, v: setattr(self.loader, "shared", v))
     clock = property(lambda self: self.loader.clock, lambda self, v: setattr(self.loader, "clock", v))
     load_error = property(lambda self: self.loader.load_error)
+
+    @property
+    def shelf(self) -> Shelf:
+        """Hidden movies and movie rules, as of the last request folded in."""
+        return self.loader.shelf
 
     def start(self, watch: bool = True) -> Recommender:
         """Load what the serving plan serves, if anything is published, and (``watch``) follow it from now on."""
@@ -199,13 +212,15 @@ class Recommender:
     # --- queries -------------------------------------------------------------------------------
 
     @staticmethod
-    def _movie(served: Served, row: int, counts: np.ndarray | None = None) -> Movie:
+    def movie_at(served: Served, row: int, counts: np.ndarray | None = None) -> Movie:
         c = served.catalogue
         return Movie(int(c.movie_ids[row]), c.titles[row], c.genres[row],
                      int((served.counts if counts is None else counts)[row]))
 
-    def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None) -> TopN:
-        """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings.
+    def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None,
+                  filters: ListFilters = NO_FILTERS) -> TopN:
+        """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings
+        that pass ``filters`` (or one ``genre``), the operators' rules and the user's hidden movies.
 
         The ranking model orders them (``ranking_score``, unclipped); each shows
         its ``predicted_rating`` (ALS blended with the neighbourhood of the
@@ -213,17 +228,19 @@ class Recommender:
         about gets the most-rated movies, marked ``fallback: popular``.  An empty
         list says why (``reason``).
         """
+        if genre:
+            filters = ListFilters(filters.exclude, (genre,), filters.exclude_genres, filters.years)
         served, route = self.routed(user)
         snapshot = served.snapshot
         rated = served.ratings_of(user)
-        rows = candidates(served.counts, min_count, rated.rows if rated is not None else None,
-                          served.genre_mask(genre))
+        rated_rows = rated.rows if rated is not None else None
+        rows = choose(served, self.shelf, user, min_count, filters, rated_rows)
         vectors = snapshot.user_vectors(user)
         rows, scores = snapshot.top_n(vectors, rows, count, served.counts)
         predicted = snapshot.predicted_ratings(vectors, rows, rated=_pairs(rated))
-        movies = [Scored(self._movie(served, r), round(float(p), 4), None if vectors is None else float(s))
+        movies = [Scored(self.movie_at(served, r), round(float(p), 4), None if vectors is None else float(s))
                   for r, p, s in zip(rows.tolist(), predicted.tolist(), scores.tolist())]
-        reason = None if movies else _empty_reason(served, min_count, genre)
+        reason = None if movies else empty_reason(served, self.shelf, user, min_count, filters, rated_rows)
         if movies:
             shown = [s.movie.movie_id for s in movies]
             self.quality.shown(user, shown)
@@ -241,7 +258,7 @@ class Recommender:
         if rated is not None:
             hit = np.flatnonzero(rated.rows == row)
             own = float(rated.ratings[hit[0]]) if hit.size else None
-        return Prediction(user, self._movie(served, row), round(float(score), 4), own, route)
+        return Prediction(user, self.movie_at(served, row), round(float(score), 4), own, route)
 
     def rated(self, user: int) -> list[tuple[Movie, float]]:
         """The user's rated movies and ratings, by movie id."""
@@ -249,7 +266,7 @@ class Recommender:
         ratings = served.ratings_of(user)
         if ratings is None:
             return []
-        return [(self._movie(served, r), v) for r, v in zip(ratings.rows.tolist(), ratings.ratings.tolist())]
+        return [(self.movie_at(served, r), v) for r, v in zip(ratings.rows.tolist(), ratings.ratings.tolist())]
 
     def search(self, query: str, limit: int = 20) -> list[Movie]:
         """Movies whose title contains ``query`` (case-insensitive), most rated first."""
@@ -257,7 +274,8 @@ class Recommender:
         if not needle:
             raise InputError("q must not be empty")
         served = self.current()
-        return [self._movie(served, r) for r in served.catalogue.search(needle, served.counts, limit)]
+        shown = allowed(served, self.shelf, None)  # the operators' rules: a withdrawn movie is not offered
+        return [self.movie_at(served, r) for r in served.catalogue.search(needle, served.counts, limit, shown)]
 
     def movie(self, movie: int) -> tuple[Movie, float | None]:
         """A catalogue entry and its mean rating (None when nobody rated it)."""
@@ -265,19 +283,20 @@ class Recommender:
         row = served.row(movie)
         counts, sums = served.tallies  # one pair: never a new count over an old sum
         count = int(counts[row])
-        return self._movie(served, row, counts), (round(float(sums[row] / count), 4) if count else None)
+        return self.movie_at(served, row, counts), (round(float(sums[row] / count), 4) if count else None)
 
     def similar(self, movie: int, count: int = 10, min_count: int = 25) -> list[tuple[Movie, float]]:
         """Movies most like the given one (see ``Snapshot.similar``), among those with ``min_count`` ratings."""
         return self.similar_for(None, movie, count, min_count)[0]
 
-    def similar_for(self, user: int | None, movie: int, count: int = 10,
-                    min_count: int = 25) -> tuple[list[tuple[Movie, float]], Route]:
-        """:meth:`similar` from the version that serves ``user`` (None: outside any experiment), and why."""
+    def similar_for(self, user: int | None, movie: int, count: int = 10, min_count: int = 25,
+                    filters: ListFilters = NO_FILTERS) -> tuple[list[tuple[Movie, float]], Route]:
+        """:meth:`similar` from the version that serves ``user`` (None: outside any experiment), among movies
+        that pass ``filters``, the operators' rules and the user's hidden movies; and why that version."""
         served, route = self.routed(user)
         row = served.row(movie)
-        rows, sims = served.snapshot.similar(row, candidates(served.counts, min_count), count)
-        return [(self._movie(served, r), round(float(s), 4)) for r, s in zip(rows.tolist(), sims.tolist())], route
+        rows, sims = served.snapshot.similar(row, choose(served, self.shelf, user, min_count, filters), count)
+        return [(self.movie_at(served, r), round(float(s), 4)) for r, s in zip(rows.tolist(), sims.tolist())], route
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -347,21 +366,6 @@ class Recommender:
         """What /health reports (serving/status.py's ``health``)."""
         served, route = self.routed(None)
         return self._health.read(served, route, self.loader.view)
-
-
-def _empty_reason(served, min_count: int, genre: str | None) -> str:
-    """Why no movie is left: the filter asks for more ratings than any movie has, or the user rated all
-    that pass it."""
-    mask = served.genre_mask(genre)
-    counts = served.counts if mask is None else served.counts[mask]
-    where = f" in {genre}" if genre else ""
-    if not len(counts):
-        return f"no movie{where}"
-    largest = int(counts.max())
-    if min_count > largest:
-        return f"no movie{where} has {min_count} ratings or more: the most-rated has {largest}"
-    passing = int((counts >= min_count).sum())
-    return f"you have rated all {passing} movie(s){where} with at least {min_count} ratings"
 
 
 def route_json(route: Route) -> dict:

@@ -112,7 +112,7 @@ class Snapshot:
     version: int = 0
     seq: int = 0
     trained_at: str = ""
-    folded: dict[int, UserVectors] = field(default_factory=dict)
+    folded: dict[int, UserVectors | None] = field(default_factory=dict)  # None: every rating withdrawn
 
     LAYOUT = ("movie_bias", "movie_factors", "has_factors", "rank_factors", "rank_unit", "has_rank",
               "score_matrix", "score_columns", "neighbours", "similarity")
@@ -160,7 +160,8 @@ class Snapshot:
                    rating_moments, *(arrays[k] for k in cls.LAYOUT[6:]), version, seq, trained_at)
 
     def user_vectors(self, user: int) -> UserVectors | None:
-        """The user's vectors: folded in since the last training, else trained; None for a stranger."""
+        """The user's vectors: folded in since the last training, else trained; None for a stranger (or a user
+        whose every rating was withdrawn or forgotten since)."""
         if user in self.folded:
             return self.folded[user]
         rating, ranking = self.models.rating, self.models.ranking

@@ -80,27 +80,35 @@ class Served:
         return posted if posted is not None else self.histories.of(user)
 
     def apply(self, upto: int, changes: Changes) -> None:
-        """Fold in ratings posted up to request ``upto`` (newest per user and movie).
+        """Fold in what changed up to request ``upto``: users forgotten (nothing of theirs is left: no rating,
+        no count, and their trained vectors are not used), ratings withdrawn, then ratings posted (newest
+        per user and movie).
 
         ``counts`` and ``sums`` are changed in new arrays, assigned once all changes are in: a reader
         holding the old ones never sees them half changed."""
         counts, sums = self.counts.copy(), self.sums.copy()
-        for user, movies in changes.items():
+        for user, change in changes.users.items():
+            if not (change.forgotten or change.unrated or change.ratings):
+                continue  # only hidden movies changed (serving/shelf.py)
             known = {}
-            for movie, rating in movies.items():
+            for movie, rating in change.ratings.items():
                 row = self.catalogue.row(movie)
                 if row is not None:
                     known[row] = rating
                 else:  # the version's catalogue lost the movie (another dataset); serve the rest
                     log.warning("posted rating of user %d: movie %d is not in the catalogue; skipped", user, movie)
             before = self.ratings_of(user)
-            after = (before or NO_RATINGS).with_posted(known)
+            after = NO_RATINGS if change.forgotten else (before or NO_RATINGS)
+            if change.unrated:
+                after = after.without({r for r in map(self.catalogue.row, change.unrated) if r is not None})
+            after = after.with_posted(known)
             if before is not None:  # rows are unique within one user's ratings: plain indexing is exact
                 counts[before.rows] -= 1
                 sums[before.rows] -= before.ratings
             counts[after.rows] += 1
             sums[after.rows] += after.ratings
             self.posted[user] = after
-            self.snapshot.folded[user] = self.snapshot.fold(after.rows, after.ratings)
+            # No rating left: a stranger to both models (None), whatever the version was trained on.
+            self.snapshot.folded[user] = self.snapshot.fold(after.rows, after.ratings) if len(after.rows) else None
         self.tallies = (counts, sums)
         self.synced = max(self.synced, upto)

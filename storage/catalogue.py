@@ -9,9 +9,12 @@ data and lookups: what a caller did wrong is the serving side's to say.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
+YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)\s*$")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,11 @@ class UserRatings:
         merged.update(posted)
         rows = np.array(sorted(merged), dtype=np.int32)
         return UserRatings(rows, np.array([merged[r] for r in rows.tolist()], dtype=np.float64))
+
+    def without(self, rows: set[int]) -> UserRatings:
+        """These ratings less those of the catalogue ``rows`` (withdrawn)."""
+        keep = ~np.isin(self.rows, np.array(sorted(rows), dtype=np.int64))
+        return UserRatings(self.rows[keep], self.ratings[keep])
 
 
 NO_RATINGS = UserRatings(np.zeros(0, np.int32), np.zeros(0))
@@ -48,6 +56,9 @@ class Catalogue:
         self._genre_masks = {g.lower(): np.array([g in gs for gs in self.genres], dtype=bool)
                              for g in self.genre_names}
         self._lower_titles = [t.lower() for t in self.titles]
+        # The year in a MovieLens title ("Toy Story (1995)", "Fargo (2014-)"); 0 when it has none.
+        found = [YEAR.search(t) for t in self.titles]
+        self.years = np.array([int(m[1]) if m else 0 for m in found], dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.movie_ids)
@@ -63,9 +74,9 @@ class Catalogue:
         """Which rows are of ``genre`` (any case); None for a genre the catalogue does not have."""
         return self._genre_masks.get(genre.lower())
 
-    def search(self, needle: str, counts: np.ndarray, limit: int) -> list[int]:
-        """Rows whose title contains ``needle`` (lower case), most rated first."""
-        hits = [i for i, t in enumerate(self._lower_titles) if needle in t]
+    def search(self, needle: str, counts: np.ndarray, limit: int, allowed: np.ndarray | None = None) -> list[int]:
+        """Rows whose title contains ``needle`` (lower case), most rated first; only ``allowed`` rows if given."""
+        hits = [i for i, t in enumerate(self._lower_titles) if needle in t and (allowed is None or allowed[i])]
         hits.sort(key=lambda i: (-counts[i], self.movie_ids[i]))
         return hits[:limit]
 

@@ -70,6 +70,19 @@ CREATE TABLE IF NOT EXISTS experiment_ratings (
 CREATE TABLE IF NOT EXISTS experiment_lists (
     experiment TEXT NOT NULL, "user" BIGINT NOT NULL, arm TEXT NOT NULL, lists BIGINT NOT NULL, movies TEXT NOT NULL,
     shown_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, "user"));
+CREATE TABLE IF NOT EXISTS forgotten ("user" BIGINT PRIMARY KEY, seq BIGINT NOT NULL, time DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS forgotten_by_seq ON forgotten (seq);
+CREATE TABLE IF NOT EXISTS unrated (
+    "user" BIGINT NOT NULL, movie BIGINT NOT NULL, seq BIGINT NOT NULL, time DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY ("user", movie));
+CREATE INDEX IF NOT EXISTS unrated_by_seq ON unrated (seq);
+CREATE TABLE IF NOT EXISTS hidden (
+    "user" BIGINT NOT NULL, movie BIGINT NOT NULL, seq BIGINT NOT NULL, hidden INTEGER NOT NULL,
+    time DOUBLE PRECISION NOT NULL, PRIMARY KEY ("user", movie));
+CREATE INDEX IF NOT EXISTS hidden_by_seq ON hidden (seq);
+CREATE TABLE IF NOT EXISTS movie_rules (
+    movie BIGINT PRIMARY KEY, seq BIGINT NOT NULL, rule TEXT, time DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS movie_rules_by_seq ON movie_rules (seq);
 """
 SCHEMA_LOCK = 4_242_001  # an advisory lock: processes starting at once create the tables one at a time
 TRAINER_LOCK = 4_242_002  # an advisory lock: one trainer per store, whatever its host

@@ -12,6 +12,7 @@ Schema::
     user_tokens(user, hash, issued)            -- storage/tokens.py
     idempotency(scope, key, fingerprint, answer, time)  -- Idempotency-Key answers, kept 24 hours
     experiments, experiment_ratings, experiment_lists  -- storage/steering.py
+    forgotten, unrated, hidden, movie_rules            -- storage/people.py
 
 ``BEGIN IMMEDIATE`` holds the database's one write lock for each write
 transaction, so the promises of :mod:`storage.store` hold across the processes
@@ -57,6 +58,18 @@ CREATE TABLE IF NOT EXISTS experiment_ratings (
 CREATE TABLE IF NOT EXISTS experiment_lists (
     experiment TEXT NOT NULL, user INTEGER NOT NULL, arm TEXT NOT NULL, lists INTEGER NOT NULL, movies TEXT NOT NULL,
     shown_at REAL NOT NULL, PRIMARY KEY (experiment, user)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forgotten (user INTEGER PRIMARY KEY, seq INTEGER NOT NULL, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS forgotten_by_seq ON forgotten (seq);
+CREATE TABLE IF NOT EXISTS unrated (
+    user INTEGER NOT NULL, movie INTEGER NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (user, movie)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS unrated_by_seq ON unrated (seq);
+CREATE TABLE IF NOT EXISTS hidden (
+    user INTEGER NOT NULL, movie INTEGER NOT NULL, seq INTEGER NOT NULL, hidden INTEGER NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (user, movie)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS hidden_by_seq ON hidden (seq);
+CREATE TABLE IF NOT EXISTS movie_rules (movie INTEGER PRIMARY KEY, seq INTEGER NOT NULL, rule TEXT, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS movie_rules_by_seq ON movie_rules (seq);
 """
 # A pause after each compaction transaction: a POST in another process that found the lock taken sleeps in
 # SQLite's busy handler (1, 2, 5, 10, 15, 20, 25 ms ...) and must find it free when it wakes, or it sleeps longer.

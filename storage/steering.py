@@ -194,8 +194,11 @@ class Steering:
         """Inside a write transaction: lists served, as (experiment, user, arm, how many, last movies, when),
         those of running experiments only."""
         running = Steering.running(db)
-        db.executemany(LISTS, [(e, u, a, n, json.dumps([int(x) for x in m]), t)
-                               for e, u, a, n, m, t in lists if e in running])
+        kept = [(e, u, a, n, json.dumps([int(x) for x in m]), t) for e, u, a, n, m, t in lists if e in running]
+        db.executemany(LISTS, kept)
+        # A list another process served before its user was forgotten, written after: not kept.
+        db.executemany('DELETE FROM experiment_lists WHERE experiment = ? AND "user" = ? AND shown_at < '
+                       '(SELECT time FROM forgotten WHERE forgotten."user" = ?)', [(e, u, u) for e, u, *_ in kept])
 
     @staticmethod
     def last_list(db: Cursor, experiment: str, user: int) -> set[int] | None:

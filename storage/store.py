@@ -28,7 +28,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,37 @@ REPLACED = """
 SELECT seq, movie FROM ratings AS r WHERE seq <= ? AND EXISTS (
     SELECT 1 FROM ratings AS n WHERE n."user" = r."user" AND n.movie = r.movie AND n.seq > r.seq AND n.seq <= ?)
 """
-# Every rating after a request and the last request they include, in one statement (one snapshot: nothing
-# committed in between is half-seen).
-CHANGES = """
-SELECT m.upto, r."user", r.movie, r.rating FROM (
-    SELECT CAST(value AS BIGINT) AS upto FROM meta WHERE key = 'last_seq') AS m
-LEFT JOIN ratings AS r ON r.seq > ? AND r.seq <= m.upto ORDER BY r.seq
-"""
+# Everything after a request, and the last request it includes, in one statement (one snapshot: nothing
+# committed in between is half-seen), in request order: ratings (kind 0), users forgotten (1), ratings
+# withdrawn (2), a user's hidden movies (3, ``value`` 1 hidden, 0 shown again) and operators' movie rules
+# (4, ``rule`` JSON, NULL when cleared).  Forgetting and withdrawing delete the posted rows they replace,
+# and the others are one row per key at its latest, so any suffix replayed in order gives the state now.
+_BRANCHES = (  # one per kind, in kind order: (kind, movie, value, rule, table)
+    ("0", "movie", "rating", "CAST(NULL AS TEXT)", "ratings"),
+    ("1", "CAST(NULL AS BIGINT)", "CAST(NULL AS DOUBLE PRECISION)", "CAST(NULL AS TEXT)", "forgotten"),
+    ("2", "movie", "CAST(NULL AS DOUBLE PRECISION)", "CAST(NULL AS TEXT)", "unrated"),
+    ("3", "movie", "CAST(hidden AS DOUBLE PRECISION)", "CAST(NULL AS TEXT)", "hidden"),
+    ("4", "movie", "CAST(NULL AS DOUBLE PRECISION)", "rule", "movie_rules"),
+)
+
+
+def _branch(kind: str, movie: str, value: str, rule: str, table: str) -> str:
+    user = "CAST(NULL AS BIGINT)" if table == "movie_rules" else '"user"'
+    return f"SELECT seq, {kind} AS kind, {user} AS \"user\", {movie} AS movie, {value} AS value, {rule} AS rule " \
+           f"FROM {table} WHERE seq > ?"
+
+
+def _changes_sql(kinds: tuple[int, ...]) -> str:
+    return ("SELECT m.upto, r.kind, r.\"user\", r.movie, r.value, r.rule FROM (\n"
+            "    SELECT CAST(value AS BIGINT) AS upto FROM meta WHERE key = 'last_seq') AS m\nLEFT JOIN (\n    "
+            + "\n    UNION ALL ".join(_branch(*_BRANCHES[k]) for k in kinds)
+            + "\n) AS r ON r.seq <= m.upto ORDER BY r.seq, r.kind")
+
+
+RATING, FORGOTTEN, UNRATED, HIDDEN, RULE = range(5)  # the kinds of change
+EVERY_KIND = (RATING, FORGOTTEN, UNRATED, HIDDEN, RULE)
+SHOWN = (HIDDEN, RULE)  # what may be shown, whatever the version: read whole when a process starts
+CHANGES = {kinds: _changes_sql(kinds) for kinds in (EVERY_KIND, SHOWN)}
 
 
 class StoreError(RuntimeError):
@@ -101,7 +125,46 @@ class Entry:
     time: float
 
 
-Changes = dict[int, dict[int, float]]  # user -> movie -> newest rating
+@dataclass
+class UserChange:
+    """What changed for one user after a request: ``forgotten`` (everything the user had before is gone),
+    then ``unrated`` movies withdrawn, then ``ratings`` (movie -> newest rating) and ``hidden`` (movie ->
+    hidden or shown again) over what is left."""
+
+    forgotten: bool = False
+    unrated: set[int] = field(default_factory=set)
+    ratings: dict[int, float] = field(default_factory=dict)
+    hidden: dict[int, bool] = field(default_factory=dict)
+
+
+@dataclass
+class Changes:
+    """Everything after a request, per user, and the operators' movie rules changed (movie -> rule JSON,
+    None when cleared)."""
+
+    users: dict[int, UserChange] = field(default_factory=dict)
+    rules: dict[int, str | None] = field(default_factory=dict)
+
+    def ratings(self) -> dict[int, dict[int, float]]:
+        """user -> movie -> newest rating posted (forgetting and withdrawals aside)."""
+        return {u: c.ratings for u, c in self.users.items() if c.ratings}
+
+    def add(self, kind: int, user: int | None, movie: int | None, value, rule: str | None) -> None:
+        """Fold one CHANGES row in, in request order."""
+        if kind == RULE:
+            self.rules[movie] = rule
+            return
+        change = self.users.setdefault(user, UserChange())
+        if kind == RATING:
+            change.ratings[movie] = value
+            change.unrated.discard(movie)
+        elif kind == FORGOTTEN:
+            self.users[user] = UserChange(forgotten=True)
+        elif kind == UNRATED:
+            change.ratings.pop(movie, None)
+            change.unrated.add(movie)
+        else:
+            change.hidden[movie] = bool(value)
 
 
 class TrainerClaim:
@@ -206,8 +269,8 @@ class Store(ABC):
 
     def new_user(self, floor: int, taken: Callable[[int], bool], once: Once | None = None) -> int:
         """A user id no one has: at least ``floor``, above every id handed out before by any process, with
-        no stored rating, and not ``taken(id)`` (ratings the caller knows of).  With ``once``, a key seen
-        before raises Replayed with the id handed out then (``{"user": id}``)."""
+        no stored rating, never forgotten, and not ``taken(id)`` (ratings the caller knows of).  With ``once``,
+        a key seen before raises Replayed with the id handed out then (``{"user": id}``)."""
         now = time.time()
         with self.writing() as db:
             db.execute("INSERT INTO meta VALUES ('next_user', '0') ON CONFLICT (key) DO NOTHING")
@@ -215,7 +278,8 @@ class Store(ABC):
             if once is not None:
                 self._first_time(db, once, now)
             user = max(floor, int(row[0]))
-            while taken(user) or db.execute('SELECT 1 FROM ratings WHERE "user" = ? LIMIT 1', (user,)).fetchone():
+            while taken(user) or db.execute('SELECT 1 FROM ratings WHERE "user" = ? LIMIT 1', (user,)).fetchone() \
+                    or db.execute('SELECT 1 FROM forgotten WHERE "user" = ?', (user,)).fetchone():
                 user += 1
             db.execute(PUT_META, ("next_user", str(user + 1)))
             if once is not None:
@@ -301,15 +365,16 @@ class Store(ABC):
         """The last acknowledged request, by any process."""
         return int(self.get_meta("last_seq") or 0)
 
-    def changes(self, after: int) -> tuple[int, Changes]:
-        """Every rating posted after request ``after``, newest per user and movie, and the last request
-        they include."""
+    def changes(self, after: int, kinds: tuple[int, ...] = EVERY_KIND) -> tuple[int, Changes]:
+        """Everything after request ``after`` (ratings newest per user and movie, users forgotten, ratings
+        withdrawn, hidden movies, movie rules: see CHANGES), or only those ``kinds``, and the last request
+        it includes."""
         with self.reading() as db:
-            rows = db.execute(CHANGES, (after,)).fetchall()
-        changes: Changes = {}
-        for _, user, movie, rating in rows:
-            if user is not None:
-                changes.setdefault(user, {})[movie] = rating
+            rows = db.execute(CHANGES[kinds], (after,) * len(kinds)).fetchall()
+        changes = Changes()
+        for _, kind, user, movie, value, rule in rows:
+            if kind is not None:
+                changes.add(int(kind), user, movie, value, rule)
         return (int(rows[0][0]) if rows else after), changes
 
     def latest(self, upto: int) -> Iterator[tuple[int, list[tuple[int, float]], int]]:

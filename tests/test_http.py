@@ -111,7 +111,7 @@ ERRORS = [
     ("GET", "/recommend?user=1&n=0", None, None, 400, "n must"),
     ("GET", "/movies", None, None, 400, "q is required"),
     ("GET", "/no/such/route/at/all", None, None, 404, "no such route"),
-    ("DELETE", "/1/ratings", None, None, 405, "not allowed"),
+    ("PUT", "/1/ratings", None, None, 405, "not allowed"),
     ("POST", "/1/ratings", b"", "text/plain", 400, "empty"),
     ("POST", "/1/ratings", b"1,9\n", "text/plain", 400, "line 1"),
     ("POST", "/1/ratings", b"1,4\nfoo\n", "text/plain", 400, "line 2"),

@@ -18,7 +18,7 @@ from storage.store import StoreError
 
 def _posted(store: SQLiteStore, user: int) -> list[tuple[int, float]]:
     """The user's newest rating of each movie, by movie id, as a reader folding in everything sees it."""
-    return sorted(store.changes(0)[1].get(user, {}).items())
+    return sorted(store.changes(0)[1].ratings().get(user, {}).items())
 
 
 def _pairs(store: SQLiteStore):

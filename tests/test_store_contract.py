@@ -29,7 +29,7 @@ def store(location):
 
 def _posted(store, user: int) -> list[tuple[int, float]]:
     """The user's newest rating of each movie, by movie id, as a reader folding in everything sees it."""
-    return sorted(store.changes(0)[1].get(user, {}).items())
+    return sorted(store.changes(0)[1].ratings().get(user, {}).items())
 
 
 def _pairs(store):
@@ -45,8 +45,10 @@ def test_requests_are_numbered_in_order_and_read_back_newest_rating_first(store,
     assert list(store.latest(2)) == [(1, [(10, 4.0), (11, 2.0)], 1), (2, [(10, 3.5)], 2)]
     assert list(store.latest(3))[0] == (1, [(10, 1.0), (11, 2.0)], 3)
     assert store.ratings_after(1) == 2 and store.ratings_after(3) == 0
-    assert store.changes(0) == (3, {1: {10: 1.0, 11: 2.0}, 2: {10: 3.5}})
-    assert store.changes(2) == (3, {1: {10: 1.0}}) and store.changes(3) == (3, {})
+    upto, changes = store.changes(0)
+    assert (upto, changes.ratings()) == (3, {1: {10: 1.0, 11: 2.0}, 2: {10: 3.5}})
+    upto, changes = store.changes(2)
+    assert (upto, changes.ratings()) == (3, {1: {10: 1.0}}) and store.changes(3)[1].ratings() == {}
     assert store.first_time_after(3) is None and store.first_time_after(2) == store.entries()[-1].time
     store_id = store.store_id
     store.close()
@@ -135,7 +137,7 @@ def test_processes_appending_at_once_get_distinct_request_numbers_in_commit_orde
     assert [e.seq for e in entries] == list(range(1, 301)) and store.last_seq == 300
     assert Counter(e.user for e in entries) == {1: 100, 2: 100, 3: 100}
     # Each user's requests in the order that user made them: the last one, (99 % 7, 5.0), wins.
-    assert all(store.changes(0)[1][u][99 % 7] == 0.5 + 99 % 10 / 2 for u in (1, 2, 3))
+    assert all(store.changes(0)[1].ratings()[u][99 % 7] == 0.5 + 99 % 10 / 2 for u in (1, 2, 3))
     store.close()
 
 
