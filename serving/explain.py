@@ -6,14 +6,13 @@ residual`` from each of its ``k`` most similar neighbours the user rated.  Those
 terms are the honest explanation, so they come first.  A movie none of whose
 neighbours the user rated (or with the neighbourhood off, or for a stranger) is
 explained by the ranking model instead: the rated movies most like it by cosine.
-NumPy only, a few calls for a whole list: it is served beside each top-n.
+NumPy only, and a few calls for a whole list, as it is meant to go beside each top-n.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from model import user_residuals
 from serving.snapshot import Snapshot, UserVectors
 
 Reasons = list[list[tuple[int, float]]]
@@ -40,39 +39,54 @@ def because(snapshot: Snapshot, user: UserVectors | None, rated_rows: np.ndarray
     left = np.ones(len(rows), dtype=bool)  # rows the neighbourhood does not explain
     blend = snapshot.models.blend
     if user is not None and blend is not None and snapshot.neighbours.shape[1]:
-        picked, stars, good = _neighbourhood(snapshot, user, rated_rows, ratings, rows, blend.k, per_movie)
-        _collect(reasons, picked, stars, good)
-        left = ~good[:, 0]
+        which, picked, stars = _neighbourhood(snapshot, user, rated_rows, ratings, rows, blend.k, per_movie)
+        _collect(reasons, which, picked, stars)
+        left[which] = False
     if left.any():
-        _collect(reasons, *_ranking(snapshot, rated_rows, ratings, rows[left], per_movie), where=np.flatnonzero(left))
+        where = np.flatnonzero(left)
+        which, picked, stars = _ranking(snapshot, rated_rows, ratings, rows[where], per_movie)
+        _collect(reasons, where[which], picked, stars)
     return reasons
+
+
+def _best(values: np.ndarray, per_row: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of each row's ``per_row`` largest positive ``values`` (changed in place): by row, then
+    largest first, ties by column.  One argmax over the table per place: a stable sort of a whole 10 x 500
+    table took 180 us here, three argmaxes about 20 us."""
+    at = np.arange(len(values))
+    columns = np.zeros((len(values), min(per_row, values.shape[1])), dtype=np.int64)
+    good = np.zeros(columns.shape, dtype=bool)
+    for place in range(columns.shape[1]):
+        best = columns[:, place] = values.argmax(axis=1)  # the first of equals: the lower column
+        good[:, place] = values[at, best] > 0
+        if not good[:, place].any():
+            break
+        values[at, best] = -np.inf
+    return np.nonzero(good)[0], columns[good]
 
 
 def _neighbourhood(snapshot: Snapshot, user: UserVectors, rated_rows: np.ndarray, ratings: np.ndarray,
                    rows: np.ndarray, k: int, per_movie: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The best ``per_movie`` neighbours of each row by contribution: their rows, the user's ratings of them,
-    and which are real reasons (positive); each ``(len(rows), per_movie)`` or narrower."""
-    model = snapshot.models.rating
-    residuals = user_residuals(len(snapshot.movie_ids), rated_rows, ratings, model.mu + user.bias,
-                               snapshot.movie_bias)
+    """The neighbourhood's reasons: for each reason, its index in ``rows``, the neighbour's catalogue row and the
+    user's rating of it, by row and then best first."""
+    offset = snapshot.models.rating.mu + user.bias
+    stars = np.full(len(snapshot.movie_ids) + 1, np.nan)  # the user's ratings, and NaN for the -1 padding
+    stars[rated_rows] = ratings
     near = snapshot.neighbours[rows]
     s = snapshot.similarity[rows]
-    x = residuals[near]  # the padding's -1 reads the trailing NaN
+    x = stars[near] - offset - snapshot.movie_bias[near]  # user_residuals' arithmetic: the same residuals
     use = (s > 0) & (x == x)  # as neighbour_sums: positive similarity, rated
     if k < use.shape[1]:
         use &= np.cumsum(use, axis=1, dtype=np.int32) <= k
-    contribution = np.where(use, s * x, 0.0)
-    best = np.argsort(-contribution, axis=1, kind="stable")[:, :per_movie]
-    picked = np.take_along_axis(near, best, axis=1)
-    stars = np.full(len(snapshot.movie_ids) + 1, np.nan)
-    stars[rated_rows] = ratings
-    return picked, stars[picked], np.take_along_axis(contribution, best, axis=1) > 0
+    which, column = _best(np.where(use, s * x, 0.0), per_movie)
+    picked = near[which, column]
+    return which, picked, stars[picked]
 
 
 def _ranking(snapshot: Snapshot, rated_rows: np.ndarray, ratings: np.ndarray, rows: np.ndarray,
              per_movie: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ranking model's reasons for ``rows``: the rated movies most like each by cosine over ``rank_unit``,
-    as :func:`_neighbourhood` returns them."""
+    """The ranking model's reasons for ``rows``, as :func:`_neighbourhood` gives them: the rated movies most like
+    each by cosine over ``rank_unit``."""
     pool = snapshot.has_rank[rated_rows]
     liked = pool & (ratings >= ratings.mean())
     if liked.any():
@@ -80,13 +94,11 @@ def _ranking(snapshot: Snapshot, rated_rows: np.ndarray, ratings: np.ndarray, ro
     pool_rows, pool_stars = rated_rows[pool], ratings[pool]
     cosine = snapshot.rank_unit[rows] @ snapshot.rank_unit[pool_rows].T
     cosine[rows[:, None] == pool_rows[None, :]] = 0.0  # a row is no reason for itself
-    best = np.argsort(-cosine, axis=1, kind="stable")[:, :per_movie]
-    return pool_rows[best], pool_stars[best], np.take_along_axis(cosine, best, axis=1) > 0
+    which, column = _best(cosine, per_movie)
+    return which, pool_rows[column], pool_stars[column]
 
 
-def _collect(reasons: Reasons, picked: np.ndarray, stars: np.ndarray, good: np.ndarray,
-             where: np.ndarray | None = None) -> None:
-    """Append each row's good (row, rating) pairs, in order, to ``reasons[where[i]]`` (or ``reasons[i]``)."""
-    targets = range(len(picked)) if where is None else where.tolist()
-    for i, p, r, g in zip(targets, picked.tolist(), stars.tolist(), good.tolist()):
-        reasons[i].extend((row, rating) for row, rating, ok in zip(p, r, g) if ok)
+def _collect(reasons: Reasons, which: np.ndarray, picked: np.ndarray, stars: np.ndarray) -> None:
+    """Append each (row, rating) to ``reasons[which[i]]``, in the order given."""
+    for i, row, rating in zip(which.tolist(), picked.tolist(), stars.tolist()):
+        reasons[i].append((row, rating))

@@ -38,7 +38,9 @@ N = 10
 #   s * x:      0.9  -0.8   1.0   -     0.2   0.6 (negative similarity: neighbour_sums skips it)
 # so by contribution: row 3 (1.0), row 1 (0.9), row 4 (0.2); row 2 is a dislike, row 5 not a neighbour in use.
 # Row 7's neighbours are all unrated; row 8's only rated neighbour is the disliked row 2: both fall back.
-NEIGHBOURS = {0: ([1, 2, 3, 6, 4, 5], [0.9, 0.8, 0.5, 0.45, 0.4, -0.3]), 7: ([6, 8], [0.9, 0.5]), 8: ([2], [0.7])}
+# Row 6's two rated neighbours tie: 0.8 * 0.5 (row 4) = 0.4 * 1.0 (row 1).
+NEIGHBOURS = {0: ([1, 2, 3, 6, 4, 5], [0.9, 0.8, 0.5, 0.45, 0.4, -0.3]), 7: ([6, 8], [0.9, 0.5]), 8: ([2], [0.7]),
+              6: ([4, 1], [0.8, 0.4])}
 # Ranking factors as angles in the plane (degrees); row 9 has none.  Cosines, by the angle between:
 #   row 7 (0):   row 2 5 deg, row 5 10, row 4 20, row 1 40, row 3 100 (negative)
 #   row 8 (45):  row 1 5, row 4 25, row 3 55 (row 2 40 and row 5 35 are below the mean)
@@ -68,6 +70,10 @@ def stand_in(k: int = 40, blend: bool = True) -> SimpleNamespace:
 def test_neighbours_in_order_of_contribution_without_dislikes():
     # Row 3 before the more similar row 1 (1.0 > 0.9); row 2 (-0.8) and row 5 (negative similarity) left out.
     assert because(stand_in(), USER, RATED, RATINGS, np.array([0]), per_movie=10) == [[(3, 5.0), (1, 4.5), (4, 4.0)]]
+
+
+def test_equal_contributions_in_neighbour_order():
+    assert because(stand_in(), USER, RATED, RATINGS, np.array([6])) == [[(4, 4.0), (1, 4.5)]]
 
 
 def test_per_movie_cuts_each_list():
