@@ -3,6 +3,7 @@
     python evaluate.py --dataset datasets/ml-latest-small --json
     python evaluate.py --train train.csv --test test.csv --json [--recs-out recs.csv]
     python evaluate.py --dataset datasets/ml-latest-small --tune [--save]
+    python evaluate.py --dataset datasets/ml-latest-small --json --diversify 0,0.2,0.5
 
 Every test pair gets a predicted rating (unseen users and movies fall back to
 the baseline), so ``coverage`` is the fraction of test pairs predicted and must
@@ -16,8 +17,10 @@ holds.  The result says where its parameters came from and what the split was.
 The top-10 lists are made by the service's own code (serving.Snapshot: the
 candidates are the movies the user did not rate in training with at least
 ``--min-count`` training ratings), and so is a most-popular list from the same
-candidates; both are scored against the test ratings >= 4 as MLlib's ``RankingMetrics`` scores lists.  The
-last line printed with ``--json`` is one JSON object.
+candidates; both are scored against the test ratings >= 4 as MLlib's ``RankingMetrics`` scores lists.
+``--diversify`` also scores the lists re-ranked at each strength as the service re-ranks them
+(serving.diversity), with their intra-list diversity and genres.  The last line printed with ``--json`` is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from itertools import product
 from pathlib import Path
@@ -47,6 +51,7 @@ from model import (
     Scale,
     TuneBudget,
 )
+from serving.diversity import distinct_genres, intra_list_diversity, pool_size, rerank
 from serving.snapshot import Snapshot, candidates, top_k
 from spark import tuning
 from spark.training import fit_models, fit_ranking_model, fit_rating_model, infer_scale, packed
@@ -92,13 +97,18 @@ def comparison(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _shown(snapshot: Snapshot, counts: np.ndarray, min_count: int, seen) -> np.ndarray:
+    """The candidate rows of a user who rated the movie ids ``seen`` in training."""
+    seen_rows = np.searchsorted(snapshot.movie_ids, np.fromiter(seen, dtype=np.int64))
+    return candidates(counts, min_count, seen_rows)
+
+
 def _lists_partition(state_bc, k: int, min_count: int):
     """For each (user, (train movies, relevant test movies)) yield the served and the popular top-k."""
     def lists(rows):
-        snapshot, counts = state_bc.value
+        snapshot, counts = state_bc.value[:2]
         for user, (seen, relevant) in rows:
-            seen_rows = np.searchsorted(snapshot.movie_ids, np.fromiter(seen, dtype=np.int64))
-            shown = candidates(counts, min_count, seen_rows)
+            shown = _shown(snapshot, counts, min_count, seen)
             served, _ = snapshot.top_n(snapshot.user_vectors(user), shown, k, counts)
             popular = top_k(counts, shown, k)
             yield (user, snapshot.movie_ids[served].tolist(), snapshot.movie_ids[popular].tolist(),
@@ -106,8 +116,17 @@ def _lists_partition(state_bc, k: int, min_count: int):
     return lists
 
 
-def served_lists(sc, models: Models, train_rdd, test_rdd, k: int = TOP_K, min_count: int = MIN_COUNT):
-    """An RDD of (user, served top-k, most-popular top-k, relevant test movies) for every training user.
+def _user_movies(train_rdd, test_rdd):
+    """(user, (training movies, relevant test movies or None)) for every training user."""
+    seen = train_rdd.map(lambda t: (t[0], t[1])).groupByKey()
+    relevant = test_rdd.filter(lambda t: t[2] >= RELEVANT).map(lambda t: (t[0], t[1])).groupByKey()
+    return seen.leftOuterJoin(relevant)
+
+
+def served_lists(sc, models: Models, train_rdd, test_rdd, k: int = TOP_K, min_count: int = MIN_COUNT,
+                 genres: dict[int, tuple[str, ...]] | None = None):
+    """An RDD of (user, served top-k, most-popular top-k, relevant test movies) for every training user, and
+    the broadcast state it reads: (snapshot, counts, each catalogue row's genres from ``genres`` or None).
 
     The served list is what the service answers for the user with the models
     trained on ``train_rdd`` (same code: serving.Snapshot); counts for
@@ -116,10 +135,77 @@ def served_lists(sc, models: Models, train_rdd, test_rdd, k: int = TOP_K, min_co
     snapshot = Snapshot.build(models, models.rating.movie_ids)
     counts_by_id = dict(train_rdd.map(lambda t: (t[1], 1)).reduceByKey(lambda a, b: a + b).collect())
     counts = np.array([counts_by_id.get(int(m), 0) for m in snapshot.movie_ids], dtype=np.int64)
-    state = sc.broadcast((snapshot, counts))
-    seen = train_rdd.map(lambda t: (t[0], t[1])).groupByKey()
-    relevant = test_rdd.filter(lambda t: t[2] >= RELEVANT).map(lambda t: (t[0], t[1])).groupByKey()
-    return seen.leftOuterJoin(relevant).mapPartitions(_lists_partition(state, k, min_count)), state
+    row_genres = None if genres is None else [genres.get(int(m), ()) for m in snapshot.movie_ids]
+    state = sc.broadcast((snapshot, counts, row_genres))
+    return _user_movies(train_rdd, test_rdd).mapPartitions(_lists_partition(state, k, min_count)), state
+
+
+def _diverse_partition(state_bc, k: int, min_count: int, strengths: Sequence[float]):
+    """For each (user, (train movies, relevant test movies)) yield (user, [(list, intra-list distance, distinct
+    genres) per strength], relevant): each list the ``k`` of the ``pool_size`` best re-ranked by ``rerank``, as the
+    service answers ``diversify``."""
+    def lists(rows):
+        snapshot, counts, genres = state_bc.value
+        unit = snapshot.rank_unit
+        for user, (seen, relevant) in rows:
+            shown = _shown(snapshot, counts, min_count, seen)
+            vectors = snapshot.user_vectors(user)
+            per_strength = []
+            for strength in strengths:
+                pool, scores = snapshot.top_n(vectors, shown, pool_size(k, strength), counts)
+                chosen, _ = rerank(unit, pool, scores, k, strength)
+                per_strength.append((snapshot.movie_ids[chosen].tolist(), intra_list_diversity(unit, chosen),
+                                     distinct_genres(genres, chosen)))
+            yield user, per_strength, sorted(relevant or ())
+    return lists
+
+
+def diversity_metrics(state, train_rdd, test_rdd, strengths: Sequence[float], n_movies: int, k: int = TOP_K,
+                      min_count: int = MIN_COUNT) -> list[dict]:
+    """Per strength (0 first, the reference, added when missing): precision, recall and NDCG at ``k`` as
+    :func:`ranking_metrics` scores the served lists, catalogue coverage, and the mean intra-list distance (cosine
+    distance over the ranking model's unit factors) and distinct genres of every training user's list; and the
+    change of NDCG against strength 0 in percent.  ``state``: :func:`served_lists`' broadcast, with genres."""
+    strengths = [0.0, *(s for s in strengths if s != 0)]
+    lists = _user_movies(train_rdd, test_rdd).mapPartitions(_diverse_partition(state, k, min_count, strengths))
+    lists = lists.cache()
+
+    def sums_of(t) -> np.ndarray:
+        """Per strength: judged, precision, recall, NDCG (for a user with liked test movies), listed, distance,
+        genres."""
+        _, per_strength, liked = t
+        out = np.zeros((len(strengths), 7))
+        for i, (served, distance, genres) in enumerate(per_strength):
+            if liked:
+                out[i, :4] = (1.0, *list_scores(served, liked, k))
+            out[i, 4:] = (1.0, distance, genres)
+        return out
+
+    sums = lists.map(sums_of).fold(np.zeros((len(strengths), 7)), lambda a, b: a + b)
+    shown = lists.flatMap(lambda t: [(i, m) for i, (served, _, _) in enumerate(t[1]) for m in served]) \
+        .distinct().countByKey()
+    lists.unpersist()
+    table, reference = [], None
+    for i, strength in enumerate(strengths):
+        judged, precision, recall, ndcg, listed, distance, genres = sums[i]
+        precision, recall, ndcg = (x / judged if judged else 0.0 for x in (precision, recall, ndcg))
+        distance, genres = (x / listed if listed else 0.0 for x in (distance, genres))
+        reference = ndcg if reference is None else reference
+        table.append({"strength": strength, f"precision_at_{k}": round(float(precision), 5),
+                      f"recall_at_{k}": round(float(recall), 5), f"ndcg_at_{k}": round(float(ndcg), 5),
+                      "catalog_coverage": round(shown.get(i, 0) / n_movies, 5) if n_movies else 0.0,
+                      "intra_list_distance": round(float(distance), 5), "distinct_genres": round(float(genres), 3),
+                      "ndcg_change_pct": round(float(100 * (ndcg - reference) / reference), 2) if reference else 0.0})
+    return table
+
+
+def diversity_table(rows: list[dict], k: int = TOP_K) -> str:
+    """The diversity table as printed before the JSON."""
+    lines = [f"{'diversify':>9} {f'ndcg@{k}':>8} {'change':>8} {'distance':>9} {'genres':>7} {'coverage':>9}"]
+    for r in rows:
+        lines.append(f"{r['strength']:>9g} {r[f'ndcg_at_{k}']:>8.4f} {r['ndcg_change_pct']:>+7.2f}% "
+                     f"{r['intra_list_distance']:>9.4f} {r['distinct_genres']:>7.2f} {r['catalog_coverage']:>9.4f}")
+    return "\n".join(lines)
 
 
 def list_scores(served: list, liked: list, k: int = TOP_K) -> tuple[float, float, float]:
@@ -176,14 +262,17 @@ def write_recs(lists, path: Path) -> int:
 
 def evaluate(sc, train_rdd, test_rdd, params: ModelParams, scale: Scale | None = None,
              ranking: bool = True, min_count: int = MIN_COUNT, recs_out: Path | None = None,
-             tune_budget: TuneBudget | None = None) -> dict:
+             tune_budget: TuneBudget | None = None, diversify: Sequence[float] = (),
+             genres: dict[int, tuple[str, ...]] | None = None) -> dict:
     """Train the models on ``train_rdd`` and measure them on ``test_rdd``.
 
     With ``tune_budget``, the parameters are first tuned as the
     service tunes them, on a validation split carved from ``train_rdd``: the
     test split is never seen before the final measurement.  Ratings: every
     test pair.  Lists (``ranking``): the served top-10 of every training user,
-    and the most-popular list from the same candidates.
+    and the most-popular list from the same candidates; with ``diversify``
+    (strengths), ``result["diversity"]`` scores the lists re-ranked at each
+    (:func:`diversity_metrics`; ``genres`` by movie id, from the movies file).
     """
     train_rdd = train_rdd.cache()
     test_rdd = test_rdd.cache()
@@ -201,11 +290,15 @@ def evaluate(sc, train_rdd, test_rdd, params: ModelParams, scale: Scale | None =
     if tuned:
         result["tuned"] = tuned
     if ranking:
-        lists, state = served_lists(sc, models, train_rdd, test_rdd, TOP_K, min_count)
+        lists, state = served_lists(sc, models, train_rdd, test_rdd, TOP_K, min_count,
+                                    genres if diversify else None)
         n_movies = train_rdd.map(lambda t: t[1]).union(test_rdd.map(lambda t: t[1])).distinct().count()
         result.update(ranking_metrics(lists, n_movies))
         if recs_out is not None:
             result["recs_written"] = write_recs(lists, recs_out)
+        if diversify:
+            result["diversity"] = diversity_metrics(state, train_rdd, test_rdd, diversify, n_movies, TOP_K,
+                                                    min_count)
         state.destroy()
     result.update({
         "n_train": n_train,
@@ -299,6 +392,20 @@ def _tune_ranking(sc, arrays, rating, base: RankingParams, space: dict, train_rd
     return table, best_model
 
 
+def parse_strengths(text: str | None) -> tuple[float, ...]:
+    """``--diversify``'s value: a comma list of strengths, each from 0 to 1, once each in the order given (none
+    when not given); ValueError naming the flag otherwise."""
+    if text is None:
+        return ()
+    try:
+        strengths = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--diversify must be a comma list of numbers, not {text!r}") from None
+    if not all(0 <= s <= 1 for s in strengths):
+        raise ValueError(f"--diversify strengths must be from 0 to 1, not {text!r}")
+    return tuple(dict.fromkeys(strengths))
+
+
 def build_parser() -> argparse.ArgumentParser:
     rating, ranking = RatingParams(), RankingParams()
     p = argparse.ArgumentParser(description="Evaluate the recommender offline: predicted ratings and served lists.")
@@ -312,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=int, default=MIN_COUNT,
                    help=f"lists hold movies with at least this many training ratings (default {MIN_COUNT})")
     p.add_argument("--recs-out", type=Path, help="write every training user's served top-10 as CSV userId,movieId,rank")
+    p.add_argument("--diversify",
+                   help="comma list of diversify strengths from 0 to 1 (such as 0,0.2,0.5): also score the lists "
+                        "re-ranked at each as the service re-ranks them, with their diversity (default: none)")
+    src.add_argument("--movies", help="with --train/--test and --diversify: the movies CSV the genres come from "
+                                      "(movieId,title,genres)")
     m = p.add_argument_group("rating model (explicit ALS on the bias baseline's residuals)")
     m.add_argument("--rank", type=int, help=f"ALS rank (default: tuned on the training part, else {rating.rank})")
     m.add_argument("--iterations", type=int, help=f"ALS iterations (default {rating.iterations})")
@@ -390,6 +502,11 @@ def choose_params(args) -> tuple[ModelParams, TuneBudget | None, str]:
     return params, budget, source
 
 
+def _genres(sc, layout: movielens.Layout) -> dict[int, tuple[str, ...]]:
+    """Each movie's genres, from the layout's movies file."""
+    return {movie_id: movie.genres for movie_id, movie in movielens.load_movies(sc, layout).items()}
+
+
 def fail(message: str) -> int:
     """Print a one-line error and return the exit status for it."""
     print(f"evaluate.py: {message}", file=sys.stderr)
@@ -407,6 +524,14 @@ def main(argv: list[str] | None = None, sc=None) -> int:
         return fail("--save goes with --tune")
     if args.min_count < 0:
         return fail("--min-count must be 0 or more")
+    try:
+        args.diversify = parse_strengths(args.diversify)
+    except ValueError as exc:
+        return fail(str(exc))
+    if args.diversify and args.tune:
+        return fail("--diversify does not go with --tune")
+    if args.diversify and args.train and not args.movies:
+        return fail("--diversify with --train/--test needs --movies FILE (the genres)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if args.tune_fits < 1 or args.tune_time_cap < 0:
@@ -443,12 +568,14 @@ def main(argv: list[str] | None = None, sc=None) -> int:
                 train_rdd, test_rdd = ratings.randomSplit([1 - args.test_fraction, args.test_fraction],
                                                           seed=args.seed)
                 result = evaluate(sc, train_rdd, test_rdd, params, min_count=args.min_count,
-                                  recs_out=args.recs_out, tune_budget=budget)
+                                  recs_out=args.recs_out, tune_budget=budget, diversify=args.diversify,
+                                  genres=_genres(sc, layout) if args.diversify else None)
         else:
             train_rdd, bad = movielens.load_ratings(sc, movielens.Layout("csv", args.train, ""))
             test_rdd, bad_test = movielens.load_ratings(sc, movielens.Layout("csv", args.test, ""))
+            genres = _genres(sc, movielens.Layout("csv", "", args.movies)) if args.diversify else None
             result = evaluate(sc, train_rdd, test_rdd, params, min_count=args.min_count, recs_out=args.recs_out,
-                              tune_budget=budget)
+                              tune_budget=budget, diversify=args.diversify, genres=genres)
             result["malformed_lines"] = bad.value + bad_test.value
     except (movielens.DatasetError, OSError) as exc:
         return fail(str(exc))
@@ -466,6 +593,8 @@ def main(argv: list[str] | None = None, sc=None) -> int:
                         "parts": [0.6, 0.2, 0.2] if args.tune else [1 - args.test_fraction, args.test_fraction]})
     measured = result["test"] if args.tune else result
     print(comparison(measured))
+    if "diversity" in result:
+        print(diversity_table(result["diversity"]))
     if args.json:
         print(json.dumps(result))
     else:

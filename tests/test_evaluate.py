@@ -45,6 +45,7 @@ def test_cli_on_split_files_prints_the_json_contract(sc, csv_fixture, tmp_path, 
     assert result["params"]["ranking"]["rank"] == 4
     assert set(result["fit_seconds"]) == {"rating", "ranking", "neighbours", "total"}
     assert "tuned" not in result  # model flags given: no tuning
+    assert "diversity" not in result  # no --diversify: the output as before
     assert result["params_source"] == "model flags"
     assert result["split"] == {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")}
     assert set(result["models"]) == set(evaluate.PARTS) and result["models"]["blend"]["coverage"] == 1.0
@@ -66,10 +67,45 @@ def test_cli_on_split_files_prints_the_json_contract(sc, csv_fixture, tmp_path, 
         assert not {m for _, m in ranked} & {m for u, m, _ in train if u == user}
 
 
+@pytest.mark.slow  # a training
+def test_diversify_scores_each_strength_and_strength_0_is_the_plain_lists(sc, csv_fixture, tmp_path, capsys):
+    """--diversify reports every strength asked for (0 first, the reference), and strength 0 is the served lists
+    themselves: the same NDCG, precision, recall and coverage as the plain figures of the same run."""
+    ratings = csv_fixture.ratings
+    write_ratings_csv(tmp_path / "train.csv", [r for i, r in enumerate(ratings) if i % 5])
+    write_ratings_csv(tmp_path / "test.csv", [r for i, r in enumerate(ratings) if not i % 5])
+    status = evaluate.main(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
+                            "--movies", str(csv_fixture.path / "movies.csv"), "--rank", "4", "--iterations", "8",
+                            "--ranking-rank", "4", "--min-count", "0", "--diversify", "0.5,0.2,0", "--json"], sc=sc)
+    out = capsys.readouterr()
+    assert status == 0, out.err[-2000:]
+    result = json.loads(out.out.strip().splitlines()[-1])
+    rows = result["diversity"]
+    assert [row["strength"] for row in rows] == [0, 0.5, 0.2]
+    assert all(set(row) == {"strength", "ndcg_at_10", "precision_at_10", "recall_at_10", "catalog_coverage",
+                            "intra_list_distance", "distinct_genres", "ndcg_change_pct"} for row in rows)
+    plain = rows[0]
+    assert {key: plain[key] for key in LIST_FIELDS} == {key: result[key] for key in LIST_FIELDS}
+    assert plain["ndcg_change_pct"] == 0.0
+    for row in rows:
+        assert 0 <= row["intra_list_distance"] <= 2 and 1 <= row["distinct_genres"] <= 3  # Comedy, Drama, Crime
+        assert abs(row["ndcg_change_pct"] - 100 * (row["ndcg_at_10"] / plain["ndcg_at_10"] - 1)) < 0.01
+    # The fixture's users like one genre: its plain lists hold mostly one, re-ranked ones reach into the other.
+    assert rows[1]["intra_list_distance"] > plain["intra_list_distance"]
+    assert rows[1]["distinct_genres"] >= plain["distinct_genres"]
+    table = [line.split() for line in out.out.splitlines()[:-1]]  # printed before the JSON
+    assert ["diversify", "ndcg@10", "change", "distance", "genres", "coverage"] in table
+    assert [line[0] for line in table if line and line[-1] != "coverage"][-3:] == ["0", "0.5", "0.2"]
+
+
 @pytest.mark.parametrize("args,message", [
     ([], "either --dataset"),
     (["--dataset", "x", "--train", "y"], "either --dataset"),
     (["--dataset", "x", "--test-fraction", "1.5"], "--test-fraction"),
+    (["--dataset", "x", "--diversify", "0,1.5"], "--diversify strengths must be from 0 to 1"),
+    (["--dataset", "x", "--diversify", "0,a"], "--diversify must be a comma list"),
+    (["--train", "x", "--test", "y", "--diversify", "0.2"], "needs --movies"),
+    (["--dataset", "x", "--tune", "--diversify", "0.2"], "--diversify does not go with --tune"),
 ])
 def test_cli_argument_errors_are_one_line(capsys, args, message):
     assert evaluate.main(args) == 2
