@@ -19,13 +19,24 @@ from access import LOOPBACK_NAMES, authorize, is_operator, refuse_framing, refus
 from metrics import CONTENT_TYPE, Metrics
 from model_admin import models_bp
 from movie_admin import movie_admin_bp
-from parsing import MAX_BODY, bounded, drain_body, idempotency_key, int_arg, list_filters, parse_id, read_ratings_body
+from parsing import (
+    MAX_BODY,
+    bounded,
+    drain_body,
+    flag_arg,
+    idempotency_key,
+    int_arg,
+    list_filters,
+    number_arg,
+    parse_id,
+    read_ratings_body,
+)
 from people import people_bp
 from serving.control import ModelControl
 from serving.errors import InputError, NotFound, StoreUnavailable
 from serving.movie_rules import MovieRules
 from serving.personal import PersonalData
-from serving.recommender import Ack, Movie, Recommender, route_json
+from serving.recommender import Ack, Movie, Recommender, Scored, route_json
 from serving.status import operator_status, public_health
 from serving.validation import MAX_POST_RATINGS
 from storage.store import StoreError
@@ -51,6 +62,13 @@ def movie_json(movie: Movie) -> dict:
             "ratings_count": movie.ratings_count}
 
 
+def because_json(scored: Scored) -> dict:
+    """An explained movie's ``because``: the user's rated movies that did most for it (nothing unexplained)."""
+    if scored.because is None:
+        return {}
+    return {"because": [{"movieId": m.movie_id, "title": m.title, "rating": r} for m, r in scored.because]}
+
+
 def acknowledged(ack: Ack):
     """A write's 201 answer; a replayed one (its Idempotency-Key seen before) says so."""
     return jsonify({**ack.body, **({"replayed": True} if ack.replayed else {})}), 201
@@ -62,16 +80,17 @@ def top_ratings(user_id: str, count: str):
     authorize(user)
     n = bounded(count, "count", 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
-    filters = list_filters()
-    top = _recommender().recommend(user, n, min_count, filters=filters)
+    filters, explain, diversify = list_filters(), flag_arg("explain"), number_arg("diversify", 0.0, 0.0, 1.0)
+    top = _recommender().recommend(user, n, min_count, filters=filters, explain=explain, diversify=diversify)
     body = {"user": user, "movies": [{**movie_json(s.movie), "predicted_rating": s.predicted_rating,
-                                      "ranking_score": s.ranking_score} for s in top.movies],
+                                      "ranking_score": s.ranking_score, **because_json(s)} for s in top.movies],
             "model_version": top.version, **route_json(top.route)}
     if top.fallback:
         body["fallback"] = top.fallback
     if top.reason:
         body["reason"] = top.reason
-    return jsonify({**body, "min_count": min_count, "genre": request.args.get("genre"), **filters.as_json()})
+    return jsonify({**body, "min_count": min_count, "genre": request.args.get("genre"), **filters.as_json(),
+                    **({"diversify": diversify} if diversify else {})})
 
 
 @ratings_bp.get("/<user_id>/ratings/<movie_id>")
@@ -121,11 +140,13 @@ def recommend():
     authorize(user)
     n = int_arg("n", 5, 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
-    top = _recommender().recommend(user, n, min_count, filters=list_filters())
+    top = _recommender().recommend(user, n, min_count, filters=list_filters(), explain=flag_arg("explain"),
+                                   diversify=number_arg("diversify", 0.0, 0.0, 1.0))
     # The tutorial's clients read "score" (the predicted stars): kept, next to its own name.
     body = {"user": user, "recommendations": [
         {"movieId": s.movie.movie_id, "title": s.movie.title, "predicted_rating": s.predicted_rating,
-         "score": s.predicted_rating} for s in top.movies], "model_version": top.version, **route_json(top.route)}
+         "score": s.predicted_rating, **because_json(s)} for s in top.movies], "model_version": top.version,
+        **route_json(top.route)}
     if top.fallback:
         body["fallback"] = top.fallback
     if top.reason:

@@ -41,6 +41,30 @@ def list_filters() -> ListFilters:
     return ListFilters.parse(args.get("exclude"), args.get("genre"), args.get("exclude_genre"), args.get("year"))
 
 
+def flag_arg(name: str) -> bool:
+    """A 0/1 (or false/true) query flag, false when absent; InputError for anything else."""
+    value = request.args.get(name)
+    if value is None:
+        return False
+    if value.lower() not in ("0", "1", "true", "false"):
+        raise InputError(f"{name} must be 1 or 0, not {value!r}")
+    return value.lower() in ("1", "true")
+
+
+def number_arg(name: str, default: float, low: float, high: float) -> float:
+    """A number query argument between ``low`` and ``high``; InputError naming it otherwise."""
+    value = request.args.get(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not low <= number <= high:  # NaN too
+        raise InputError(f"{name} must be a number from {low:g} to {high:g}, not {value!r}")
+    return number
+
+
 def int_arg(name: str, default: int, low: int, high: int) -> int:
     """An integer query parameter within [low, high], or ``default`` when absent."""
     raw = request.args.get(name)

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.diversity import pool_size, rerank
 from serving.errors import InputError, StoreUnavailable, Unavailable
 from serving.experiments import ExperimentLog
+from serving.explain import because
 from serving.lists import NO_FILTERS, ListFilters, allowed, choose, empty_reason
 from serving.loader import Loader
 from serving.plan import Route
@@ -59,6 +61,7 @@ class Scored:
     movie: Movie
     predicted_rating: float
     ranking_score: float | None
+    because: list[tuple[Movie, float]] | None = None  # with explain: the user's rated movies that did most
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,7 @@ class Recommender:
                      int((served.counts if counts is None else counts)[row]))
 
     def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None,
-                  filters: ListFilters = NO_FILTERS) -> TopN:
+                  filters: ListFilters = NO_FILTERS, explain: bool = False, diversify: float = 0.0) -> TopN:
         """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings
         that pass ``filters`` (or one ``genre``), the operators' rules and the user's hidden movies.
 
@@ -226,8 +229,12 @@ class Recommender:
         its ``predicted_rating`` (ALS blended with the neighbourhood of the
         user's ratings), clipped to the scale.  A user the models know nothing
         about gets the most-rated movies, marked ``fallback: popular``.  An empty
-        list says why (``reason``).
+        list says why (``reason``).  ``explain``: each movie says ``because`` of
+        which of the user's ratings (serving/explain.py); ``diversify`` (0 to 1)
+        re-ranks the best candidates by maximal marginal relevance (serving/diversity.py).
         """
+        if not 0 <= diversify <= 1:
+            raise InputError(f"diversify must be between 0 and 1, not {diversify}")
         if genre:
             filters = ListFilters(filters.exclude, (genre,), filters.exclude_genres, filters.years)
         served, route = self.routed(user)
@@ -236,10 +243,16 @@ class Recommender:
         rated_rows = rated.rows if rated is not None else None
         rows = choose(served, self.shelf, user, min_count, filters, rated_rows)
         vectors = snapshot.user_vectors(user)
-        rows, scores = snapshot.top_n(vectors, rows, count, served.counts)
+        rows, scores = snapshot.top_n(vectors, rows, pool_size(count, diversify), served.counts)
+        if diversify:
+            rows, scores = rerank(snapshot.rank_unit, rows, scores, count, diversify)
         predicted = snapshot.predicted_ratings(vectors, rows, rated=_pairs(rated))
-        movies = [Scored(self.movie_at(served, r), round(float(p), 4), None if vectors is None else float(s))
-                  for r, p, s in zip(rows.tolist(), predicted.tolist(), scores.tolist())]
+        reasons = [None] * len(rows)
+        if explain:
+            reasons = [[(self.movie_at(served, r), v) for r, v in these] for these in
+                       because(snapshot, vectors, *(_pairs(rated) or (np.zeros(0), np.zeros(0))), rows)]
+        movies = [Scored(self.movie_at(served, r), round(float(p), 4), None if vectors is None else float(s), why)
+                  for r, p, s, why in zip(rows.tolist(), predicted.tolist(), scores.tolist(), reasons)]
         reason = None if movies else empty_reason(served, self.shelf, user, min_count, filters, rated_rows)
         if movies:
             shown = [s.movie.movie_id for s in movies]
