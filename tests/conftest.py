@@ -266,7 +266,8 @@ def servers(csv_fixture, fixture_model):
 
 
 # Real processes, clusters, a browser, full-size training: `make test` runs them, `make test-fast` does not.
-SLOW_MODULES = {"test_cluster", "test_server", "test_browser", "test_roles", "test_hosts", "test_model_changes"}
+SLOW_MODULES = {"test_cluster", "test_server", "test_browser", "test_roles", "test_hosts", "test_model_changes",
+                "test_people_processes"}
 
 
 @pytest.hookimpl(tryfirst=True)  # the marks must exist before pytest-xdist's own hook reads xdist_group

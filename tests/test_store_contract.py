@@ -347,3 +347,44 @@ def test_the_database_keeps_a_pinned_version_and_refuses_to_pin_a_dropped_one(po
         steering.pin(2)
     assert steering.plan()["pinned"] == 1
     store.close()
+
+
+def test_people_changes_are_numbered_with_the_ratings_and_read_back_in_order(store):
+    """Forgetting deletes the user's rows, tokens, keys and hidden movies in its transaction; withdrawals,
+    hidden movies and movie rules take request numbers; a change that does not apply stores nothing and
+    takes no number; any suffix of the changes replays to the state now."""
+    from storage.people import NothingToChange, People
+    from storage.store import Once
+
+    people = People(store)
+    store.append(1, [(10, 4.0), (11, 3.0)], Once("ratings:1", "k", "f"), {"user": 1})  # 1
+    store.append(2, [(10, 2.0)])  # 2
+    assert people.hide(1, [20, 21]) == 3 and people.set_rule(30, '{"hidden": true}') == 4
+    UserTokens(store).issue(1)
+    generation = store.tokens_generation()
+    assert people.forget(1) == (5, 2, {10, 11})  # seq, rows deleted, their movies
+    assert people.unrate(2, 10) == 6 and people.hide(1, [22]) == 7
+    store.append(1, [(12, 5.0)])  # 8: afresh
+    for refused in (lambda: people.unhide(1, 99), lambda: people.clear_rule(31)):
+        with pytest.raises(NothingToChange):
+            refused()
+    assert store.last_seq == 8
+    assert [(e.seq, e.user) for e in store.entries()] == [(8, 1)]  # 1 and 2 deleted, not flagged
+    assert store.tokens_generation() != generation and UserTokens(store).owner("u1.x") is None
+    with store.reading() as db:
+        assert db.execute('SELECT count(*) FROM user_tokens WHERE "user" = 1').fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM idempotency WHERE scope = 'ratings:1'").fetchone()[0] == 0
+    assert people.excluded() == ({1}, {(2, 10)})
+    upto, changes = store.changes(0)
+    assert upto == 8 and changes.rules == {30: '{"hidden": true}'}
+    one, two = changes.users[1], changes.users[2]
+    assert one.forgotten and one.ratings == {12: 5.0} and one.hidden == {22: True}  # hidden before: gone
+    assert two.unrated == {10} and not two.ratings
+    _, later = store.changes(5)
+    assert not later.users[1].forgotten and later.users[1].hidden == {22: True} and later.rules == {}
+    assert people.clear_rule(30) == 9 and store.changes(8)[1].rules == {30: None}
+    assert people.unhide(1, 22) == 10 and store.changes(9)[1].users[1].hidden == {22: False}
+    _, shown = store.changes(0, (3, 4))
+    assert shown.rules == {30: None} and shown.users[1].hidden == {22: False} and not shown.users[1].ratings
+    assert store.new_user(1, lambda u: False) == 2  # never 1, forgotten; 2 has no posted rating left
+    assert store.new_user(1, lambda u: u == 3) == 4
