@@ -43,7 +43,7 @@ class ListFilters:
             parts = exclude.split(",")
             if len(parts) > MAX_EXCLUDE:
                 raise InputError(f"exclude may list at most {MAX_EXCLUDE} movie ids, not {len(parts)}")
-            if not all(p.strip().isdigit() and len(p.strip()) <= 18 for p in parts):
+            if not all(p.strip().isascii() and p.strip().isdigit() and len(p.strip()) <= 18 for p in parts):
                 raise InputError("exclude must be movie ids separated by commas, such as exclude=1,296,318")
             ids = tuple(int(p) for p in parts)
         years = None

@@ -42,6 +42,7 @@ from storage.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
+MAX_EXPLAINED = 100  # movies of one list that explain=1 explains (the rest carry no because)
 POLL_SECONDS = 1.0  # how often the pointer to the current version is read
 
 
@@ -248,9 +249,10 @@ class Recommender:
             rows, scores = rerank(snapshot.rank_unit, rows, scores, count, diversify)
         predicted = snapshot.predicted_ratings(vectors, rows, rated=_pairs(rated))
         reasons = [None] * len(rows)
-        if explain:
+        if explain:  # the first MAX_EXPLAINED movies: a table of list rows x rated movies bounds the cost
             reasons = [[(self.movie_at(served, r), v) for r, v in these] for these in
-                       because(snapshot, vectors, *(_pairs(rated) or (np.zeros(0), np.zeros(0))), rows)]
+                       because(snapshot, vectors, *(_pairs(rated) or (np.zeros(0), np.zeros(0))), rows[:MAX_EXPLAINED])]
+            reasons += [None] * (len(rows) - len(reasons))
         movies = [Scored(self.movie_at(served, r), round(float(p), 4), None if vectors is None else float(s), why)
                   for r, p, s, why in zip(rows.tolist(), predicted.tolist(), scores.tolist(), reasons)]
         reason = None if movies else empty_reason(served, self.shelf, user, min_count, filters, rated_rows)

@@ -55,9 +55,11 @@ class People:
             db.execute("DELETE FROM idempotency WHERE scope = ?", (f"ratings:{user}",))
             if db.execute('DELETE FROM user_tokens WHERE "user" = ?', (user,)).rowcount:
                 db.execute(PUT_META, (TOKENS_GENERATION, uuid.uuid4().hex))
+            again = db.execute('SELECT 1 FROM forgotten WHERE "user" = ?', (user,)).fetchone() is not None
             db.execute('INSERT INTO forgotten ("user", seq, time) VALUES (?, ?, ?) ON CONFLICT ("user") '
                        "DO UPDATE SET seq = excluded.seq, time = excluded.time", (user, seq, now))
-            db.execute(PUT_META, (RETRAIN_REQUESTED, repr(now)))  # a fit soon: the served files leave them out
+            if removed or not again:  # a fit soon, so the served files leave them out (not for each repeat)
+                db.execute(PUT_META, (RETRAIN_REQUESTED, repr(now)))
         return seq, removed, movies
 
     def unrate(self, user: int, movie: int) -> int:

@@ -269,8 +269,8 @@ class Store(ABC):
 
     def new_user(self, floor: int, taken: Callable[[int], bool], once: Once | None = None) -> int:
         """A user id no one has: at least ``floor``, above every id handed out before by any process, with
-        no stored rating, never forgotten, and not ``taken(id)`` (ratings the caller knows of).  With ``once``,
-        a key seen before raises Replayed with the id handed out then (``{"user": id}``)."""
+        no stored rating, never forgotten, no hidden or withdrawn movie, and not ``taken(id)`` (ratings the
+        caller knows of).  With ``once``, a key seen before raises Replayed with the id handed out then."""
         now = time.time()
         with self.writing() as db:
             db.execute("INSERT INTO meta VALUES ('next_user', '0') ON CONFLICT (key) DO NOTHING")
@@ -279,7 +279,8 @@ class Store(ABC):
                 self._first_time(db, once, now)
             user = max(floor, int(row[0]))
             while taken(user) or db.execute('SELECT 1 FROM ratings WHERE "user" = ? LIMIT 1', (user,)).fetchone() \
-                    or db.execute('SELECT 1 FROM forgotten WHERE "user" = ?', (user,)).fetchone():
+                    or any(db.execute(f'SELECT 1 FROM {t} WHERE "user" = ? LIMIT 1', (user,)).fetchone()
+                           for t in ("forgotten", "hidden", "unrated")):
                 user += 1
             db.execute(PUT_META, ("next_user", str(user + 1)))
             if once is not None:

@@ -32,6 +32,7 @@ BAD = [
     ("GET", "/4/ratings/top/5?year=abc", None, 400, "year must be"),
     ("GET", "/4/ratings/top/5?exclude=" + ",".join(["1"] * 1001), None, 400, "at most 1000"),
     ("GET", "/4/ratings/top/5?exclude=1,two", None, 400, "exclude must be"),
+    ("GET", "/4/ratings/top/5?exclude=%C2%B2", None, 400, "exclude must be"),
     ("GET", "/4/ratings/top/5?explain=yes", None, 400, "explain must be"),
     ("GET", "/4/ratings/top/5?diversify=2", None, 400, "diversify must be"),
     ("GET", "/4/ratings/top/5?diversify=nan", None, 400, "diversify must be"),

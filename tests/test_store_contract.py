@@ -386,5 +386,5 @@ def test_people_changes_are_numbered_with_the_ratings_and_read_back_in_order(sto
     assert people.unhide(1, 22) == 10 and store.changes(9)[1].users[1].hidden == {22: False}
     _, shown = store.changes(0, (3, 4))
     assert shown.rules == {30: None} and shown.users[1].hidden == {22: False} and not shown.users[1].ratings
-    assert store.new_user(1, lambda u: False) == 2  # never 1, forgotten; 2 has no posted rating left
-    assert store.new_user(1, lambda u: u == 3) == 4
+    assert store.new_user(1, lambda u: False) == 3  # never 1, forgotten; nor 2, who withdrew a rating
+    assert store.new_user(1, lambda u: u == 4) == 5
