@@ -26,7 +26,15 @@ def index():
     except Unavailable as exc:
         return STARTING.format(escape(exc.message)), 503, {"Content-Type": "text/html; charset=utf-8"}
     return render_template("index.html", genres=served.catalogue.genre_names, scale=served.scale,
+                           years=title_years(served.catalogue.years),
                            dataset=dataset_name(served.version.meta.get("dataset", "")))
+
+
+def title_years(years) -> tuple[int, int]:
+    """The first and last year in the catalogue's titles (0, a title without a year, left out), for the
+    page's year inputs; this century when no title has one."""
+    dated = years[years > 0]
+    return (int(dated.min()), int(dated.max())) if len(dated) else (1900, 2100)
 
 
 @web_bp.get("/status")

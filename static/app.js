@@ -120,16 +120,27 @@ function renderResults(query, movies) {
 
 // While a list loads it says so (aria-busy: dimmed, and "Loading…" when it is empty); a list that
 // failed to load is emptied, so what stays on screen never belongs to another user, filter or search.
+// Only a list's latest load shows: an earlier one that answers late is Superseded (a filter changed
+// twice, a field left after a change).
+class Superseded extends Error {}
+
+const latestLoad = new Map();  // list id -> the number of its latest load
+
 async function loading(id, work) {
   const list = $(id);
+  const load = (latestLoad.get(id) || 0) + 1;
+  latestLoad.set(id, load);
+  const latest = () => latestLoad.get(id) === load;
   list.setAttribute("aria-busy", "true");
   try {
-    return await work();
+    const data = await work();
+    if (!latest()) throw new Superseded(`a later load of ${id} replaced this one`);
+    return data;
   } catch (err) {
-    list.replaceChildren();
+    if (latest()) list.replaceChildren();
     throw err;
   } finally {
-    list.setAttribute("aria-busy", "false");
+    if (latest()) list.setAttribute("aria-busy", "false");
   }
 }
 
@@ -176,30 +187,151 @@ async function loadRated() {
   more.textContent = list.classList.contains("expanded") ? "show fewer" : `show all ${data.ratings.length}`;
 }
 
+function chosenGenres() {
+  return [...document.querySelectorAll('#genre input[name="genre"]:checked')].map((box) => box.value);
+}
+
+function showChosenGenres() {
+  const genres = chosenGenres();
+  $("genre-picked").textContent = genres.length ? genres.join(", ") : "any";
+}
+
+// The years as the API takes them: one year, or a range; an open end is bounded by 1000 or 9999, so a movie
+// whose title has no year never passes a year filter.
+function yearFilter() {
+  const [from, to] = ["year-from", "year-to"].map((id) => $(id).value.trim());
+  if ([from, to].some((year) => year && !/^\d{4}$/.test(year))) {
+    const message = "A year has four digits, such as 1995.";
+    showError(message);
+    throw new Error(message);
+  }
+  if (from && to) return from === to ? from : `${from}-${to}`;
+  if (from) return `${from}-9999`;
+  return to ? `1000-${to}` : null;
+}
+
+function listParams() {
+  const params = new URLSearchParams({ min_count: $("min-count").value, explain: "1" });
+  const genres = chosenGenres();
+  if (genres.length) params.set("genre", genres.join("|"));  // any of them
+  if ($("exclude-genre").value) params.set("exclude_genre", $("exclude-genre").value);
+  const years = yearFilter();
+  if (years) params.set("year", years);
+  return params;
+}
+
+// "Because you rated Heat (1995) (4.5★), Fargo (1996) (4★)": the user's own ratings that did most for it.
+function because(movie) {
+  const line = Object.assign(document.createElement("div"), { className: "because" });
+  line.textContent = "Because you rated " +
+    movie.because.map((reason) => `${reason.title} (${reason.rating}★)`).join(", ");
+  return line;
+}
+
 async function loadRecommendations(event) {
   if (event) event.preventDefault();
   if (event !== false) showError("");  // false: part of an action that cleared it already
-  const params = new URLSearchParams({ min_count: $("min-count").value });
-  if ($("genre").value) params.set("genre", $("genre").value);
   const count = encodeURIComponent($("count").value);
   const data = await loading("recommendations",
-    () => api("GET", `/${encodeURIComponent(user())}/ratings/top/${count}?${params}`));
+    () => api("GET", `/${encodeURIComponent(user())}/ratings/top/${count}?${listParams()}`));
   $("fallback").hidden = data.fallback !== "popular";
   $("empty-reason").hidden = !data.reason;  // an empty list says why (a filter no movie passes)
   $("empty-reason").textContent = data.reason ? `Nothing to show: ${data.reason}.` : "";
   const list = $("recommendations");
   list.replaceChildren();
-  list.dataset.minCount = data.min_count;  // which filter the list shows (tests wait on it)
+  // Which filters the list shows (tests wait on them).
+  Object.assign(list.dataset, { minCount: data.min_count, genre: data.genre || "",
+    excludeGenre: data.exclude_genre || "", year: data.year || "" });
   for (const movie of data.movies) {
     const item = document.createElement("li");
     item.dataset.movieId = movie.movieId;
     item.dataset.ratingsCount = movie.ratings_count;
-    item.append(movieLink(movie),
+    item.dataset.genres = movie.genres.join("|");
+    const title = Object.assign(document.createElement("div"), { className: "title" });
+    title.append(movieLink(movie),
       meta(`predicted ${movie.predicted_rating.toFixed(2)} ★ · ${plural(movie.ratings_count, "rating")} · ` +
         movie.genres.join(", ")));
+    const hide = Object.assign(document.createElement("button"),
+      { type: "button", className: "quiet not-interested", textContent: "Not interested" });
+    hide.setAttribute("aria-label", `Not interested in ${movie.title}`);
+    hide.addEventListener("click", () => notInterested(movie.movieId, hide).catch(() => {}));
+    const row = Object.assign(document.createElement("div"), { className: "row" });
+    row.append(title, hide);
+    if (movie.because && movie.because.length) {
+      row.append(because(movie));
+      item.dataset.because = movie.because.map((reason) => reason.movieId).join(",");
+    }
+    item.append(row);
     list.append(item);
   }
   loadStatus().catch(() => {});
+}
+
+// Movies the user is not interested in leave every list of theirs; the list under the recommendations shows
+// them again one by one.
+function renderHidden(data) {
+  const list = $("hidden");
+  list.replaceChildren();
+  for (const movie of data.hidden) {
+    const item = document.createElement("li");
+    item.dataset.movieId = movie.movieId;
+    const again = Object.assign(document.createElement("button"),
+      { type: "button", className: "quiet show-again", textContent: "Show again" });
+    again.setAttribute("aria-label", `Show ${movie.title} again`);
+    again.addEventListener("click", () => showAgain(movie.movieId, again).catch(() => {}));
+    item.append(movieLink(movie), again);
+    list.append(item);
+  }
+  $("hidden-count").textContent = data.hidden.length;
+  $("hidden-panel").hidden = !data.hidden.length;
+}
+
+async function loadHidden() {
+  renderHidden(await loading("hidden", () => api("GET", `/${encodeURIComponent(user())}/hidden`)));
+}
+
+async function notInterested(movieId, button) {
+  showError("");
+  button.disabled = true;
+  try {
+    renderHidden(await api("POST", `/${encodeURIComponent(user())}/hidden`, [movieId]));
+  } finally {
+    button.disabled = false;
+  }
+  await loadRecommendations(false);
+}
+
+async function showAgain(movieId, button) {
+  showError("");
+  button.disabled = true;
+  try {
+    await api("DELETE", `/${encodeURIComponent(user())}/hidden/${movieId}`);
+  } finally {
+    button.disabled = false;
+  }
+  await Promise.all([loadHidden(), loadRecommendations(false)]);
+}
+
+// "Forget me" asks first, in a dialog of the page's own (Cancel is where the focus starts); forgetting deletes
+// the user's ratings and hidden movies, and the lists show what is left: nothing rated, the most-rated movies.
+function askToForget() {
+  const dialog = $("forget-dialog");
+  $("forget-user").textContent = user();
+  dialog.returnValue = "";  // Escape closes it without a value: nothing is forgotten
+  dialog.showModal();
+}
+
+async function forget() {
+  showError("");
+  $("forgotten").textContent = "";
+  const data = await api("DELETE", `/${encodeURIComponent(user())}/ratings`);
+  $("forgotten").textContent = `Forgotten: ${plural(data.posted_removed, "posted rating")} deleted, ` +
+    `${plural(data.dataset_ratings_excluded, "dataset rating")} excluded.`;
+  $("rated").classList.remove("expanded");
+  const results = $("results");  // their stars showed the ratings just deleted
+  results.replaceChildren();
+  delete results.dataset.query;
+  await Promise.all([loadRated(), loadRecommendations(false), loadHidden()]);
 }
 
 async function loadStatus() {
@@ -240,6 +372,7 @@ const USER_KEY = "recommender-user";  // who this browser is, remembered across 
 function chooseUser(id) {
   clearLists();  // the previous user's lists go at once, not when this user's arrive
   $("results").replaceChildren();
+  $("forgotten").textContent = "";
   ownRatings.clear();
   $("user").value = id;
   if (/^\d+$/.test(String(id))) localStorage.setItem(USER_KEY, id);
@@ -255,14 +388,16 @@ async function newUser() {
 
 function clearLists() {
   // A user whose lists cannot be loaded (a bad id, a token for someone else) shows nobody's lists.
-  for (const id of ["rated", "recommendations"]) $(id).replaceChildren();
-  for (const id of ["fallback", "empty-reason", "rated-more"]) $(id).hidden = true;
-  delete $("recommendations").dataset.minCount;
+  for (const id of ["rated", "recommendations", "hidden"]) $(id).replaceChildren();
+  for (const id of ["fallback", "empty-reason", "rated-more", "hidden-panel"]) $(id).hidden = true;
+  for (const key of ["minCount", "genre", "excludeGenre", "year"]) delete $("recommendations").dataset[key];
 }
 
 function refresh() {
   showError("");
-  Promise.all([loadRated(), loadRecommendations(false)]).catch(clearLists);
+  Promise.all([loadRated(), loadRecommendations(false), loadHidden()]).catch((err) => {
+    if (!(err instanceof Superseded)) clearLists();  // a later load shows this user's lists
+  });
 }
 
 function toggleRated() {
@@ -274,10 +409,25 @@ function toggleRated() {
 $("search-form").addEventListener("submit", (e) => search(e).catch(() => {}));
 $("filters").addEventListener("submit", (e) => loadRecommendations(e).catch(() => {}));
 $("min-count").addEventListener("change", () => loadRecommendations().catch(() => {}));
-$("genre").addEventListener("change", () => loadRecommendations().catch(() => {}));
+$("genre").addEventListener("change", () => { showChosenGenres(); loadRecommendations().catch(() => {}); });
+$("genre").addEventListener("keydown", (e) => {  // Escape closes the genre panel, back on its summary
+  if (e.key !== "Escape" || !$("genre").open) return;
+  $("genre").open = false;
+  $("genre").querySelector("summary").focus();
+});
+document.addEventListener("click", (e) => {  // so does a click anywhere else, like a dropdown's
+  if ($("genre").open && !$("genre").contains(e.target)) $("genre").open = false;
+});
+for (const id of ["exclude-genre", "year-from", "year-to"]) {
+  $(id).addEventListener("change", () => loadRecommendations().catch(() => {}));
+}
 $("user").addEventListener("change", () => chooseUser(user()));
 $("new-user").addEventListener("click", () => newUser().catch(() => {}));
 $("rated-more").addEventListener("click", toggleRated);
 $("detail-close").addEventListener("click", () => $("detail").close());
+$("forget").addEventListener("click", askToForget);
+$("forget-dialog").addEventListener("close", () => {
+  if ($("forget-dialog").returnValue === "forget") forget().catch(() => {});
+});
 const remembered = localStorage.getItem(USER_KEY);
 if (remembered) chooseUser(remembered);  // otherwise the start screen asks who you are

@@ -126,8 +126,10 @@ def _check_layout(page) -> None:
         title, stars = (item.query_selector(s).bounding_box() for s in (".title", ".stars"))
         first, last = (item.query_selector(f".star:{s}-child").bounding_box() for s in ("first", "last"))
         assert abs(first["y"] - last["y"]) < 3 and stars["x"] >= title["x"] + title["width"] - 1
-    label, genre = page.query_selector("#genre").evaluate_handle("e => e.parentElement"), page.query_selector("#genre")
-    assert abs(label.bounding_box()["y"] - genre.bounding_box()["y"]) < 12  # "Genre" beside its dropdown
+    for label in page.query_selector_all("#filters > label, #filters .years > label"):  # each beside its control
+        control = label.query_selector("input, select")
+        assert abs(label.bounding_box()["y"] - control.bounding_box()["y"]) < 12, label.inner_text()
+    assert page.is_visible("#genre summary")
 
 
 def _check_in_view(page, selector: str) -> None:
@@ -299,13 +301,13 @@ def test_the_recommendations_are_in_the_first_screen_and_a_bad_user_clears_the_l
     _open(page, page_server.port)
     page.wait_for_selector("#recommendations li")
     page.wait_for_selector("#rated-more:not([hidden])")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"first-screen-{width}x{height}.png"))
     first = page.locator("#recommendations li").first.bounding_box()
     assert first is not None and first["y"] + first["height"] <= height  # in the first viewport
     n_rated = len(page_server.recommender.rated(1))
     assert page.locator("#rated li:visible").count() == 5
     assert page.inner_text("#rated-more") == f"show all {n_rated}"
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(OUTPUT / f"first-screen-{width}x{height}.png"))
     page.click("#rated-more")
     page.wait_for_function(f"() => document.querySelectorAll('#rated li:not([hidden])').length === {n_rated}")
     page.fill("#user", "-1")
@@ -388,4 +390,257 @@ def test_stars_work_from_the_keyboard_lists_say_they_are_loading_and_every_title
     neighbour = page.inner_text("#similar li:first-child .movie-link")
     page.click("#similar li:first-child .movie-link")  # and on from a similar movie to its own neighbours
     page.wait_for_function("t => document.querySelector('#detail-title').textContent === t", arg=neighbour)
+    page.close()
+
+
+WIDTHS = [(375, 667), (1280, 800)]
+LOADED = '#recommendations[aria-busy="false"]'
+
+
+def _no_overflow(page) -> None:
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def _top(server, user: int, query: str = "") -> dict:
+    status, body, _ = server.get(f"/{user}/ratings/top/10?min_count=25&explain=1{query}")
+    assert status == 200, body
+    return body
+
+
+def _hidden(server, user: int) -> list[int]:
+    status, body, _ = server.get(f"/{user}/hidden")
+    assert status == 200, body
+    return [m["movieId"] for m in body["hidden"]]
+
+
+def _stars(rating: float) -> str:
+    return f"{rating:g}★"  # as JavaScript writes a number: 4 and 4.5
+
+
+@pytest.mark.parametrize("width,height", WIDTHS)
+def test_each_recommendation_says_which_of_the_users_own_ratings_it_is_because_of(page_server, browser, width,
+                                                                                 height):
+    """User 1 rated many movies: each recommendation names up to three of them, with the user's ratings, as
+    the API explains it, under its title and beside its "Not interested"."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if "/ratings/top/" in r.url else None)
+    _open(page, page_server.port)
+    page.wait_for_selector(f"{LOADED} li")
+    rated = {m.movie_id: (m.title, r) for m, r in page_server.recommender.rated(1)}
+    expected = _top(page_server, 1)["movies"]
+    items = page.locator("#recommendations li")
+    assert items.count() == len(expected) == 10 and asked and all("explain=1" in url for url in asked)
+    for i, movie in enumerate(expected):
+        item = items.nth(i)
+        assert int(item.get_attribute("data-movie-id")) == movie["movieId"] and movie["movieId"] not in rated
+        ids = [int(m) for m in item.get_attribute("data-because").split(",")]
+        assert 1 <= len(ids) <= 3 and set(ids) <= set(rated)  # the user's own ratings
+        assert ids == [reason["movieId"] for reason in movie["because"]]
+        reasons = ", ".join(f"{rated[m][0]} ({_stars(rated[m][1])})" for m in ids)
+        assert item.locator(".because").inner_text() == f"Because you rated {reasons}"
+        row, title, because, hide = (item.locator(s).bounding_box() for s in (".row", ".movie-link", ".because",
+                                                                               ".not-interested"))
+        assert because["y"] >= title["y"] + title["height"] - 1  # under the title
+        assert hide["x"] >= title["x"] + title["width"] - 1 and abs(hide["y"] - title["y"]) < 12  # beside it,
+        assert hide["x"] + hide["width"] <= row["x"] + row["width"] + 1  # at the right, above the reasons
+        assert because["y"] >= hide["y"] + hide["height"] - 1 and because["width"] > row["width"] * 0.9
+    assert page.is_hidden("#fallback") and page.is_hidden("#error")
+    _no_overflow(page)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"because-{width}.png"), full_page=True)
+    page.close()
+
+
+@pytest.mark.parametrize("width,height,user", [(375, 667, 2), (1280, 800, 3)])
+def test_not_interested_takes_a_movie_out_of_the_list_for_good_until_shown_again(page_server, browser, width,
+                                                                                 height, user):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    _open(page, page_server.port, user=user)
+    page.wait_for_selector(f"{LOADED} li")
+    assert page.is_hidden("#hidden-panel") and _hidden(page_server, user) == []
+    before = [m for m, _ in _shown(page)]
+    movie = before[1]
+    page.click(f'#recommendations li[data-movie-id="{movie}"] .not-interested')
+    gone = ("m => { const ids = [...document.querySelectorAll('#recommendations li')].map(li => Number(li.dataset"
+            ".movieId)); return ids.length === 10 && !ids.includes(m); }")
+    page.wait_for_function(gone, arg=movie)
+    after = [m for m, _ in _shown(page)]
+    assert [m for m in after if m in before] == [m for m in before if m != movie]  # the rest as they were
+    assert _hidden(page_server, user) == [movie] and movie not in [m["movieId"] for m in _top(page_server,
+                                                                                               user)["movies"]]
+    assert page.inner_text("#hidden-panel summary") == "Not interested (1)"
+    _no_overflow(page)
+
+    page.reload()  # it does not come back
+    page.wait_for_selector(f'#hidden li[data-movie-id="{movie}"]', state="attached")
+    page.wait_for_selector(f"{LOADED} li")
+    assert movie not in [m for m, _ in _shown(page)] and len(_shown(page)) == 10
+    page.click("#hidden-panel summary")
+    page.wait_for_selector(f'#hidden li[data-movie-id="{movie}"] .show-again')
+    assert page.inner_text(f'#hidden li[data-movie-id="{movie}"] .movie-link') == \
+        page_server.recommender.movie(movie)[0].title
+    _no_overflow(page)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"not-interested-{width}.png"), full_page=True)
+
+    page.click(f'#hidden li[data-movie-id="{movie}"] .show-again')
+    page.wait_for_selector("#hidden-panel[hidden]", state="attached")
+    page.wait_for_function("m => Number(document.querySelector('#recommendations li:nth-child(2)')"
+                           "?.dataset.movieId) === m", arg=movie)  # back where it was
+    assert [m for m, _ in _shown(page)] == before and _hidden(page_server, user) == []
+    assert page.is_hidden("#error")
+    page.close()
+
+
+def _check_filtered(page, server, genres: set[str], exclude: str | None, years: tuple[int, int] | None) -> None:
+    """Every movie shown is of one of ``genres``, not of ``exclude``, from the first of ``years`` to the last;
+    the list is the API's for those filters (fewer than 10 when fewer movies pass)."""
+    catalogue = server.recommender.current().catalogue
+    year = f"{years[0]}-{years[1]}" if years else ""
+    query = "".join(f"&{name}={value}" for name, value in (
+        ("genre", "%7C".join(sorted(genres))), ("exclude_genre", exclude or ""), ("year", year)) if value)
+    first, last = years or (0, 9999)
+    expected = [m["movieId"] for m in _top(server, 1, query)["movies"]]
+    shown = page.locator("#recommendations li")
+    assert shown.count() >= 1 and [m for m, _ in _shown(page)] == expected
+    for i in range(shown.count()):
+        item = shown.nth(i)
+        movie = int(item.get_attribute("data-movie-id"))
+        row = catalogue.row(movie)
+        assert set(item.get_attribute("data-genres").split("|")) == set(catalogue.genres[row])
+        assert not genres or genres & set(catalogue.genres[row]), catalogue.titles[row]
+        assert exclude not in catalogue.genres[row], catalogue.titles[row]
+        assert first <= catalogue.years[row] <= last, catalogue.titles[row]
+
+
+def _wait_for_filters(page, genre: str = "", exclude: str = "", year: str = "") -> None:
+    page.wait_for_selector(f'{LOADED}[data-genre="{genre}"][data-exclude-genre="{exclude}"][data-year="{year}"] li')
+
+
+@pytest.mark.parametrize("width,height", WIDTHS)
+def test_two_genres_a_genre_left_out_and_a_range_of_years_filter_every_movie_shown(page_server, browser, width,
+                                                                                  height):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    _open(page, page_server.port)
+    _wait_for_filters(page)
+    unfiltered = [m for m, _ in _shown(page)]
+    page.click("#genre summary")
+    page.check('#genre input[value="Comedy"]')
+    page.check('#genre input[value="Romance"]')
+    _wait_for_filters(page, "Comedy|Romance")
+    assert page.inner_text("#genre-picked") == "Comedy, Romance"
+    _no_overflow(page)  # the open panel too
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"genres-{width}.png"))
+    page.click("#recommend-panel h2")  # a click elsewhere closes the panel
+    page.wait_for_selector("#genre:not([open])", state="attached")
+    _check_filtered(page, page_server, {"Comedy", "Romance"}, None, None)
+    assert len(_shown(page)) == 10
+
+    page.select_option("#exclude-genre", "Drama")
+    page.fill("#year-from", "1990")
+    page.dispatch_event("#year-from", "change")
+    page.fill("#year-to", "1999")
+    page.dispatch_event("#year-to", "change")
+    _wait_for_filters(page, "Comedy|Romance", "Drama", "1990-1999")
+    _check_filtered(page, page_server, {"Comedy", "Romance"}, "Drama", (1990, 1999))
+    assert len(_shown(page)) == 10 and [m for m, _ in _shown(page)] != unfiltered
+    assert page.locator("#recommendations li .because").count() == 10
+    _check_layout(page)
+    page.screenshot(path=str(OUTPUT / f"filters-{width}.png"), full_page=True)
+
+    page.fill("#year-to", "")  # from 1990 on
+    page.dispatch_event("#year-to", "change")
+    _wait_for_filters(page, "Comedy|Romance", "Drama", "1990-9999")
+    _check_filtered(page, page_server, {"Comedy", "Romance"}, "Drama", (1990, 9999))
+    page.fill("#year-from", "")  # up to 1985
+    page.fill("#year-to", "1985")
+    page.dispatch_event("#year-to", "change")
+    _wait_for_filters(page, "Comedy|Romance", "Drama", "1000-1985")
+    _check_filtered(page, page_server, {"Comedy", "Romance"}, "Drama", (1000, 1985))
+    page.fill("#year-from", "1985")  # one year
+    page.dispatch_event("#year-from", "change")
+    page.select_option("#exclude-genre", "")
+    _wait_for_filters(page, "Comedy|Romance", "", "1985-1985")
+    _check_filtered(page, page_server, {"Comedy", "Romance"}, None, (1985, 1985))
+
+    page.fill("#year-to", "85")
+    page.dispatch_event("#year-to", "change")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "four digits" in page.inner_text("#error") and _shown(page) == []
+    page.fill("#year-from", "")
+    page.fill("#year-to", "")
+    page.dispatch_event("#year-to", "change")
+    _wait_for_filters(page, "Comedy|Romance")
+    assert page.is_hidden("#error")
+    page.click("#genre summary")
+    page.uncheck('#genre input[value="Comedy"]')
+    page.uncheck('#genre input[value="Romance"]')
+    _wait_for_filters(page)
+    assert page.inner_text("#genre-picked") == "any" and [m for m, _ in _shown(page)] == unfiltered
+    page.close()
+
+
+@pytest.mark.parametrize("width,height", WIDTHS)
+def test_forget_me_asks_first_and_then_deletes_the_users_ratings_and_hidden_movies(page_server, browser, width,
+                                                                                   height):
+    """A new user rates three movies and hides one; Cancel or Escape in the dialog change nothing; Forget
+    empties their ratings and hidden movies, and their list is the most-rated movies again."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    deletes = []
+    page.on("request", lambda r: deletes.append(r.url) if r.method == "DELETE" else None)
+    _open(page, page_server.port, user=None)
+    page.click("#new-user")
+    page.wait_for_selector("#fallback:not([hidden])")
+    user = int(page.input_value("#user"))
+    rated = _rate_all_results(page, "Toy Story", 3)
+    page.wait_for_selector("#fallback[hidden]", state="attached")
+    page.wait_for_function("() => document.querySelectorAll('#rated li').length === 3")
+    page.wait_for_selector(f"{LOADED} li[data-because]")
+    hidden = int(page.get_attribute("#recommendations li:first-child", "data-movie-id"))
+    page.click("#recommendations li:first-child .not-interested")
+    page.wait_for_selector(f'#hidden li[data-movie-id="{hidden}"]', state="attached")
+
+    def unchanged():
+        page.click("#filters button[type=submit]")  # a round trip after the dialog closed
+        page.wait_for_selector(f"{LOADED} li[data-because]")
+        assert deletes == [] and page.inner_text("#forgotten") == ""
+        assert sorted(m.movie_id for m, _ in page_server.recommender.rated(user)) == sorted(rated)
+        assert _hidden(page_server, user) == [hidden] and page.locator("#rated li").count() == 3
+
+    page.click("#forget")
+    page.wait_for_selector("#forget-dialog[open]")
+    assert page.inner_text("#forget-title") == f"Forget user {user}?"
+    assert "All your ratings and hidden movies are deleted" in page.inner_text("#forget-text")
+    assert page.evaluate("document.activeElement.id") == "forget-cancel"  # the safe answer first
+    _check_in_view(page, "#forget-dialog")
+    _no_overflow(page)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"forget-dialog-{width}.png"))
+    page.click("#forget-cancel")
+    page.wait_for_selector("#forget-dialog:not([open])", state="attached")
+    unchanged()
+    page.click("#forget")
+    page.wait_for_selector("#forget-dialog[open]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#forget-dialog:not([open])", state="attached")
+    unchanged()
+
+    page.click("#forget")
+    page.wait_for_selector("#forget-dialog[open]")
+    page.click("#forget-confirm")
+    page.wait_for_function("() => document.querySelector('#forgotten').textContent !== ''")
+    assert page.inner_text("#forgotten") == "Forgotten: 3 posted ratings deleted, 0 dataset ratings excluded."
+    assert deletes == [f"http://127.0.0.1:{page_server.port}/{user}/ratings"]
+    page.wait_for_selector("#fallback:not([hidden])")
+    page.wait_for_selector("#hidden-panel[hidden]", state="attached")
+    page.wait_for_function("() => !document.querySelector('#rated li')")
+    assert page_server.recommender.rated(user) == [] and _hidden(page_server, user) == []
+    popular = _top(page_server, user)
+    assert popular["fallback"] == "popular"
+    assert [m for m, _ in _shown(page)] == [m["movieId"] for m in popular["movies"]]
+    assert page.locator("#recommendations li .because").count() == 0 and page.is_hidden("#error")
+    _no_overflow(page)
+    page.screenshot(path=str(OUTPUT / f"forgotten-{width}.png"), full_page=True)
     page.close()
