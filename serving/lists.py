@@ -113,7 +113,7 @@ def _stages(served, shelf: Shelf, user: int | None, filters: ListFilters) -> lis
     if filters.years:
         first, last = filters.years
         years = catalogue.years
-        stages.append((f"year={first}-{last}", (years >= first) & (years <= last)))
+        stages.append((f"year={first}-{last}", (years >= max(first, 1)) & (years <= last)))  # 0: no year
     if filters.exclude:
         stages.append(("exclude", _rows(served, np.unique(np.array(filters.exclude, dtype=np.int64)))))
     withdrawn = shelf.withdrawn()
