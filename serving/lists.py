@@ -10,7 +10,7 @@ looked up with ``searchsorted``: no store read and no Python loop over the catal
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from serving.snapshot import candidates
 
 MAX_EXCLUDE = 1000  # ids one request may exclude
 YEARS = re.compile(r"^(\d{4})(?:-(\d{4}))?$")
+IDS = re.compile(r"\d{1,18}(?:,\d{1,18})*", re.ASCII)  # ASCII digits only: int() would take "²" or "٣"
+NO_IDS = np.zeros(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class ListFilters:
     """A request's filters: ``exclude`` ids, any of ``genres``, none of ``exclude_genres``, ``years`` (first,
     last) of the title's year."""
 
-    exclude: tuple[int, ...] = ()
+    exclude: np.ndarray = field(default_factory=lambda: NO_IDS, compare=False)  # int64, as given
     genres: tuple[str, ...] = ()
     exclude_genres: tuple[str, ...] = ()
     years: tuple[int, int] | None = None
@@ -38,14 +40,15 @@ class ListFilters:
         """Filters from query values (``exclude=1,2``, ``genre=Comedy|Romance``, ``exclude_genre=Horror``,
         ``year=1990-1999`` or ``year=1995``); InputError naming a malformed one.  Genre names are checked
         against the catalogue when the list is made."""
-        ids: tuple[int, ...] = ()
+        ids = NO_IDS
         if exclude:
-            parts = exclude.split(",")
-            if len(parts) > MAX_EXCLUDE:
-                raise InputError(f"exclude may list at most {MAX_EXCLUDE} movie ids, not {len(parts)}")
-            if not all(p.strip().isascii() and p.strip().isdigit() and len(p.strip()) <= 18 for p in parts):
+            # One regex and one C parse: a Python int() per id cost a 1,000-id request about 0.3 ms.
+            exclude = exclude.replace(" ", "")
+            if exclude.count(",") >= MAX_EXCLUDE:
+                raise InputError(f"exclude may list at most {MAX_EXCLUDE} movie ids, not {exclude.count(',') + 1}")
+            if not IDS.fullmatch(exclude):
                 raise InputError("exclude must be movie ids separated by commas, such as exclude=1,296,318")
-            ids = tuple(int(p) for p in parts)
+            ids = np.fromstring(exclude, dtype=np.int64, sep=",")
         years = None
         if year is not None:
             match = YEARS.match(year.strip())
@@ -58,12 +61,12 @@ class ListFilters:
         return cls(ids, _genres(genre, "genre"), _genres(exclude_genre, "exclude_genre"), years)
 
     def __bool__(self) -> bool:
-        return bool(self.exclude or self.genres or self.exclude_genres or self.years)
+        return bool(len(self.exclude) or self.genres or self.exclude_genres or self.years)
 
     def as_json(self) -> dict:
         """The filters a list was made with, as its answer echoes them (none: nothing)."""
         out: dict = {}
-        if self.exclude:
+        if len(self.exclude):
             out["exclude"] = len(self.exclude)
         if self.genres:
             out["genre"] = "|".join(self.genres)
@@ -114,8 +117,8 @@ def _stages(served, shelf: Shelf, user: int | None, filters: ListFilters) -> lis
         first, last = filters.years
         years = catalogue.years
         stages.append((f"year={first}-{last}", (years >= max(first, 1)) & (years <= last)))  # 0: no year
-    if filters.exclude:
-        stages.append(("exclude", _rows(served, np.unique(np.array(filters.exclude, dtype=np.int64)))))
+    if len(filters.exclude):
+        stages.append(("exclude", _rows(served, filters.exclude)))  # searchsorted takes them unsorted
     withdrawn = shelf.withdrawn()
     if len(withdrawn):
         stages.append(("the operators' rules (hidden or unavailable movies)", _rows(served, withdrawn)))
@@ -168,6 +171,6 @@ def empty_reason(served, shelf: Shelf, user: int | None, min_count: int, filters
             return f"no movie is left after {label}: {before} movie(s) with at least {min_count} ratings passed " \
                    "the rules before it"
     where = f" in {'|'.join(filters.genres)}" if filters.genres else ""
-    others = filters.exclude or filters.exclude_genres or filters.years
+    others = len(filters.exclude) or filters.exclude_genres or filters.years
     return f"you have rated all {int(mask.sum())} movie(s){where} with at least {min_count} ratings" \
         + (" that pass the filters" if others else "")

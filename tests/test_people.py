@@ -203,9 +203,20 @@ def test_malformed_filters_are_refused_by_name(make_recommender):
         rec.recommend(4, 5, 0, filters=ListFilters.parse(genre="Comedy|Nope"))
     for kwargs, needle in (({"year": "abc"}, "year"), ({"year": "1999-1990"}, "year"),
                            ({"exclude": ",".join(["1"] * 1001)}, "at most 1000"), ({"exclude": "1,x"}, "exclude"),
-                           ({"genre": "Comedy||Drama"}, "genre")):
+                           ({"genre": "Comedy||Drama"}, "genre"), ({"exclude": "1,,2"}, "exclude"),
+                           ({"exclude": ",1"}, "exclude"), ({"exclude": "1,"}, "exclude"),
+                           ({"exclude": "1234567890123456789"}, "exclude"), ({"exclude": "1,-2"}, "exclude"),
+                           ({"exclude": "\u0663"}, "exclude")):
         with pytest.raises(InputError, match=needle):
             ListFilters.parse(**kwargs)
+
+
+def test_exclude_reads_every_id_exactly_up_to_the_cap():
+    ids = [(i * 7919) % 200003 for i in range(1000)]
+    parsed = ListFilters.parse(exclude=",".join(map(str, ids))).exclude
+    assert parsed.tolist() == ids and parsed.dtype == np.int64
+    assert ListFilters.parse(exclude=" 7, 123456789012345678 ").exclude.tolist() == [7, 123456789012345678]
+    assert ListFilters.parse(exclude="").exclude.tolist() == [] and not ListFilters.parse(exclude="")
 
 
 def test_the_year_of_a_title(make_recommender):
