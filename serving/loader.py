@@ -204,6 +204,8 @@ class Loader:
             fresh.apply(*self.store.changes(fresh.seq))  # most of the catching up, outside the lock
             with self._sync_lock:
                 fresh.apply(*self.store.changes(fresh.synced))
+                if not self._shelf_read:  # no version answers without the movie rules and hidden movies
+                    self._read_shelf()
         except BaseException as exc:  # the store is away: not the version's fault, try again later
             lease.release()
             if isinstance(exc, StoreError):
@@ -240,7 +242,8 @@ class Loader:
     # --- folding in -------------------------------------------------------------------------
 
     def _read_shelf(self) -> None:
-        """The hidden movies and movie rules as the store holds them now, once (then kept up by sync)."""
+        """The hidden movies and movie rules as the store holds them now: read with the first version this
+        process loads (none is served without them), then kept up by sync."""
         shelf = Shelf(self.shelf.now)
         shelf.apply(*self.store.changes(0, SHOWN))
         self.shelf, self._shelf_read = shelf, True
@@ -252,10 +255,6 @@ class Loader:
         """Fold everything acknowledged before now (ratings, forgetting, withdrawals, hidden movies, movie
         rules) into every served version and the shelf (one read of the store's last request when nothing
         is new); the view to answer from.  Raises StoreError when the store is away."""
-        if not self._shelf_read:
-            with self._sync_lock:
-                if not self._shelf_read:
-                    self._read_shelf()
         last = self.store.last_seq
         synced = self._synced(view)
         if last > min(synced):

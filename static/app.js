@@ -87,6 +87,7 @@ function movieLink(movie) {
   button.type = "button";
   button.className = "movie-link";
   button.textContent = movie.title;
+  button.dataset.movieId = movie.movieId;
   button.addEventListener("click", () => showMovie(movie.movieId).catch(() => {}));
   return button;
 }
@@ -349,7 +350,7 @@ async function showMovie(movieId) {
   showError("");
   const [prediction, similar] = await Promise.all([
     api("GET", `/${encodeURIComponent(user())}/ratings/${movieId}`),
-    api("GET", `/movies/${movieId}/similar?count=8`),
+    api("GET", `/movies/${movieId}/similar?count=8&user=${encodeURIComponent(user())}`),  // without her hidden movies
   ]);
   const detail = $("detail");
   if (!detail.open) detail.showModal();  // in the middle of the screen, wherever the list was clicked

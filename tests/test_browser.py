@@ -471,6 +471,15 @@ def test_not_interested_takes_a_movie_out_of_the_list_for_good_until_shown_again
                                                                                                user)["movies"]]
     assert page.inner_text("#hidden-panel summary") == "Not interested (1)"
     _no_overflow(page)
+    similar = []  # a movie's similar movies leave out the hidden one too: they are asked for this user
+    page.on("request", lambda r: similar.append(r.url) if "/similar" in r.url else None)
+    page.click("#recommendations li:first-child .movie-link")
+    page.wait_for_selector("#detail[open] #similar li")
+    assert similar and all(f"user={user}" in url for url in similar)
+    assert movie not in [int(m) for m in page.eval_on_selector_all(
+        "#similar li .movie-link", "links => links.map(a => a.dataset.movieId)")]
+    page.click("#detail-close")
+    page.wait_for_selector("#detail:not([open])", state="attached")
 
     page.reload()  # it does not come back
     page.wait_for_selector(f'#hidden li[data-movie-id="{movie}"]', state="attached")

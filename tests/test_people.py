@@ -16,6 +16,7 @@ from serving.lists import ListFilters
 from serving.movie_rules import MovieRules
 from serving.personal import PersonalData
 from storage.people import People
+from storage.store import StoreError
 
 
 def _ids(top) -> list[int]:
@@ -150,6 +151,26 @@ def test_movie_rules_hide_a_movie_everywhere_and_open_and_close_a_window(make_re
     with pytest.raises(NotFound):
         rules.put(424242, {"hidden": True})
     assert list(b.shelf.rules) == [first]  # the bad ones changed nothing
+
+
+def test_a_process_that_loses_the_store_after_it_loaded_still_keeps_the_movie_rules(make_recommender,
+                                                                                      monkeypatch):
+    a = make_recommender()
+    user = 8
+    first = _ids(a.recommend(user, 1, min_count=0))[0]
+    MovieRules(a).put(first, {"hidden": True})
+    PersonalData(a).hide(user, [_ids(a.recommend(user, 1, min_count=0))[0]])
+    hidden = {first, *a.shelf.hidden_by(user).tolist()}
+    b = make_recommender(a.model_dir)  # loads its version while the store answers, then the store fails
+
+    def away(*args, **kwargs):
+        raise StoreError("the ratings store is away")
+
+    monkeypatch.setattr(type(b.store), "changes", away)
+    monkeypatch.setattr(type(b.store), "last_seq", property(away))
+    top = set(_ids(b.recommend(user, 40, min_count=0)))
+    similar = {m.movie_id for m, _ in b.similar_for(user, 1, 40, 0)[0]}
+    assert top and similar and not (top | similar) & hidden, (top, similar, hidden)  # the rules read at load
 
 
 def _expected(fx, user, min_count, keep) -> set[int]:
