@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 JOB_GROUP = "recommender-training"
 DATASET_KEY = "dataset"  # the store's record of the dataset it belongs to
+MAX_REREADS = 5  # reads of the posted ratings a fit tries while users are being forgotten
 
 
 class RecommendationEngine:
@@ -118,7 +119,7 @@ class RecommendationEngine:
         store has them now: storage/people.py), with every rating posted up to request ``seq`` over them;
         and the users whose ratings differ from the dataset's (posted, forgotten or withdrawn)."""
         users, rows, values = self._base
-        forgotten, withdrawn = People(self.store).excluded()  # first: a forget after it deletes posted rows
+        (forgotten, withdrawn), latest = self._excluded_and_posted(seq)
         if forgotten or withdrawn:
             drop = np.isin(users, np.fromiter(forgotten, dtype=np.int64, count=len(forgotten)))
             pairs = [(u, self.catalogue.row(m)) for u, m in withdrawn if self.catalogue.has(m)]
@@ -128,7 +129,6 @@ class RecommendationEngine:
                 drop |= np.isin(users * n + rows, wanted)
             users, rows, values = users[~drop], rows[~drop], values[~drop]
         changed = forgotten | {u for u, _ in withdrawn}
-        latest = list(self.store.latest(seq))
         posted = [(u, self.catalogue.row(m), r) for u, pairs, _ in latest for m, r in pairs if self._known(u, m)]
         if posted:
             extra = np.array(posted, dtype=np.float64).reshape(-1, 3)
@@ -136,6 +136,22 @@ class RecommendationEngine:
             rows = np.concatenate([rows, extra[:, 1].astype(np.int32)])
             values = np.concatenate([values, extra[:, 2].astype(np.float32)])
         return Histories.build(users, rows, values, len(self.catalogue)), sorted({u for u, _, _ in latest} | changed)
+
+    def _excluded_and_posted(self, seq: int) -> tuple[tuple[set[int], set[tuple[int, int]]], list]:
+        """The forgotten users and withdrawn ratings, and the posted ratings up to ``seq``, with no forget or
+        withdrawal between the two reads: the excluded ones are read again after the posted ratings, and
+        both once more when they moved (a forget in between would leave the user's dataset ratings in the
+        fit, or their posted ones, which it deletes)."""
+        people = People(self.store)
+        excluded = people.excluded()
+        for _ in range(MAX_REREADS):
+            latest = list(self.store.latest(seq))
+            again = people.excluded()
+            if again == excluded:
+                return excluded, latest
+            excluded = again
+        raise StoreError(f"users were forgotten or ratings withdrawn during each of {MAX_REREADS} reads of the "
+                         "posted ratings; the fit is tried again later")
 
     def _known(self, user: int, movie: int) -> bool:
         if self.catalogue.has(movie):

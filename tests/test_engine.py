@@ -35,6 +35,33 @@ def test_a_fit_includes_every_posted_rating_and_publishes_a_new_version(make_eng
     assert meta["seq"] == 2 and meta["n_ratings"] == len(csv_fixture.ratings) + len(posted)
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_forget_while_a_fit_reads_the_posted_ratings_still_leaves_the_user_out(make_engine, csv_fixture,
+                                                                                 monkeypatch, when):
+    """A user forgotten between the fit's read of who is forgotten and its read of the posted ratings (either
+    side of the latter) has neither their dataset ratings nor their posted ones in what the fit sees."""
+    from storage.people import People
+
+    engine = make_engine(csv_fixture.path)
+    user = 1
+    engine.store.append(user, [(m, 5.0) for m in csv_fixture.dramas[:3]])
+    read = engine.store.latest
+    forgot = []
+
+    def latest(upto):
+        if not forgot and when == "before":
+            forgot.append(People(engine.store).forget(user))
+        rows = list(read(upto))
+        if not forgot:
+            forgot.append(People(engine.store).forget(user))
+        return iter(rows)
+
+    monkeypatch.setattr(engine.store, "latest", latest)
+    histories, changed = engine.histories(engine.store.last_seq)
+    assert forgot and histories.of(user) is None and user in changed
+    assert histories.of(2) is not None  # the others stay
+
+
 def test_the_engines_cached_ratings_survive_fits_and_the_source_is_read_once(make_engine, csv_fixture, tmp_path,
                                                                             caplog):
     import shutil
