@@ -35,7 +35,8 @@ def rerank(unit: np.ndarray, rows: np.ndarray, scores: np.ndarray, n: int,
     ``unit`` (unit vectors; a zero row has cosine 0 with everything).  Ties go to the earlier row of the pool, so
     the first pick is always the pool's first.  Strength 0 returns the first ``n`` untouched.
     """
-    assert 0 <= strength <= 1, strength
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must be within 0 and 1, not {strength}")
     rows, scores = np.asarray(rows), np.asarray(scores)
     if strength == 0 or len(rows) <= 1:
         return rows[:n], scores[:n]

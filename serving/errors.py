@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from storage.store import StoreError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 
 class InputError(ValueError):
     """The caller asked for something invalid; the message says what, ``status`` the HTTP code."""
@@ -25,3 +34,13 @@ class Unavailable(InputError):
 
 class StoreUnavailable(Unavailable):
     """The ratings store could not take a write; nothing of it was kept."""
+
+
+def stored(write: Callable[[], T], what: str, done: str = "stored") -> T:
+    """``write()``; a store that fails it is logged and answered 503 (StoreUnavailable), saying ``what``
+    could not be ``done`` and that nothing changed (a write is one transaction)."""
+    try:
+        return write()
+    except StoreError as exc:
+        log.error("%s", exc)
+        raise StoreUnavailable(f"{what} could not be {done}; nothing was changed, try again later") from None

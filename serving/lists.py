@@ -19,7 +19,7 @@ from serving.shelf import Shelf
 from serving.snapshot import candidates
 
 MAX_EXCLUDE = 1000  # ids one request may exclude
-YEARS = re.compile(r"^(\d{4})(?:-(\d{4}))?$")
+YEARS = re.compile(r"(\d{4})(?:-(\d{4}))?", re.ASCII)
 IDS = re.compile(r"\d{1,18}(?:,\d{1,18})*", re.ASCII)  # ASCII digits only: int() would take "²" or "٣"
 NO_IDS = np.zeros(0, np.int64)
 
@@ -51,7 +51,7 @@ class ListFilters:
             ids = np.fromstring(exclude, dtype=np.int64, sep=",")
         years = None
         if year is not None:
-            match = YEARS.match(year.strip())
+            match = YEARS.fullmatch(year.strip())
             if not match:
                 raise InputError(f"year must be a year or a range of years such as 1995 or 1990-1999, not {year!r}")
             first, last = int(match[1]), int(match[2] or match[1])

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import logging
 
-from serving.errors import NotFound, StoreUnavailable
+from serving.errors import NotFound, stored
 from serving.recommender import Recommender
 from serving.shelf import MovieRule
+from serving.state import Served
 from storage.people import NothingToChange, People
-from storage.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,7 @@ class MovieRules:
         self.recommender = recommender
         self.people = People(recommender.store)
 
-    def _entry(self, movie: int, rule: MovieRule) -> dict:
-        served = self.recommender.current()
+    def _entry(self, movie: int, rule: MovieRule, served: Served) -> dict:
         row = served.catalogue.row(movie)
         return {"movieId": movie, "title": None if row is None else served.catalogue.titles[row], **rule.as_json(),
                 "shown_today": rule.shown_on(self.recommender.shelf.today())}
@@ -35,30 +34,23 @@ class MovieRules:
         """Set the rule of a movie the catalogue has (NotFound otherwise) from a JSON body."""
         self.recommender.current().row(movie)
         rule = MovieRule.from_body(body)
-        try:
-            self.people.set_rule(movie, json.dumps(rule.as_json()))
-        except StoreError as exc:
-            log.error("%s", exc)
-            raise StoreUnavailable("the rule could not be stored; nothing was changed, try again later") from None
-        self.recommender.current()  # applied before the answer
+        stored(lambda: self.people.set_rule(movie, json.dumps(rule.as_json())), "the rule")
+        served = self.recommender.current()  # applied before the answer
         log.info("movie %d: rule set to %s", movie, rule.as_json())
-        return self._entry(movie, rule)
+        return self._entry(movie, rule, served)
 
     def delete(self, movie: int) -> dict:
         """Clear a movie's rule; NotFound when it has none."""
         try:
-            self.people.clear_rule(movie)
+            stored(lambda: self.people.clear_rule(movie), "the rule", "cleared")
         except NothingToChange:
             raise NotFound(f"movie {movie} has no rule") from None
-        except StoreError as exc:
-            log.error("%s", exc)
-            raise StoreUnavailable("the rule could not be cleared; nothing was changed, try again later") from None
         self.recommender.current()
         return {"movieId": movie, "cleared": True}
 
     def list(self) -> dict:
         """Every rule, by movie id, and the day (UTC) the windows are judged by."""
-        self.recommender.current()
+        served = self.recommender.current()
         shelf = self.recommender.shelf
         return {"today": shelf.today().isoformat(),
-                "movies": [self._entry(m, r) for m, r in sorted(shelf.rules.items())]}
+                "movies": [self._entry(m, r, served) for m, r in sorted(shelf.rules.items())]}

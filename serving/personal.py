@@ -10,11 +10,10 @@ import logging
 
 import numpy as np
 
-from serving.errors import InputError, NotFound, StoreUnavailable
+from serving.errors import InputError, NotFound, stored
 from serving.recommender import Movie, Recommender
 from serving.validation import check_user
 from storage.people import MAX_HIDDEN, NothingToChange, People, TooMany
-from storage.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +27,13 @@ class PersonalData:
         self.recommender = recommender
         self.people = People(recommender.store)
 
-    def _stored(self, write, what: str):
-        try:
-            return write()
-        except StoreError as exc:
-            log.error("%s", exc)
-            raise StoreUnavailable(f"{what} could not be stored; nothing was changed, try again later") from None
-
     def forget(self, user: int) -> dict:
         """Forget ``user`` everywhere at once; what was removed: the posted ratings deleted from the store,
         and the user's ratings from the dataset files that serving and every later fit leave out."""
         check_user(user)
         served, _ = self.recommender.routed(user)
         before = served.ratings_of(user)
-        _, removed, posted = self._stored(lambda: self.people.forget(user), "the request to forget this user")
+        _, removed, posted = stored(lambda: self.people.forget(user), "the request to forget this user")
         self.recommender.current()  # folded in (and this process's own records dropped) before the answer
         held = set() if before is None else set(served.catalogue.movie_ids[before.rows].tolist())
         log.info("user %d forgotten: %d posted rating(s) deleted", user, removed)
@@ -55,7 +47,7 @@ class PersonalData:
         rated = served.ratings_of(user)
         if rated is None or not np.any(rated.rows == row):
             raise NotFound(f"user {user} has not rated movie {movie}")
-        self._stored(lambda: self.people.unrate(user, movie), "the withdrawal")
+        stored(lambda: self.people.unrate(user, movie), "the withdrawal")
         self.recommender.current()
         return {"user": user, "movieId": movie, "withdrawn": True}
 
@@ -73,7 +65,7 @@ class PersonalData:
         if unknown:
             raise InputError(f"unknown movie id(s): {', '.join(map(str, unknown[:10]))}", 404)
         try:
-            self._stored(lambda: self.people.hide(user, sorted(set(body))), "the hidden movies")
+            stored(lambda: self.people.hide(user, sorted(set(body))), "the hidden movies")
         except TooMany as exc:
             raise InputError(f"{exc} (MAX_HIDDEN {MAX_HIDDEN})", 409) from None
         return self.hidden(user)
@@ -82,7 +74,7 @@ class PersonalData:
         """Show ``movie`` to ``user`` again; NotFound when it was not hidden."""
         check_user(user)
         try:
-            self._stored(lambda: self.people.unhide(user, movie), "the change")
+            stored(lambda: self.people.unhide(user, movie), "the change")
         except NothingToChange:
             raise NotFound(f"user {user} has not hidden movie {movie}") from None
         return {"user": user, "movieId": movie, "hidden": False}

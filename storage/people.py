@@ -44,9 +44,9 @@ class People:
     def forget(self, user: int) -> tuple[int, int, set[int]]:
         """Forget ``user`` in one transaction (see the module), and ask the trainer for a fit; (the request's
         number, posted rows deleted, the movies they were of)."""
-        now = time.time()
         with self.store.writing() as db:
             seq = int(db.execute(NEXT_SEQ).fetchone()[0])
+            now = time.time()  # once this holds the writers' lock: lists recorded while it waited are older
             movies = {int(r[0]) for r in db.execute('SELECT DISTINCT movie FROM ratings WHERE "user" = ?',
                                                     (user,)).fetchall()}
             removed = db.execute('DELETE FROM ratings WHERE "user" = ?', (user,)).rowcount

@@ -80,7 +80,7 @@ def test_n_beyond_the_pool_returns_the_whole_pool_reranked():
 
 
 def test_strength_outside_0_to_1_is_refused():
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="strength"):
         rerank(UNIT, POOL, SCORES, 2, 1.5)
 
 

@@ -227,7 +227,8 @@ def test_malformed_filters_are_refused_by_name(make_recommender):
                            ({"genre": "Comedy||Drama"}, "genre"), ({"exclude": "1,,2"}, "exclude"),
                            ({"exclude": ",1"}, "exclude"), ({"exclude": "1,"}, "exclude"),
                            ({"exclude": "1234567890123456789"}, "exclude"), ({"exclude": "1,-2"}, "exclude"),
-                           ({"exclude": "\u0663"}, "exclude")):
+                           ({"exclude": "\u0663"}, "exclude"), ({"year": "\u0661\u0669\u0669\u0665"}, "year"),
+                           ({"year": "1995x"}, "year"), ({"year": "1990-1999-2000"}, "year")):
         with pytest.raises(InputError, match=needle):
             ListFilters.parse(**kwargs)
 
