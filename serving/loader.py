@@ -85,7 +85,7 @@ class Loader:
         self._copy_backoff = Backoff(lambda: self.clock())  # a copy from the store this host could not hold
         self.on_store_trouble: Callable[[StoreError], None] = lambda exc: None
         self.on_store_back: Callable[[], None] = lambda: None
-        self.on_forgotten: Callable[[list[int]], None] = lambda users: None  # this process's own records too
+        self.on_forgotten: Callable[[list[int], int], None] = lambda users, upto: None  # this process's records
         self.now: Callable[[], float] = time.time  # the wall clock movie rules' dates are judged by
         self.shelf = Shelf(lambda: self.now())  # hidden movies and movie rules, whatever the version (read once)
         self._shelf_read = False
@@ -266,7 +266,7 @@ class Loader:
                 self.shelf.apply(upto, changes)
             forgotten = [u for u, c in changes.users.items() if c.forgotten]
             if forgotten:
-                self.on_forgotten(forgotten)
+                self.on_forgotten(forgotten, upto)
         elif last < max(synced):  # the store went back (restored from a backup): start over from it
             with self._sync_lock:
                 view = self.view

@@ -43,6 +43,7 @@ class LiveQuality:
         self._lock = threading.Lock()
         self._versions: OrderedDict[int, VersionQuality] = OrderedDict()
         self._shown: OrderedDict[int, frozenset[int]] = OrderedDict()
+        self._forgotten: OrderedDict[int, int] = OrderedDict()  # user -> the request a forget was folded in by
 
     def shown(self, user: int, movies: list[int]) -> None:
         """A top-N list was served to ``user``."""
@@ -53,9 +54,13 @@ class LiveQuality:
                 self._shown.popitem(last=False)
 
     def posted(self, version: int, user: int, movies: list[int], predicted: list[float],
-               actual: list[float]) -> None:
-        """Acknowledged ratings and what ``version`` predicted for them before they were stored."""
+               actual: list[float], seq: int) -> None:
+        """Acknowledged ratings (stored by request ``seq``) and what ``version`` predicted for them before they
+        were stored; not counted when the user was forgotten by then (a forget folded in between the commit
+        and this call deleted them, and its records must not come back)."""
         with self._lock:
+            if self._forgotten.get(user, -1) >= seq:
+                return
             quality = self._versions.get(version)
             if quality is None:
                 quality = self._versions[version] = VersionQuality()
@@ -69,10 +74,14 @@ class LiveQuality:
                         quality.liked += 1
                         quality.hits += movie in shown
 
-    def forget(self, user: int) -> None:
-        """Drop everything kept of ``user``: their errors and their last list (the liked and hit counts are
-        plain totals, with nobody's id)."""
+    def forget(self, user: int, upto: int = 0) -> None:
+        """Drop everything kept of ``user``, forgotten by a request up to ``upto``: their errors and their last
+        list (the liked and hit counts are plain totals, with nobody's id); ratings stored by a request up to
+        ``upto`` are not counted later."""
         with self._lock:
+            self._forgotten[user] = max(upto, self._forgotten.pop(user, 0))
+            if len(self._forgotten) > USERS_REMEMBERED:
+                self._forgotten.popitem(last=False)
             self._shown.pop(user, None)
             for quality in self._versions.values():
                 if any(u == user for u, _ in quality.errors):

@@ -129,10 +129,11 @@ class Recommender:
         self._health = Health(self.store, self.quality)
         self.loader.on_forgotten = self._forgotten
 
-    def _forgotten(self, users: list[int]) -> None:
-        """Users forgotten (here or on any process): this process's own records of them go too."""
+    def _forgotten(self, users: list[int], upto: int) -> None:
+        """Users forgotten (here or on any process) by requests up to ``upto``: this process's own records of
+        them go too."""
         for user in users:
-            self.quality.forget(user)
+            self.quality.forget(user, upto)
             self.experiments.forget(user)
 
     # --- versions ----------------------------------------------------------------------------
@@ -333,7 +334,7 @@ class Recommender:
         once = None if key is None else Once(f"ratings:{user}", key, fingerprint(sorted(pairs)))
         record = self.experiments.posting(route, user, pairs, predicted)
         try:
-            self.store.append(user, pairs, once, body, record)
+            entry = self.store.append(user, pairs, once, body, record)
         except Replayed as again:
             if record is not None:
                 record.failed()
@@ -343,7 +344,7 @@ class Recommender:
                 record.failed()
             log.error("%s", exc)
             raise StoreUnavailable("the ratings could not be stored; nothing was saved, try again later") from None
-        self.quality.posted(served.number, user, [m for m, _ in pairs], predicted, [r for _, r in pairs])
+        self.quality.posted(served.number, user, [m for m, _ in pairs], predicted, [r for _, r in pairs], entry.seq)
         self.current()  # folded in before the answer
         return Ack(body)
 

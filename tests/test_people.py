@@ -64,6 +64,25 @@ def test_forgetting_a_user_removes_them_from_serving_at_once_on_every_process(ma
     assert [(m.movie_id, r) for m, r in b.rated(user)] == [(1, 2.0)]
 
 
+def test_a_forget_folded_in_between_a_posts_commit_and_its_live_quality_record_leaves_no_record(
+        make_recommender, monkeypatch):
+    a = make_recommender()
+    user = 3
+    append = a.store.append
+
+    def append_then_forgotten(*args, **kwargs):  # another thread's forget lands right after this commit
+        entry = append(*args, **kwargs)
+        PersonalData(a).forget(user)
+        return entry
+
+    monkeypatch.setattr(a.store, "append", append_then_forgotten)
+    a.add_ratings(user, [(39, 4.0)])
+    assert all(u != user for q in a.quality._versions.values() for u, _ in q.errors)
+    monkeypatch.setattr(a.store, "append", append)
+    a.add_ratings(user, [(40, 4.0)])  # afterwards they start afresh, and count again
+    assert [u for q in a.quality._versions.values() for u, _ in q.errors] == [user]
+
+
 def test_withdrawing_a_rating_from_the_dataset_or_posted(make_recommender, csv_fixture):
     a = make_recommender()
     b = make_recommender(a.model_dir)

@@ -190,8 +190,8 @@ def test_live_quality_is_kept_per_version_newest_first():
     from serving.quality import LiveQuality
 
     quality = LiveQuality()
-    quality.posted(1, 10, [1, 2], [4.0, 3.0], [5.0, 3.0])
-    quality.posted(2, 10, [3], [2.0], [4.0])
+    quality.posted(1, 10, [1, 2], [4.0, 3.0], [5.0, 3.0], seq=1)
+    quality.posted(2, 10, [3], [2.0], [4.0], seq=2)
     assert quality.summary() == [
         {"version": 2, "ratings": 1, "rmse": 2.0, "mae": 2.0, "liked": 0, "hit_rate": None},
         {"version": 1, "ratings": 2, "rmse": round(math.sqrt(0.5), 4), "mae": 0.5, "liked": 0, "hit_rate": None}]
