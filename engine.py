@@ -139,17 +139,17 @@ class RecommendationEngine:
 
     def _excluded_and_posted(self, seq: int) -> tuple[tuple[set[int], set[tuple[int, int]]], list]:
         """The forgotten users and withdrawn ratings, and the posted ratings up to ``seq``, with no forget or
-        withdrawal between the two reads: the excluded ones are read again after the posted ratings, and
-        both once more when they moved (a forget in between would leave the user's dataset ratings in the
-        fit, or their posted ones, which it deletes)."""
+        withdrawal between the two reads: the newest one's request number is read again after the posted
+        ratings, and both once more when it moved (a forget in between, a repeated one too, would leave the
+        user's dataset ratings in the fit, or their posted ones, which it deletes)."""
         people = People(self.store)
-        excluded = people.excluded()
+        mark, excluded = people.last_exclusion(), people.excluded()
         for _ in range(MAX_REREADS):
             latest = list(self.store.latest(seq))
-            again = people.excluded()
-            if again == excluded:
+            again = people.last_exclusion()  # moves with every forget or withdrawal, a repeated one too
+            if again == mark:
                 return excluded, latest
-            excluded = again
+            mark, excluded = again, people.excluded()
         raise StoreError(f"users were forgotten or ratings withdrawn during each of {MAX_REREADS} reads of the "
                          "posted ratings; the fit is tried again later")
 

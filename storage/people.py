@@ -124,3 +124,9 @@ class People:
             users = {int(r[0]) for r in db.execute('SELECT "user" FROM forgotten').fetchall()}
             pairs = {(int(u), int(m)) for u, m in db.execute('SELECT "user", movie FROM unrated').fetchall()}
         return users, pairs
+
+    def last_exclusion(self) -> int:
+        """The request number of the newest forget or withdrawal (a repeat of one takes a new number too)."""
+        with self.store.reading() as db:
+            return int(db.execute('SELECT max(s) FROM (SELECT coalesce(max(seq), 0) AS s FROM forgotten '
+                                  'UNION ALL SELECT coalesce(max(seq), 0) FROM unrated) AS t').fetchone()[0])

@@ -35,7 +35,7 @@ def test_a_fit_includes_every_posted_rating_and_publishes_a_new_version(make_eng
     assert meta["seq"] == 2 and meta["n_ratings"] == len(csv_fixture.ratings) + len(posted)
 
 
-@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("when", ["before", "after", "again"])
 def test_a_forget_while_a_fit_reads_the_posted_ratings_still_leaves_the_user_out(make_engine, csv_fixture,
                                                                                  monkeypatch, when):
     """A user forgotten between the fit's read of who is forgotten and its read of the posted ratings (either
@@ -44,6 +44,8 @@ def test_a_forget_while_a_fit_reads_the_posted_ratings_still_leaves_the_user_out
 
     engine = make_engine(csv_fixture.path)
     user = 1
+    if when == "again":  # forgotten before, posted afresh, and forgotten once more between the reads
+        People(engine.store).forget(user)
     engine.store.append(user, [(m, 5.0) for m in csv_fixture.dramas[:3]])
     read = engine.store.latest
     forgot = []
@@ -58,7 +60,7 @@ def test_a_forget_while_a_fit_reads_the_posted_ratings_still_leaves_the_user_out
 
     monkeypatch.setattr(engine.store, "latest", latest)
     histories, changed = engine.histories(engine.store.last_seq)
-    assert forgot and histories.of(user) is None and user in changed
+    assert forgot and histories.of(user) is None and user in changed  # "again": no afresh ratings either
     assert histories.of(2) is not None  # the others stay
 
 
