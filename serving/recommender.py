@@ -223,7 +223,8 @@ class Recommender:
                      int((served.counts if counts is None else counts)[row]))
 
     def recommend(self, user: int, count: int, min_count: int = 25, genre: str | None = None,
-                  filters: ListFilters = NO_FILTERS, explain: bool = False, diversify: float = 0.0) -> TopN:
+                  filters: ListFilters = NO_FILTERS, explain: bool = False, diversify: float = 0.0,
+                  batch: bool = False) -> TopN:
         """Top ``count`` movies the user has not rated, among movies with at least ``min_count`` ratings
         that pass ``filters`` (or one ``genre``), the operators' rules and the user's hidden movies.
 
@@ -233,13 +234,14 @@ class Recommender:
         about gets the most-rated movies, marked ``fallback: popular``.  An empty
         list says why (``reason``).  ``explain``: each movie says ``because`` of
         which of the user's ratings (serving/explain.py); ``diversify`` (0 to 1)
-        re-ranks the best candidates by maximal marginal relevance (serving/diversity.py).
+        re-ranks the best candidates by maximal marginal relevance (serving/diversity.py).  ``batch``: a batch
+        job's list (batch.py), from the version in service outside any experiment, and not counted as shown.
         """
         if not 0 <= diversify <= 1:
             raise InputError(f"diversify must be between 0 and 1, not {diversify}")
         if genre:
             filters = ListFilters(filters.exclude, (genre,), filters.exclude_genres, filters.years)
-        served, route = self.routed(user)
+        served, route = self.routed(None if batch else user)
         snapshot = served.snapshot
         rated = served.ratings_of(user)
         rated_rows = rated.rows if rated is not None else None
@@ -257,7 +259,7 @@ class Recommender:
         movies = [Scored(self.movie_at(served, r), round(float(p), 4), None if vectors is None else float(s), why)
                   for r, p, s, why in zip(rows.tolist(), predicted.tolist(), scores.tolist(), reasons)]
         reason = None if movies else empty_reason(served, self.shelf, user, min_count, filters, rated_rows)
-        if movies:
+        if movies and not batch:
             shown = [s.movie.movie_id for s in movies]
             self.quality.shown(user, shown)
             self.experiments.shown(route, user, shown)
