@@ -6,8 +6,8 @@ Starts ``server.py`` (role all, ``--no-tune``) on ml-latest-small in a temporary
 the first version and an idle trainer; starts a second, API-only process on a copy of that version with a
 store of its own (no rules, nobody's hidden movies); then gives the first process's users 50 hidden movies
 each (POST /<user>/hidden) and 40 operators' rules (hidden and expiring movies, PUT /admin/movies).  Each
-timed step picks one user and asks for every kind once, in a shuffled order, each on its own keep-alive
-connection, so a drift of the machine's speed hits every kind alike:
+timed step picks one user and asks for every kind once, in a shuffled order, on one keep-alive
+connection per process (one without rules, one with), so a drift of the machine's speed hits every kind alike:
 
 * ``baseline``: ``/<user>/ratings/top/10`` from the process with no rule and no hidden movie;
 * ``plain``: the same call where the rules and hidden movies exist (they apply to every list);
@@ -36,6 +36,7 @@ from serve_bench import catalogue
 TARGETS = {"filtered_vs_baseline_p50": 1.3, "explained_vs_plain_p50": 1.5}
 JSON = {"Content-Type": "application/json"}
 KINDS = ("plain", "filtered", "explained", "padded")
+OWN_STORE = {"RECOMMENDER_STORE": ""}  # each process its folder's SQLite, whatever the environment says
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="bench-lists-bare-") as bare_dir:
         procs = []
         try:
-            proc, port = start_server(model_dir, "--no-tune", dataset=args.dataset)
+            proc, port = start_server(model_dir, "--no-tune", dataset=args.dataset, env=OWN_STORE)
             procs.append(proc)
             client = Client("127.0.0.1", port)
             while json.loads(client.call("GET", "/health")[2])["training"]:
                 time.sleep(0.5)
             shutil.copytree(model_dir, bare_dir, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("ratings.db*", "*.out"))
-            bare, bare_port = start_server(bare_dir, role="api")
+            bare, bare_port = start_server(bare_dir, role="api", env=OWN_STORE)
             procs.append(bare)
             clients = {"baseline": Client("127.0.0.1", bare_port)} | {k: client for k in KINDS}
             users, movies = catalogue(args.dataset)
