@@ -139,13 +139,14 @@ def run(sc, model_dir: Path, out: str, count: int = 10, min_count: int = 25, use
     where = str(Path(model_dir).resolve())
     rows = sc.parallelize(users.tolist(), slices).mapPartitions(
         lambda part: lists(where, store_url, version, count, min_count, part))
-    frame = SparkSession.builder.getOrCreate().createDataFrame(rows, schema)
+    spark = SparkSession.builder.getOrCreate()  # over the one SparkContext ``sc``
+    frame = spark.createDataFrame(rows, schema)
     writer = frame.write.mode("errorifexists")
     if fmt == "csv":
         writer.option("header", True).csv(out)
     else:
         writer.parquet(out)
-    written = SparkSession.builder.getOrCreate().read.format(fmt).option("header", True).load(out).count()
+    written = spark.read.format(fmt).option("header", True).load(out).count()  # what is there, not what was meant
     return {"model_version": version, "users": int(len(users)), "rows": int(written), "out": out, "format": fmt,
             "count": count, "min_count": min_count, "partitions": slices,
             "seconds": round(time.perf_counter() - start, 2)}
