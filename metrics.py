@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -79,6 +79,11 @@ class ServingCollector:
         if status["pending_ratings"] is not None:  # None: the store is not answering
             yield GaugeMetricFamily("recommender_pending_ratings", "Ratings posted since the version in service "
                                     "was trained (folded in, not yet fitted)", value=status["pending_ratings"])
+        group = self.recommender.store.group
+        yield CounterMetricFamily("recommender_store_commits", "Write transactions of ratings requests this "
+                                  "process committed or tried (concurrent requests share one)", value=group.groups)
+        yield CounterMetricFamily("recommender_store_grouped_requests", "Ratings requests those transactions "
+                                  "carried (per commit: this over recommender_store_commits)", value=group.requests)
         yield GaugeMetricFamily("recommender_store_up", "1 when the ratings store answers, 0 when it does not",
                                 value=0 if status["store_error"] else 1)
         live = {name: GaugeMetricFamily(f"recommender_live_{name}", text, labels=["version"]) for name, text in (

@@ -53,20 +53,22 @@ def free_port() -> int:
 
 def start_server(model_dir: str, *extra: str, dataset: str | None = None, role: str = "all",
                  timeout: float = 900, env: dict | None = None, log: str | None = None,
-                 wait_for_model: bool = True) -> tuple[subprocess.Popen, int]:
+                 wait_for_model: bool = True, code: Path = ROOT) -> tuple[subprocess.Popen, int]:
     """Start ``server.py --role ROLE`` on a free loopback port with its own model folder; wait until it
     serves (and, with ``wait_for_model``, until /health answers 200: a version is loaded).
 
     ``env`` adds to (or overrides) this process's environment for the server; its
     output (the access log included) goes to ``log``, by default <role>-<port>.out in the model folder.
+    ``code``: the checkout whose ``server.py`` runs (another one for a before/after comparison).
     """
     port = free_port()
     out = Path(log or Path(model_dir) / f"{role}-{port}.out")
     Path(model_dir).mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / "server.py"), "--role", role, "--port", str(port), "--model-dir", model_dir]
+    command = [sys.executable, str(Path(code) / "server.py"), "--role", role, "--port", str(port),
+               "--model-dir", model_dir]
     if dataset is not None:
         command += ["--dataset", dataset]
-    proc = subprocess.Popen([*command, *extra], cwd=ROOT, stdout=open(out, "w"), stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*command, *extra], cwd=code, stdout=open(out, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -161,9 +161,11 @@ class PostgresStore(Store):
     """The store on a PostgreSQL server; see the module's docstring."""
 
     kind = "postgresql"
+    driver_errors = ERRORS
     lock_row = " FOR UPDATE"
 
     def __init__(self, url: str, max_connections: int = POOL_SIZE):
+        super().__init__()
         self.url = url
         self.where = redact(url)
         try:  # a bad URL, a wrong password or no server: one clear line, before anything starts
@@ -210,8 +212,13 @@ class PostgresStore(Store):
             raise StoreBusy(f"the PostgreSQL store {self.where} is busy: no connection was free within "
                             f"{WAIT_TIMEOUT:g} s") from None
         except ERRORS as exc:  # unless the connection was lost: a statement timeout, a deadlock, this request's
-            busy = isinstance(exc, psycopg.OperationalError) and not self._down.is_set()
-            raise self._failed(exc, StoreBusy if busy else StoreError) from exc
+            raise self.refusal(exc) from exc
+
+    def refusal(self, exc: Exception) -> StoreError:
+        """The error a request gets for a database error: a statement timeout or a deadlock (unless the
+        connection was lost) is StoreBusy, anything else StoreError."""
+        busy = isinstance(exc, psycopg.OperationalError) and not self._down.is_set()
+        return self._failed(exc, StoreBusy if busy else StoreError)
 
     def _failed(self, exc: Exception, kind: type[StoreError] = StoreError) -> StoreError:
         """The error a request that ``exc`` ended gets: the store, without its password, and psycopg's reason."""

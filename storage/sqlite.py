@@ -89,9 +89,11 @@ class SQLiteStore(Store):
     """The store in one SQLite file (``ratings.db`` in the model folder), shared by the processes of one host."""
 
     kind = "sqlite"
+    driver_errors = (sqlite3.Error,)
     compact_pause = COMPACT_PAUSE
 
     def __init__(self, path: Path):
+        super().__init__()
         self.path = Path(path)
         self.where = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +126,7 @@ class SQLiteStore(Store):
                     self._db.execute("BEGIN IMMEDIATE")
                     yield self._db
             except sqlite3.Error as exc:
-                raise StoreError(f"could not store the ratings: {exc}") from exc
+                raise self.refusal(exc) from exc
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:

@@ -5,8 +5,10 @@ the default: every process on one host) and :mod:`storage.postgres` (a
 PostgreSQL server: API processes and a trainer on several hosts).  Both keep the
 same promises, which ``tests/test_store_contract.py`` checks on each:
 
-* one transaction per request, acknowledged only once it is committed; a
-  request that fails leaves nothing behind and takes no request number;
+* a request is acknowledged only once it is committed, and one that fails
+  leaves nothing behind and takes no request number (the ratings requests a
+  process takes at once share one transaction, each in a savepoint of its own:
+  :mod:`storage.group`);
 * request numbers come from the database inside the writing transaction (the
   ``last_seq`` row, updated first, so its row lock orders the writers): they
   never collide and grow in commit order, so a reader that has seen request N
@@ -30,6 +32,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from storage.group import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +198,11 @@ class Store(ABC):
     store_id: str
     where: str  # for messages: the file, or the URL without its password
     compact_pause = 0.0  # seconds between compaction transactions (SQLite's writers wait in a busy handler)
+    driver_errors: tuple[type[Exception], ...] = ()  # the database driver's errors (a request's own failure)
     lock_row = ""  # appended to a SELECT that must hold its row for the transaction (PostgreSQL: FOR UPDATE)
+
+    def __init__(self) -> None:
+        self.group = GroupCommit(self.writing, self._refused)  # this process's ratings requests, grouped
 
     # --- what a backend supplies ------------------------------------------------------------
 
@@ -227,15 +235,17 @@ class Store(ABC):
 
     def append(self, user: int, ratings: list[tuple[int, float]], once: Once | None = None,
                answer: dict | None = None, also: Callable[[Cursor, int], None] | None = None) -> Entry:
-        """Store one request in one transaction; the caller may acknowledge once this returns.
+        """Store one request; the caller may acknowledge once this returns (it is committed).
 
-        With ``once``, ``answer`` is kept with the ratings in the same transaction, and a request whose
+        Requests this process takes at once share one transaction (:mod:`storage.group`), each in a
+        savepoint of its own.  With ``once``, ``answer`` is kept with the ratings, and a request whose
         key was seen within IDEMPOTENCY_SECONDS stores nothing and raises Replayed with the first answer.
         ``also(cursor, seq)`` writes what goes with the ratings (an experiment's record) in their transaction.
-        Raises StoreError, with nothing stored, when the commit fails.
+        Raises StoreError, with nothing stored, when the request or its group's commit fails.
         """
         now = time.time()
-        with self.writing() as db:
+
+        def write(db: Cursor) -> Entry:
             seq = int(db.execute(NEXT_SEQ).fetchone()[0])  # first: its row lock orders duplicates too
             if once is not None:
                 self._first_time(db, once, now)
@@ -245,7 +255,18 @@ class Store(ABC):
                 also(db, seq)
             if once is not None:
                 self._remember(db, once, answer or {}, now)
-        return Entry(seq, user, tuple(ratings), now)
+            return Entry(seq, user, tuple(ratings), now)
+
+        return self.group.submit(write)
+
+    def _refused(self, exc: Exception) -> BaseException:
+        """The error a grouped request gets for ``exc``: the database's own errors as StoreError, with the
+        reason; a StoreError, Replayed or anything else as it is."""
+        return self.refusal(exc) if isinstance(exc, self.driver_errors) else exc
+
+    def refusal(self, exc: Exception) -> StoreError:
+        """A database error that ended one request, as the StoreError it gets (backends name the store)."""
+        return StoreError(f"could not store the ratings: {exc}")
 
     def _first_time(self, db: Cursor, once: Once, now: float) -> None:
         """Inside a write transaction that holds the writers' lock: raise Replayed when ``once``'s key has an

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -108,21 +110,29 @@ def test_shared_settings_new_users_and_tokens(store):
 
 
 def _append_many(location, user: int, count: int, ready, go) -> None:
+    """Four threads of one process append ``count`` requests each, users ``user * 10 + thread``."""
     store = open_store(*location)
     ready.set()
     go.wait(30)
-    for k in range(count):
-        store.append(user, [(k % 7, 0.5 + k % 10 / 2)])
+
+    def one_thread(u: int) -> None:
+        for k in range(count):
+            store.append(u, [(k % 7, 0.5 + k % 10 / 2)])
+
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(one_thread, user * 10 + t) for t in range(4)]:
+            done.result()
     store.close()
 
 
 def test_processes_appending_at_once_get_distinct_request_numbers_in_commit_order(location):
-    """Request numbers come from the database inside the write transaction, not from a process's memory."""
+    """Request numbers come from the database inside the write transaction, not from a process's memory;
+    each process's threads share group commits."""
     open_store(*location).close()
     ctx = multiprocessing.get_context("spawn")
     go = ctx.Event()
     readies = [ctx.Event() for _ in range(3)]
-    procs = [ctx.Process(target=_append_many, args=(location, user, 100, ready, go))
+    procs = [ctx.Process(target=_append_many, args=(location, user, 50, ready, go))
              for user, ready in zip((1, 2, 3), readies)]
     for proc in procs:
         proc.start()
@@ -134,11 +144,119 @@ def test_processes_appending_at_once_get_distinct_request_numbers_in_commit_orde
         assert proc.exitcode == 0
     store = open_store(*location)
     entries = store.entries()
-    assert [e.seq for e in entries] == list(range(1, 301)) and store.last_seq == 300
-    assert Counter(e.user for e in entries) == {1: 100, 2: 100, 3: 100}
-    # Each user's requests in the order that user made them: the last one, (99 % 7, 5.0), wins.
-    assert all(store.changes(0)[1].ratings()[u][99 % 7] == 0.5 + 99 % 10 / 2 for u in (1, 2, 3))
+    users = [u * 10 + t for u in (1, 2, 3) for t in range(4)]
+    assert [e.seq for e in entries] == list(range(1, 601)) and store.last_seq == 600
+    assert Counter(e.user for e in entries) == dict.fromkeys(users, 50)
+    # Each user's requests in the order that user made them: the last one, (49 % 7, 5.0), wins.
+    assert all(store.changes(0)[1].ratings()[u][49 % 7] == 0.5 + 49 % 10 / 2 for u in users)
     store.close()
+
+
+def _line_up(store, pool: ThreadPoolExecutor, requests: list[tuple]) -> list[Future]:
+    """Submit ``store.append(*args)`` for each request on threads while a first request holds the commit, so
+    that they wait in the queue in this order and form one group; the holder is released, then its group
+    (request 1 alone) and theirs commit.  Returns their futures (the holder's is awaited here)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(db, seq) -> None:
+        holding.set()
+        assert release.wait(30)
+
+    first = pool.submit(store.append, 1, [(1, 1.0)], None, None, hold)
+    assert holding.wait(30)
+    futures = []
+    for k, args in enumerate(requests, 1):
+        futures.append(pool.submit(store.append, *args))
+        assert store.group.wait_queued(k, 30)
+    release.set()
+    assert first.result(30).seq == 1
+    return futures
+
+
+def _outcome(future: Future):
+    try:
+        return future.result(30)
+    except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
+        return exc
+
+
+def test_requests_at_once_share_one_commit_and_are_acknowledged_only_after_it(store):
+    written, let_go = threading.Event(), threading.Event()
+
+    def hold_last(db, seq) -> None:  # the group's last request: every other one is written, none committed
+        written.set()
+        assert let_go.wait(30)
+
+    with ThreadPoolExecutor(10) as pool:
+        groups = store.group.groups
+        futures = _line_up(store, pool, [(2 + k, [(10 + k, 3.0)]) for k in range(7)]
+                           + [(9, [(17, 3.0)], None, None, hold_last)])
+        assert written.wait(30)
+        assert not any(f.done() for f in futures)  # seven are written, and none is acknowledged before the commit
+        let_go.set()
+        entries = [f.result(30) for f in futures]
+    assert [(e.seq, e.user) for e in entries] == [(k, k) for k in range(2, 10)]
+    assert store.group.groups == groups + 2  # the holder's, then one for the eight
+    assert [(e.seq, e.user, e.ratings) for e in store.entries()] == \
+        [(1, 1, ((1, 1.0),))] + [(k, k, ((k + 8, 3.0),)) for k in range(2, 10)]
+
+
+def test_a_request_that_fails_in_a_group_fails_alone_and_takes_no_number(store):
+    from storage.store import Once, Replayed
+
+    _fail_inserts_of_movie(store, 666)
+    once = Once("ratings:3", "k-1", "fp")
+
+    def broken(db, seq) -> None:
+        raise ValueError("a bug in what goes along (injected)")
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = _line_up(store, pool, [
+            (2, [(20, 4.0)]),
+            (3, [(30, 3.0)], once, {"accepted": 1}),
+            (3, [(30, 3.0)], once, {"accepted": 2}),  # the same key in the same group: the first answer
+            (4, [(40, 2.0), (666, 2.0)]),  # its second row is refused
+            (5, [(50, 1.0)], None, None, broken),
+            (6, [(60, 5.0)]),
+        ])
+        a, b, again, refused, bug, f = (_outcome(x) for x in futures)
+    assert (a.seq, b.seq, f.seq) == (2, 3, 4)  # no number taken by the three that failed
+    assert isinstance(again, Replayed) and again.answer == {"accepted": 1} and again.matches
+    assert isinstance(refused, StoreError) and "disk full (injected)" in str(refused)
+    assert isinstance(bug, ValueError)
+    assert store.last_seq == 4 and [(e.seq, e.user) for e in store.entries()] == [(1, 1), (2, 2), (3, 3), (4, 6)]
+    assert store.append(5, [(50, 1.0)]).seq == 5  # the store goes on
+
+
+def _fail_commits_with_movie(store, movie: int) -> None:
+    """Fault injection: a transaction that stored a rating of ``movie`` fails at its COMMIT (a deferred
+    constraint), after every statement of it went through."""
+    with store.writing() as db:
+        if store.kind == "sqlite":
+            db.execute("CREATE TABLE nowhere (id INTEGER PRIMARY KEY)")
+            db.execute("CREATE TABLE poisoned (movie INTEGER REFERENCES nowhere (id) DEFERRABLE INITIALLY DEFERRED)")
+            db.execute(f"CREATE TRIGGER poison AFTER INSERT ON ratings WHEN NEW.movie = {movie} "
+                       "BEGIN INSERT INTO poisoned VALUES (NEW.movie); END")
+        else:
+            db.execute("CREATE FUNCTION refuse_commit() RETURNS trigger AS $$ BEGIN "
+                       "RAISE EXCEPTION 'commit refused (injected)'; END $$ LANGUAGE plpgsql")
+            db.execute(f"CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON ratings DEFERRABLE INITIALLY DEFERRED "
+                       f"FOR EACH ROW WHEN (NEW.movie = {movie}) EXECUTE FUNCTION refuse_commit()")
+    if store.kind == "sqlite":
+        store._db.execute("PRAGMA foreign_keys=ON")  # a connection's setting, outside any transaction
+
+
+def test_a_group_whose_commit_fails_acknowledges_and_stores_none_of_it(store):
+    from storage.store import Once
+
+    _fail_commits_with_movie(store, 667)
+    once = Once("ratings:4", "k-1", "fp")
+    with ThreadPoolExecutor(6) as pool:
+        futures = _line_up(store, pool, [(2, [(20, 4.0)]), (3, [(667, 3.0)]), (4, [(40, 2.0)], once, {})])
+        outcomes = [_outcome(x) for x in futures]
+    assert all(isinstance(x, StoreError) for x in outcomes), outcomes
+    assert store.last_seq == 1 and [e.user for e in store.entries()] == [1]
+    assert store.append(4, [(40, 2.0)], once, {}).seq == 2  # its key was not kept either: stored now
 
 
 def test_an_unknown_store_url_is_refused_in_one_line(tmp_path):
