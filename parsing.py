@@ -145,11 +145,12 @@ def parse_json_ratings(data, cap: int = MAX_POST_RATINGS) -> Parsed:
 _BRACKET_STEPS = np.zeros(256, dtype=np.int8)
 _BRACKET_STEPS[[ord("["), ord("{")]] = 1
 _BRACKET_STEPS[[ord("]"), ord("}")]] = -1
+_NOT_BRACKETS = bytes(b for b in range(256) if not _BRACKET_STEPS[b])  # what json_depth deletes before counting
 
 
 def json_depth(raw: bytes) -> int:
     """How deep ``[`` and ``{`` nest in ``raw``, brackets inside strings included (a body of ratings has none)."""
-    brackets = raw.translate(None, delete=bytes(b for b in range(256) if not _BRACKET_STEPS[b]))
+    brackets = raw.translate(None, delete=_NOT_BRACKETS)
     steps = _BRACKET_STEPS[np.frombuffer(brackets, dtype=np.uint8)]
     return int(np.cumsum(steps, dtype=np.int32).max()) if len(steps) else 0
 

@@ -260,6 +260,8 @@ class Loader:
         if last > min(synced):
             with self._sync_lock:
                 view = self.view
+                if last <= min(self._synced(view)):  # folded in by the thread that had the lock before
+                    return view
                 upto, changes = self.store.changes(min(self._synced(view)))
                 for served in view.served.values():  # newest per user and movie: applying one twice is harmless
                     served.apply(upto, changes)

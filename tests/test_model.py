@@ -9,7 +9,7 @@ import pytest
 from conftest import FAST
 
 from datasets import movielens
-from model import ModelError, ModelParams, RankingParams, Scale, neighbour_sums
+from model import ModelError, ModelParams, RankingModel, RankingParams, Scale, neighbour_sums
 from spark.training import fit_models
 from storage.catalogue import Catalogue, Histories
 from storage.versions import ModelVersions
@@ -74,6 +74,30 @@ def test_ranking_fold_in_reproduces_the_trained_user(models, csv_fixture):
         folded = ranking.fold_in(rows, np.array([r for _, r in mine]))
         trained = ranking.user_factors[ranking.user_row(user)]
         assert np.allclose(folded, trained, atol=2e-3 * np.abs(trained).max())
+
+
+def test_a_few_ratings_fold_in_through_the_low_rank_solve_to_the_same_vector():
+    """The Woodbury path (fewer rated movies than half the rank) and the direct solve of the implicit-ALS
+    normal equations give one vector; a dislike, a neutral rating and an unknown movie count as they should."""
+    rng = np.random.default_rng(7)
+    params = RankingParams(rank=8)
+    Y = rng.normal(0, 0.5, (20, params.rank))
+    model = RankingModel(np.arange(3), rng.normal(size=(3, params.rank)), np.arange(20), Y, params)
+
+    def direct(rows, ratings):  # the normal equations as the docstring writes them, solved whole
+        values = params.preferences(np.asarray(ratings, dtype=float))
+        c = 1.0 + params.alpha * np.abs(values)
+        p = (values > 0).astype(float)
+        A = Y.T @ Y + Y[rows].T @ np.diag(c - 1.0) @ Y[rows] + params.reg * p.sum() * np.eye(params.rank)
+        return np.linalg.solve(A, Y[rows].T @ (c * p))
+
+    for rows, ratings in (([4], [4.5]), ([4, 9], [5.0, 1.0]), ([1, 2, 3], [4.0, 2.5, 3.5]),
+                          ([0, 5, 6, 7, 8, 11], [4.0, 1.0, 5.0, 3.0, 2.0, 4.5])):  # the last: direct path
+        assert np.allclose(model.fold_in(np.array(rows), np.array(ratings)), direct(rows, ratings), rtol=1e-10)
+    # By hand, one rating of 4.5 (value 2, confidence 1 + 2 alpha): (G + reg I + c1 y y^T) x = (1 + c1) y.
+    y, c1 = Y[4], 2 * params.alpha
+    by_hand = np.linalg.solve(Y.T @ Y + params.reg * np.eye(8) + c1 * np.outer(y, y), (1 + c1) * y)
+    assert np.allclose(model.fold_in(np.array([4, -1]), np.array([4.5, 3.0])), by_hand, rtol=1e-10)
 
 
 def test_signed_confidence_makes_low_ratings_dislikes(models, csv_fixture):
