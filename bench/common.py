@@ -81,6 +81,25 @@ def start_server(model_dir: str, *extra: str, dataset: str | None = None, role: 
     raise SystemExit(f"bench: server did not start within {timeout:.0f} s")
 
 
+def start_floor(folder: str, timeout: float = 60) -> tuple[subprocess.Popen, int]:
+    """Start ``bench/floor_app.py`` (the framework alone, served as server.py serves) on a free loopback port;
+    its output goes to floor-<port>.out in ``folder``."""
+    port = free_port()
+    out = Path(folder) / f"floor-{port}.out"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor_app.py"), "--port", str(port)], cwd=ROOT,
+                            stdout=open(out, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: the floor app exited: {out.read_text()[-2000:]}")
+        if health_ok(port):
+            return proc, port
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"bench: the floor app did not start within {timeout:.0f} s")
+
+
 def health_ok(port: int) -> bool:
     try:
         return Client("127.0.0.1", port).call("GET", "/health", check=False)[1] == 200

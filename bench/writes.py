@@ -12,6 +12,9 @@ configuration share a copy of the published model folder and its ``ratings.db``;
 RECOMMENDER_STORE) each process has a folder of its own and the database is shared by every configuration.
 Configurations are interleaved, ``--rounds`` times, so that a drift of the machine's speed hits all alike.
 
+Each round also loads ``bench/floor_app.py`` (code ``floor``: Flask, CherryPy and TransLogger answering a POST
+with nothing behind it), the ceiling of one process on this machine in that minute.
+
 Prints one JSON object: per configuration and round, ``posts_per_s``, p50/p99 of the POSTs, the statuses
 other than 201, ``commits`` and ``requests_per_commit`` (from the processes' /metrics, where the code has
 them), and the store check: ``acknowledged``, ``stored_once`` (acknowledged requests found exactly once
@@ -32,7 +35,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import DEFAULT_DATASET, ROOT, Client, start_server, stop_all, summary
+from common import DEFAULT_DATASET, ROOT, Client, start_floor, start_server, stop_all, summary
 
 from storage.backends import open_store
 
@@ -90,6 +93,16 @@ def _check(store_url: str | None, folder: str, first_user: int, acked: list[tupl
             "stored_unacknowledged": sum(1 for r in rows if r not in acked_set)}
 
 
+def first_free_user(store_url: str | None, folder: Path) -> int:
+    """Where this invocation's user ids start: above every user the store holds (a database shared with an
+    earlier run keeps that run's)."""
+    store = open_store(store_url, folder)
+    try:
+        return max([FIRST_USER - 1] + [e.user for e in store.entries()]) + 1
+    finally:
+        store.close()
+
+
 def run(code: Path, n: int, run_no: int, published: Path, root: Path, args, env: dict) -> dict:
     """One configuration: ``n`` API processes of ``code``, loaded for ``args.seconds``."""
     shared = root / f"run-{run_no}"
@@ -100,7 +113,7 @@ def run(code: Path, n: int, run_no: int, published: Path, root: Path, args, env:
     ports = [port for _, port in procs]
     try:
         before = _commits(ports)
-        first_user = FIRST_USER + run_no * USERS_PER_RUN
+        first_user = args.first_user + run_no * USERS_PER_RUN
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(args.clients) as pool:
             runs = pool.map(_post, [(ports, args.seconds, first_user + c * CLIENT_USERS) for c in range(args.clients)])
@@ -118,6 +131,19 @@ def run(code: Path, n: int, run_no: int, published: Path, root: Path, args, env:
         row.update(commits=commits, requests_per_commit=round(requests / max(commits, 1), 2))
     row.update(_check(args.store, str(folders[0]), first_user, acked))
     return row
+
+
+def floor(root: Path, args) -> dict:
+    """The same load on bench/floor_app.py (one process): what the framework alone answers."""
+    proc, port = start_floor(str(root))
+    try:
+        with multiprocessing.get_context("spawn").Pool(args.clients) as pool:
+            runs = pool.map(_post, [([port], args.seconds, c * CLIENT_USERS) for c in range(args.clients)])
+    finally:
+        stop_all([proc])
+    latencies = [ms for r in runs for ms in r[0]]
+    return {"code": "floor", "api_processes": 1, "clients": args.clients,
+            "posts_per_s": round(sum(len(r[1]) for r in runs) / args.seconds, 1), **summary(latencies)}
 
 
 def main() -> int:
@@ -139,8 +165,10 @@ def main() -> int:
         published = root / "published"
         trainer, _ = start_server(str(published), "--no-tune", dataset=args.dataset, env=env)
         stop_all([trainer])
+        args.first_user = first_free_user(args.store, published)
         run_no = 0
         for _ in range(args.rounds):
+            result["runs"].append(floor(root, args))
             for n in args.processes:
                 for code in codes:
                     result["runs"].append(run(code, n, run_no, published, root, args, env))

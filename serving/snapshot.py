@@ -9,12 +9,14 @@ as served.  NumPy only: no Spark here.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from model import Models, neighbour_sums, user_residuals
+from storage.catalogue import UserRatings
 
 SAMPLE_PER_K = 32  # top_k's sample: this many values per wanted one
 
@@ -112,7 +114,9 @@ class Snapshot:
     version: int = 0
     seq: int = 0
     trained_at: str = ""
-    folded: dict[int, UserVectors | None] = field(default_factory=dict)  # None: every rating withdrawn
+    # A user's vectors since the version: UserRatings until asked for (folded in then), None when nothing is left.
+    folded: dict[int, UserVectors | UserRatings | None] = field(default_factory=dict)
+    _folding: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     LAYOUT = ("movie_bias", "movie_factors", "has_factors", "rank_factors", "rank_unit", "has_rank",
               "score_matrix", "score_columns", "neighbours", "similarity")
@@ -163,13 +167,26 @@ class Snapshot:
         """The user's vectors: folded in since the last training, else trained; None for a stranger (or a user
         whose every rating was withdrawn or forgotten since)."""
         if user in self.folded:
-            return self.folded[user]
+            found = self.folded[user]
+            if not isinstance(found, UserRatings):
+                return found
+            vectors = self.fold(found.rows, found.ratings)
+            with self._folding:  # unless newer ratings replaced them meanwhile: theirs are folded at the next ask
+                if self.folded.get(user) is found:
+                    self.folded[user] = vectors
+            return vectors
         rating, ranking = self.models.rating, self.models.ranking
         row, rank_row = rating.user_row(user), ranking.user_row(user)
         if row is None:
             return None
         ranking_vector = ranking.user_factors[rank_row] if rank_row is not None else np.zeros(ranking.rank)
         return UserVectors(float(rating.user_bias[row]), rating.user_factors[row], ranking_vector)
+
+    def posted(self, user: int, ratings: UserRatings) -> None:
+        """The user's ratings now (all of them, posted ones included): their vectors are folded in when the
+        user is next asked about, in the process asked (most users who post are not, on most processes)."""
+        with self._folding:
+            self.folded[user] = ratings if len(ratings.rows) else None
 
     def fold(self, rows: np.ndarray, ratings: np.ndarray) -> UserVectors:
         """Both models' vectors for a user who rated the catalogue ``rows``, without retraining."""

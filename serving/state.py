@@ -20,7 +20,8 @@ class Served:
 
     ``posted`` holds the merged ratings of every user who posted after the
     version's request ``seq``; ``snapshot.folded`` their vectors, recomputed
-    against the version's models; ``counts`` and ``sums`` follow.  ``synced`` is
+    against the version's models when the user is next asked about;
+    ``counts`` and ``sums`` follow.  ``synced`` is
     the last request folded in.  The recommender applies changes under its lock;
     readers use whatever they find, as every assignment here replaces a whole value.
     """
@@ -108,7 +109,7 @@ class Served:
             counts[after.rows] += 1
             sums[after.rows] += after.ratings
             self.posted[user] = after
-            # No rating left: a stranger to both models (None), whatever the version was trained on.
-            self.snapshot.folded[user] = self.snapshot.fold(after.rows, after.ratings) if len(after.rows) else None
+            # No rating left: a stranger to both models, whatever the version was trained on.
+            self.snapshot.posted(user, after)
         self.tallies = (counts, sums)
         self.synced = max(self.synced, upto)

@@ -52,6 +52,46 @@ def test_new_user_is_folded_in_at_once(make_recommender, csv_fixture):
         rec.predict(5000, csv_fixture.dramas[-1]).predicted_rating + 1.5
 
 
+def test_posted_ratings_are_folded_in_when_the_user_is_asked_about_and_never_from_stale_ratings(
+        make_recommender, csv_fixture):
+    """A POST folds the ratings in (counts, the user's ratings) but not yet the vectors: those are computed
+    at the user's next answer, in the process that answers.  A fold that was computing from ratings that
+    newer ones replaced meanwhile does not overwrite them."""
+    import threading
+
+    from storage.catalogue import UserRatings
+
+    rec = make_recommender()
+    rec.add_ratings(5001, [(m, 5.0) for m in csv_fixture.comedies[:3]])
+    snapshot = rec.current().snapshot
+    assert isinstance(snapshot.folded[5001], UserRatings)  # nobody asked yet: no fold spent
+    first = rec.recommend(5001, 5, min_count=0)
+    assert first.fallback is None and not isinstance(snapshot.folded[5001], UserRatings)
+
+    inside, release, real_fold = threading.Event(), threading.Event(), snapshot.fold
+    older = UserRatings(np.array([0], dtype=np.int32), np.array([5.0]))
+    newer = UserRatings(np.array([1, 2], dtype=np.int32), np.array([1.0, 4.0]))
+
+    def slow_fold(rows, ratings):
+        inside.set()
+        assert release.wait(30)
+        return real_fold(rows, ratings)
+
+    snapshot.posted(5002, older)
+    snapshot.fold = slow_fold
+    answered = {}
+    asker = threading.Thread(target=lambda: answered.update(v=snapshot.user_vectors(5002)))
+    asker.start()
+    assert inside.wait(30)
+    snapshot.posted(5002, newer)  # newer ratings arrive while the older ones are being folded
+    release.set()
+    asker.join(30)
+    del snapshot.fold  # the class's again
+    assert np.allclose(answered["v"].ranking, real_fold(older.rows, older.ratings).ranking)  # its own answer
+    assert snapshot.folded[5002] is newer  # not overwritten by the stale vectors: folded at the next ask
+    assert np.allclose(snapshot.user_vectors(5002).ranking, real_fold(newer.rows, newer.ratings).ranking)
+
+
 def test_a_new_rating_replaces_the_old_one(make_recommender, csv_fixture):
     rec = make_recommender()
     movie, old = next((m, r) for u, m, r in csv_fixture.ratings if u == 1)
