@@ -175,15 +175,12 @@ class Recommender:
         """The version that answers outside an experiment, with every acknowledged rating folded in."""
         return self.routed(None)[0]
 
-    def routed(self, user: int | None, fresh: bool = True) -> tuple[Served, Route]:
+    def routed(self, user: int | None) -> tuple[Served, Route]:
         """The version that answers ``user`` (None: no user in particular) with every acknowledged rating
-        folded in, and why it does; Unavailable before the first version.  Every answer goes through here.
-        ``fresh=False``: without the store read, for a POST, whose answer comes after its own."""
+        folded in, and why it does; Unavailable before the first version.  Every answer goes through here."""
         view = self.loader.view
         if view is None:
             raise Unavailable("no model has been published yet: the trainer is fitting the first one")
-        if not fresh:
-            return view.route(user)
         try:  # one read per request: what any process acknowledged before this request began is in the answer
             view = self.loader.sync(view)
             self._store_down = False
@@ -331,9 +328,7 @@ class Recommender:
         request changes nothing.
         """
         check_user(user)
-        # No freshness read before the write (the one after it folds in everything acknowledged before the
-        # answer): the prediction kept for the live quality may miss what this user posted elsewhere just now.
-        served, route = self.routed(user, fresh=False)
+        served, route = self.routed(user)
         rows = np.array(check_ratings(served.catalogue, served.scale, pairs, labels), dtype=np.int64)
         snapshot, rated = served.snapshot, served.ratings_of(user)
         predicted = snapshot.predicted_ratings(snapshot.user_vectors(user), rows, rated=_pairs(rated)).tolist()
