@@ -426,7 +426,7 @@ class RankingModel(_Ids):
         ``M = Y^T Y + shift I = Q diag(w + shift) Q^T`` (one eigendecomposition per model),
         ``x = M^-1 b - M^-1 W^T (I + W M^-1 W^T)^-1 W M^-1 b``: a k x k solve instead of rank x rank."""
         if self._eigen is None:
-            w, Q = np.linalg.eigh(self.gram)
+            w, Q = np.linalg.eigh(self.gram.astype(np.float64))  # float64 whatever the factors' type
             self._eigen = (np.maximum(w, 0.0), Q)  # Y^T Y is positive semi-definite: rounding aside, w >= 0
         w, Q = self._eigen
         d = 1.0 / (w + shift)

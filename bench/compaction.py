@@ -4,7 +4,7 @@
 
 Builds a store holding ``--ratings`` posted ratings (requests of ``--per-request``
 ratings from random users, so many re-rate a movie and are compacted away),
-then measures POSTs (``append``, one transaction each, durable) in this process
+then measures POSTs (``append``, durable, from one thread: a transaction each) in this process
 while another process runs ``compact`` on the same store, as the trainer does
 after publishing a version.  SQLite in a temporary folder unless ``--store``
 (or RECOMMENDER_STORE) names an empty PostgreSQL database.  Prints one JSON object: the POST

@@ -5,9 +5,9 @@
 Synthetic models (random NumPy arrays of the default ranks and neighbour width) over catalogues of
 the given sizes, and the two steps of ``Recommender.add_ratings`` that depend on the models: the
 prediction of the posted ratings for the live quality (``Snapshot.predicted_ratings``) and the fold-in
-(``Served.apply``, under the recommender's lock).  Each step's median time and its peak of new
-memory (tracemalloc, measured on a separate run) for a user with ``--history`` earlier ratings who
-posts ``--ratings`` new ones.
+(``Served.apply``, under the recommender's lock, then the vectors, folded at the user's next answer).
+Each step's median time and its peak of new memory (tracemalloc, measured on a separate run) for a
+user with ``--history`` earlier ratings who posts ``--ratings`` new ones.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import model as m  # noqa: E402
 from serving.state import Served  # noqa: E402
 from storage.catalogue import Catalogue, Histories  # noqa: E402
+from storage.store import Changes, UserChange  # noqa: E402
 from storage.versions import Version  # noqa: E402
 
 USERS = 1000  # users the synthetic models were "trained" on
@@ -99,8 +100,11 @@ def post_cost(n_movies: int, ratings: int, history: int, repeat: int) -> dict:
     def predict() -> None:
         snapshot.predicted_ratings(vectors, rows, rated=(rated.rows, rated.ratings))
 
-    def fold_in() -> None:
-        served.apply(1, {USER: pairs})
+    changes = Changes(users={USER: UserChange(ratings=pairs)})
+
+    def fold_in() -> None:  # the ratings merged in, then the vectors at the user's next answer
+        served.apply(1, changes)
+        snapshot.user_vectors(USER)
 
     return {"movies": n_movies, "ratings": ratings, "history": history, "predict": measure(predict, repeat),
             "apply": measure(fold_in, repeat)}

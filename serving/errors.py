@@ -38,7 +38,7 @@ class StoreUnavailable(Unavailable):
 
 def stored(write: Callable[[], T], what: str, done: str = "stored") -> T:
     """``write()``; a store that fails it is logged and answered 503 (StoreUnavailable), saying ``what``
-    could not be ``done`` and that nothing changed (a write is one transaction)."""
+    could not be ``done`` and that nothing changed (a write is all or nothing)."""
     try:
         return write()
     except StoreError as exc:

@@ -346,6 +346,10 @@ class Recommender:
                 record.failed()
             log.error("%s", exc)
             raise StoreUnavailable("the ratings could not be stored; nothing was saved, try again later") from None
+        except Exception:  # a bug in what goes along: nothing stored either, and the lists it took go back
+            if record is not None:
+                record.failed()
+            raise
         self.quality.posted(served.number, user, [m for m, _ in pairs], predicted, [r for _, r in pairs], entry.seq)
         self.current()  # folded in before the answer
         return Ack(body)

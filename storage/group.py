@@ -18,20 +18,22 @@ Every promise of :mod:`storage.store` holds per request:
   stores nothing, takes no number, and the others of its group go on;
 * when the commit itself fails, no request of the group is acknowledged and
   none is stored (each one gets the StoreError).
+
+A group is at most the process's request threads (16 by default), each request
+at most the POST cap.  As for a request alone, a connection lost during the
+COMMIT itself leaves its outcome unknown: every request of the group is told
+it failed, and a client that retries with its Idempotency-Key stores it once.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger(__name__)
-
-MAX_GROUP = 256  # requests one transaction takes at most (a process has far fewer threads)
+from storage.errors import StoreError
 
 
 @dataclass(eq=False)
@@ -49,13 +51,13 @@ class GroupCommit:
     """One process's queue of write requests in front of a store's write transactions.
 
     ``begin()`` opens one write transaction (the store's ``writing``, which raises StoreError when it
-    cannot commit); ``refused(exc)`` is the error a request gets for ``exc``: a StoreError for a database
-    error (one request's or the commit's), anything else (Replayed) as it is.
+    cannot commit); ``refused(exc)`` is the error a request gets for ``exc``: a StoreError for one of the
+    ``database_errors`` (one request's, or the commit's), anything else (Replayed, a bug) as it is.
     """
 
     def __init__(self, begin: Callable[[], AbstractContextManager[Any]],
-                 refused: Callable[[Exception], BaseException]):
-        self._begin, self._refused = begin, refused
+                 refused: Callable[[Exception], BaseException], database_errors: tuple[type[Exception], ...]):
+        self._begin, self._refused, self._database_errors = begin, refused, database_errors
         self._queue: list[Pending] = []
         self._queued = threading.Condition()  # guards the queue; notified at each arrival
         self._leader = threading.Lock()  # held by the thread committing a group
@@ -69,22 +71,17 @@ class GroupCommit:
             self._queue.append(pending)
             self._queued.notify_all()
         with self._leader:
-            while not pending.done:  # another leader may have committed it while this thread waited
+            if not pending.done:  # no earlier leader took it: it is in the queue, and the group takes it all
                 with self._queued:
-                    group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+                    group, self._queue = self._queue, []
                 self._commit(group)
         if pending.error is not None:
             raise pending.error
         return pending.result
 
-    def queued(self) -> int:
-        """Requests waiting for the next group."""
-        with self._queued:
-            return len(self._queue)
-
     def wait_queued(self, count: int, timeout: float) -> bool:
-        """Block until at least ``count`` requests wait for the next group (tests and benchmarks line
-        requests up with it); False after ``timeout`` seconds."""
+        """Block until at least ``count`` requests wait for the next group (tests line requests up with it);
+        False after ``timeout`` seconds."""
         with self._queued:
             return self._queued.wait_for(lambda: len(self._queue) >= count, timeout)
 
@@ -95,11 +92,11 @@ class GroupCommit:
             with self._begin() as db:
                 for pending in group:
                     self._one(db, pending)
-        except BaseException as exc:  # the commit (or a rollback to a savepoint) failed: no request stays
-            for pending in group:
-                pending.result, pending.error = None, self._refused(exc) if isinstance(exc, Exception) else exc
-            if not isinstance(exc, Exception):
-                raise
+        except Exception as exc:  # noqa: BLE001 - the commit (or a rollback to a savepoint) failed: none stays
+            self._fail(group, self._refused(exc))
+        except BaseException:  # the leader's thread is stopped (it raises this itself): the others are refused
+            self._fail(group, StoreError("could not store the ratings: the process is stopping"))
+            raise
         finally:
             for pending in group:
                 pending.done = True
@@ -112,7 +109,13 @@ class GroupCommit:
         except Exception as exc:  # noqa: BLE001 - this request's own failure: the rest of the group goes on
             try:
                 db.execute("ROLLBACK TO SAVEPOINT request")
-            except Exception:  # noqa: BLE001 - the transaction is gone (SQLite rolls it all back on a full
-                raise exc from None  # disk; a lost connection): the whole group fails, for this reason
+            except Exception as gone:  # noqa: BLE001 - the transaction is gone (SQLite rolls it all back on a
+                # full disk or an I/O error; a lost connection): the group fails, for the database's first reason
+                raise (exc if isinstance(exc, self._database_errors) else gone) from None
             pending.error = self._refused(exc)
         db.execute("RELEASE SAVEPOINT request")
+
+    @staticmethod
+    def _fail(group: list[Pending], error: BaseException) -> None:
+        for pending in group:
+            pending.result, pending.error = None, error

@@ -33,7 +33,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from storage.errors import StoreBusy, StoreError
 from storage.group import GroupCommit
+
+__all__ = ["StoreBusy", "StoreError"]  # defined in storage.errors; every other module imports them from here
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +91,6 @@ RATING, FORGOTTEN, UNRATED, HIDDEN, RULE = range(5)  # the kinds of change
 EVERY_KIND = (RATING, FORGOTTEN, UNRATED, HIDDEN, RULE)
 SHOWN = (HIDDEN, RULE)  # what may be shown, whatever the version: read whole when a process starts
 CHANGES = {kinds: _changes_sql(kinds) for kinds in (EVERY_KIND, SHOWN)}
-
-
-class StoreError(RuntimeError):
-    """The store could not take or answer a request (disk full, database down); nothing of it was stored."""
-
-
-class StoreBusy(StoreError):
-    """The store answers but could not take this request in time (a busy pool, a statement timeout, a
-    deadlock): this request failed, nothing of it was stored, and the next one may go through."""
 
 
 class Replayed(Exception):
@@ -202,7 +196,8 @@ class Store(ABC):
     lock_row = ""  # appended to a SELECT that must hold its row for the transaction (PostgreSQL: FOR UPDATE)
 
     def __init__(self) -> None:
-        self.group = GroupCommit(self.writing, self._refused)  # this process's ratings requests, grouped
+        # This process's ratings requests, grouped.
+        self.group = GroupCommit(self.writing, self._refused, self.driver_errors)
 
     # --- what a backend supplies ------------------------------------------------------------
 
@@ -241,7 +236,8 @@ class Store(ABC):
         savepoint of its own.  With ``once``, ``answer`` is kept with the ratings, and a request whose
         key was seen within IDEMPOTENCY_SECONDS stores nothing and raises Replayed with the first answer.
         ``also(cursor, seq)`` writes what goes with the ratings (an experiment's record) in their transaction.
-        Raises StoreError, with nothing stored, when the request or its group's commit fails.
+        Raises StoreError, with nothing stored, when the request or its group's commit fails; an error
+        ``also`` raises (not the database's) as it is, with nothing of this request stored.
         """
         now = time.time()
 
@@ -270,8 +266,8 @@ class Store(ABC):
 
     def _first_time(self, db: Cursor, once: Once, now: float) -> None:
         """Inside a write transaction that holds the writers' lock: raise Replayed when ``once``'s key has an
-        answer younger than IDEMPOTENCY_SECONDS (the transaction then rolls back: nothing stored); drop
-        older answers."""
+        answer younger than IDEMPOTENCY_SECONDS (the request's savepoint, or transaction, then rolls back:
+        nothing stored); drop older answers."""
         db.execute("DELETE FROM idempotency WHERE time < ?", (now - IDEMPOTENCY_SECONDS,))
         row = db.execute("SELECT fingerprint, answer FROM idempotency WHERE scope = ? AND key = ?",
                          (once.scope, once.key)).fetchone()

@@ -39,7 +39,7 @@ def test_genre_filter_and_unknown_genre(make_recommender, csv_fixture):
         rec.recommend(2, 5, genre="Western")
 
 
-def test_new_user_is_folded_in_at_once(make_recommender, csv_fixture):
+def test_a_new_user_is_served_from_the_posted_ratings_at_once(make_recommender, csv_fixture):
     rec = make_recommender()
     assert rec.recommend(5000, 5, min_count=0).fallback == "popular"
     posted = [(m, 5.0) for m in csv_fixture.comedies[:5]] + [(m, 1.0) for m in csv_fixture.dramas[:5]]

@@ -176,7 +176,7 @@ def _line_up(store, pool: ThreadPoolExecutor, requests: list[tuple]) -> list[Fut
 def _outcome(future: Future):
     try:
         return future.result(30)
-    except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
+    except BaseException as exc:  # noqa: BLE001 - the outcome is what the test checks
         return exc
 
 
@@ -226,6 +226,43 @@ def test_a_request_that_fails_in_a_group_fails_alone_and_takes_no_number(store):
     assert isinstance(bug, ValueError)
     assert store.last_seq == 4 and [(e.seq, e.user) for e in store.entries()] == [(1, 1), (2, 2), (3, 3), (4, 6)]
     assert store.append(5, [(50, 1.0)]).seq == 5  # the store goes on
+
+
+def test_a_request_that_ends_the_whole_transaction_fails_its_group_with_that_reason(tmp_path):
+    """SQLite rolls the whole transaction back on some errors (a full disk, an I/O error; here a trigger's
+    RAISE(ROLLBACK)): no savepoint is left to return to, so every request of the group fails, with the
+    database's reason, and nothing of any is stored."""
+    store = open_store(None, tmp_path)
+    with store.writing() as db:
+        db.execute("CREATE TRIGGER gone BEFORE INSERT ON ratings WHEN NEW.movie = 668 "
+                   "BEGIN SELECT RAISE(ROLLBACK, 'transaction rolled back (injected)'); END")
+    with ThreadPoolExecutor(6) as pool:
+        futures = _line_up(store, pool, [(2, [(20, 4.0)]), (3, [(668, 3.0)]), (4, [(40, 2.0)])])
+        outcomes = [_outcome(x) for x in futures]
+    assert all(isinstance(x, StoreError) and "transaction rolled back (injected)" in str(x) for x in outcomes)
+    assert store.last_seq == 1 and [e.user for e in store.entries()] == [1]
+    assert store.append(4, [(40, 2.0)]).seq == 2
+    store.close()
+
+
+def test_a_leader_stopped_mid_group_refuses_the_others_and_stores_none(store):
+    """A BaseException in the thread committing a group (the process stopping) is that thread's own; every
+    other request of the group is refused with a StoreError, and nothing of the group is stored."""
+
+    class Stop(BaseException):
+        pass
+
+    def stop(db, seq) -> None:
+        raise Stop()
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = _line_up(store, pool, [(2, [(20, 4.0)]), (3, [(30, 3.0)], None, None, stop), (4, [(40, 2.0)])])
+        outcomes = [_outcome(x) for x in futures]
+    stopped = [x for x in outcomes if isinstance(x, Stop)]
+    refused = [x for x in outcomes if isinstance(x, StoreError) and "stopping" in str(x)]
+    assert len(stopped) == 1 and len(refused) == 2, outcomes  # whichever thread led the group raised it
+    assert store.last_seq == 1 and [e.user for e in store.entries()] == [1]
+    assert store.append(5, [(50, 1.0)]).seq == 2
 
 
 def _fail_commits_with_movie(store, movie: int) -> None:
