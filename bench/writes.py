@@ -157,7 +157,7 @@ def main() -> int:
     p.add_argument("--store", default=os.environ.get("RECOMMENDER_STORE"),
                    help="postgresql://... (env RECOMMENDER_STORE); default: SQLite in the model folder")
     args = p.parse_args()
-    env = {"RECOMMENDER_STORE": args.store} if args.store else {}
+    env = {"RECOMMENDER_STORE": args.store or ""}  # SQLite: the folder's own, whatever the environment says
     codes = [ROOT] + ([args.baseline.resolve()] if args.baseline else [])
     result = {"store": "postgresql" if args.store else "sqlite", "seconds": args.seconds, "runs": []}
     with tempfile.TemporaryDirectory(prefix="writes-") as tmp:
