@@ -88,6 +88,9 @@ class UserVectors:
     ranking: np.ndarray
 
 
+_FOLDING = threading.Lock()  # a user's entry in ``folded`` changes under it (module-wide: a Snapshot pickles)
+
+
 @dataclass
 class Snapshot:
     """Trained models aligned with the catalogue rows, plus users folded in against them.
@@ -116,7 +119,6 @@ class Snapshot:
     trained_at: str = ""
     # A user's vectors since the version: UserRatings until asked for (folded in then), None when nothing is left.
     folded: dict[int, UserVectors | UserRatings | None] = field(default_factory=dict)
-    _folding: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     LAYOUT = ("movie_bias", "movie_factors", "has_factors", "rank_factors", "rank_unit", "has_rank",
               "score_matrix", "score_columns", "neighbours", "similarity")
@@ -171,7 +173,7 @@ class Snapshot:
             if not isinstance(found, UserRatings):
                 return found
             vectors = self.fold(found.rows, found.ratings)
-            with self._folding:  # unless newer ratings replaced them meanwhile: theirs are folded at the next ask
+            with _FOLDING:  # unless newer ratings replaced them meanwhile: theirs are folded at the next ask
                 if self.folded.get(user) is found:
                     self.folded[user] = vectors
             return vectors
@@ -185,7 +187,7 @@ class Snapshot:
     def posted(self, user: int, ratings: UserRatings) -> None:
         """The user's ratings now (all of them, posted ones included): their vectors are folded in when the
         user is next asked about, in the process asked (most users who post are not, on most processes)."""
-        with self._folding:
+        with _FOLDING:
             self.folded[user] = ratings if len(ratings.rows) else None
 
     def fold(self, rows: np.ndarray, ratings: np.ndarray) -> UserVectors:

@@ -72,9 +72,9 @@ class GroupCommit:
             self._queued.notify_all()
         with self._leader:
             if not pending.done:  # no earlier leader took it: it is in the queue, and the group takes it all
-                with self._queued:
-                    group, self._queue = self._queue, []
-                self._commit(group)
+                self._commit()
+        if not pending.done:  # the leader was interrupted between taking the queue and committing it
+            raise StoreError("could not store the ratings: the process is stopping")
         if pending.error is not None:
             raise pending.error
         return pending.result
@@ -85,17 +85,20 @@ class GroupCommit:
         with self._queued:
             return self._queued.wait_for(lambda: len(self._queue) >= count, timeout)
 
-    def _commit(self, group: list[Pending]) -> None:
-        self.groups += 1
-        self.requests += len(group)
+    def _commit(self) -> None:
+        group: list[Pending] = []
         try:
+            with self._queued:
+                group, self._queue = self._queue, []
+            self.groups += 1
+            self.requests += len(group)
             with self._begin() as db:
                 for pending in group:
                     self._one(db, pending)
         except Exception as exc:  # noqa: BLE001 - the commit (or a rollback to a savepoint) failed: none stays
             self._fail(group, self._refused(exc))
-        except BaseException:  # the leader's thread is stopped (it raises this itself): the others are refused
-            self._fail(group, StoreError("could not store the ratings: the process is stopping"))
+        except BaseException:  # the process is stopping (raised in the leader's thread, whichever request's
+            self._fail(group, StoreError("could not store the ratings: the process is stopping"))  # write it was)
             raise
         finally:
             for pending in group:

@@ -33,10 +33,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from storage.errors import StoreBusy, StoreError
+from storage.errors import StoreBusy, StoreError  # noqa: F401 - every other module imports them from here
 from storage.group import GroupCommit
-
-__all__ = ["StoreBusy", "StoreError"]  # defined in storage.errors; every other module imports them from here
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +194,8 @@ class Store(ABC):
     lock_row = ""  # appended to a SELECT that must hold its row for the transaction (PostgreSQL: FOR UPDATE)
 
     def __init__(self) -> None:
-        # This process's ratings requests, grouped.
-        self.group = GroupCommit(self.writing, self._refused, self.driver_errors)
+        # This process's ratings requests, grouped; ``writing`` looked up at each group (fault injection patches it).
+        self.group = GroupCommit(lambda: self.writing(), self._refused, self.driver_errors)
 
     # --- what a backend supplies ------------------------------------------------------------
 

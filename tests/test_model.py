@@ -91,11 +91,11 @@ def test_a_few_ratings_fold_in_through_the_low_rank_solve_to_the_same_vector():
         A = Y.T @ Y + Y[rows].T @ np.diag(c - 1.0) @ Y[rows] + params.reg * p.sum() * np.eye(params.rank)
         return np.linalg.solve(A, Y[rows].T @ (c * p))
 
-    assert model._eigen is None
     for rows, ratings in (([0, 5, 6, 7, 8, 11], [4.0, 1.0, 5.0, 3.0, 2.0, 4.5]),  # six: the direct solve
                           ([4], [4.5]), ([4, 9], [5.0, 1.0]), ([1, 2, 3], [4.0, 2.5, 3.5])):
+        model._eigen = None  # made by the low-rank path only: whether this case took it
         assert np.allclose(model.fold_in(np.array(rows), np.array(ratings)), direct(rows, ratings), rtol=1e-10)
-        assert (model._eigen is None) == (len(rows) == 6)  # the others went the low-rank way (it made Q)
+        assert (model._eigen is None) == (len(rows) == 6)
     # By hand, one rating of 4.5 (value 2, confidence 1 + 2 alpha): (G + reg I + c1 y y^T) x = (1 + c1) y.
     y, c1 = Y[4], 2 * params.alpha
     by_hand = np.linalg.solve(Y.T @ Y + params.reg * np.eye(8) + c1 * np.outer(y, y), (1 + c1) * y)
