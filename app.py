@@ -29,6 +29,7 @@ from parsing import (
     list_filters,
     number_arg,
     parse_id,
+    query,
     read_ratings_body,
 )
 from people import people_bp
@@ -89,7 +90,7 @@ def top_ratings(user_id: str, count: str):
         body["fallback"] = top.fallback
     if top.reason:
         body["reason"] = top.reason
-    return jsonify({**body, "min_count": min_count, "genre": request.args.get("genre"), **filters.as_json(),
+    return jsonify({**body, "min_count": min_count, "genre": query("genre"), **filters.as_json(),
                     **({"diversify": diversify} if diversify else {})})
 
 
@@ -133,7 +134,7 @@ def add_ratings(user_id: str):
 
 @movies_bp.get("/recommend")
 def recommend():
-    raw_user = request.args.get("user")
+    raw_user = query("user")
     if raw_user is None:
         raise InputError("user is required: /recommend?user=<id>&n=5")
     user = parse_id(raw_user, "user")
@@ -156,11 +157,11 @@ def recommend():
 
 @movies_bp.get("/movies")
 def search_movies():
-    query = request.args.get("q")
-    if query is None:
+    text = query("q")
+    if text is None:
         raise InputError("q is required: /movies?q=<part of a title>")
     limit = int_arg("limit", 20, 1, MAX_COUNT)
-    return jsonify({"query": query, "movies": [movie_json(m) for m in _recommender().search(query, limit)]})
+    return jsonify({"query": text, "movies": [movie_json(m) for m in _recommender().search(text, limit)]})
 
 
 @movies_bp.get("/movies/<movie_id>")
@@ -174,7 +175,7 @@ def similar_movies(movie_id: str):
     movie = parse_id(movie_id, "movie id")
     count = int_arg("count", 10, 1, MAX_COUNT)
     min_count = int_arg("min_count", DEFAULT_MIN_COUNT, 0, 10**9)
-    raw_user = request.args.get("user")  # the answer comes from the version that serves this user
+    raw_user = query("user")  # the answer comes from the version that serves this user
     user = None if raw_user is None else parse_id(raw_user, "user")
     if user is not None:
         authorize(user)
