@@ -365,6 +365,9 @@ def test_metrics_count_requests_ratings_and_store_errors_and_describe_the_versio
     assert value("recommender_posted_ratings_total") == 2  # the refused one is not counted
     assert value("recommender_store_errors_total") == 1
     rec = server.recommender
+    group = rec.store.group  # the accepted post went through a group commit; the refused one never reached it
+    assert value("recommender_store_commits_total") == group.groups >= 1
+    assert value("recommender_store_grouped_requests_total") == group.requests >= group.groups
     assert value("recommender_model_version") == rec.version
     assert value("recommender_pending_ratings") == 2
     assert value("recommender_trained_ratings") == len(csv_fixture.ratings) + 2
