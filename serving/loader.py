@@ -251,11 +251,14 @@ class Loader:
     def _synced(self, view: View) -> list[int]:
         return [s.synced for s in view.served.values()] + ([self.shelf.synced] if self._shelf_read else [])
 
-    def sync(self, view: View) -> View:
+    def sync(self) -> View:
         """Fold everything acknowledged before now (ratings, forgetting, withdrawals, hidden movies, movie
         rules) into every served version and the shelf (one read of the store's last request when nothing
-        is new); the view to answer from.  Raises StoreError when the store is away."""
+        is new); the view to answer from, folded in at least that far (a view swapped in since the caller
+        looked may be behind the one it replaced: the one checked is the one returned).  Raises StoreError
+        when the store is away."""
         last = self.store.last_seq
+        view = self.view
         synced = self._synced(view)
         if last > min(synced):
             with self._sync_lock:
@@ -280,7 +283,7 @@ class Loader:
                         served[number] = fresh
                     self._read_shelf()
                     self.view = view = View(view.plan, view.newest, served, view.fallback, view.errors)
-        return self.view
+        return view
 
     def close(self) -> None:
         for lease in self._leases.values():

@@ -182,7 +182,7 @@ class Recommender:
         if view is None:
             raise Unavailable("no model has been published yet: the trainer is fitting the first one")
         try:  # one read per request: what any process acknowledged before this request began is in the answer
-            view = self.loader.sync(view)
+            view = self.loader.sync()
             self._store_down = False
         except StoreError as exc:  # no process can write either: answer from memory
             self._store_trouble(exc)

@@ -92,6 +92,33 @@ def test_posted_ratings_are_folded_in_when_the_user_is_asked_about_and_never_fro
     assert np.allclose(snapshot.user_vectors(5002).ranking, real_fold(newer.rows, newer.ratings).ranking)
 
 
+def test_an_answer_never_comes_from_a_version_swapped_in_behind_the_one_it_replaced(
+        make_recommender, csv_fixture, monkeypatch):
+    """A version loaded while ratings kept arriving is swapped in a little behind the one it replaces (the
+    old one was folded in meanwhile).  A request that looked at the old view just before the swap must still
+    answer from a view folded in up to its start, not from the new one as it was loaded."""
+    from serving.loader import View
+    from serving.state import Served
+    from storage.store import Store
+
+    rec = make_recommender()
+    old = rec.loader.view
+    behind = View(old.plan, old.newest, {n: Served(s.version) for n, s in old.served.items()}, old.fallback)
+    movie = csv_fixture.comedies[0]
+    rec.add_ratings(5003, [(movie, 4.5)])  # the view in service folds it in; ``behind`` has not
+    real = Store.last_seq
+    swapped = []
+
+    def swap_then_read(store):  # the swap lands between the request's look at the view and its store read
+        if not swapped:
+            swapped.append(True)
+            rec.loader.view = behind
+        return real.fget(store)
+
+    monkeypatch.setattr(Store, "last_seq", property(swap_then_read))
+    assert [(m.movie_id, r) for m, r in rec.rated(5003)] == [(movie, 4.5)] and swapped
+
+
 def test_a_new_rating_replaces_the_old_one(make_recommender, csv_fixture):
     rec = make_recommender()
     movie, old = next((m, r) for u, m, r in csv_fixture.ratings if u == 1)
