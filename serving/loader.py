@@ -259,8 +259,19 @@ class Loader:
         when the store is away."""
         last = self.store.last_seq
         view = self.view
-        synced = self._synced(view)
-        if last > min(synced):
+        if last < max(self._synced(view)):  # others folded further, or the store went back (a restored backup)
+            with self._sync_lock:
+                view = self.view
+                if self.store.last_seq < max(self._synced(view)):  # went back: start over from it
+                    served = {}
+                    for number, old in view.served.items():
+                        fresh = self._based(old.version)
+                        fresh.apply(*self.store.changes(fresh.synced))
+                        served[number] = fresh
+                    self._read_shelf()
+                    self.view = view = View(view.plan, view.newest, served, view.fallback, view.errors)
+                    return view
+        if last > min(self._synced(view)):
             with self._sync_lock:
                 view = self.view
                 if last <= min(self._synced(view)):  # folded in by the thread that had the lock before
@@ -272,17 +283,6 @@ class Loader:
             forgotten = [u for u, c in changes.users.items() if c.forgotten]
             if forgotten:
                 self.on_forgotten(forgotten, upto)
-        elif last < max(synced):  # the store went back (restored from a backup): start over from it
-            with self._sync_lock:
-                view = self.view
-                if self.store.last_seq < max(self._synced(view)):
-                    served = {}
-                    for number, old in view.served.items():
-                        fresh = self._based(old.version)
-                        fresh.apply(*self.store.changes(fresh.synced))
-                        served[number] = fresh
-                    self._read_shelf()
-                    self.view = view = View(view.plan, view.newest, served, view.fallback, view.errors)
         return view
 
     def close(self) -> None:
