@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -51,6 +52,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn(what: str, command: list[str], out: Path, port: int, ready, timeout: float, cwd: Path = ROOT,
+           env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """Run ``command`` with its output in ``out`` and wait until ``ready()``; stop with ``what`` when it exits
+    first or does not get ready within ``timeout`` seconds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(command, cwd=cwd, stdout=open(out, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: {what} exited: {out.read_text()[-2000:]}")
+        if ready():
+            return proc, port
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"bench: {what} did not start within {timeout:.0f} s")
+
+
 def start_server(model_dir: str, *extra: str, dataset: str | None = None, role: str = "all",
                  timeout: float = 900, env: dict | None = None, log: str | None = None,
                  wait_for_model: bool = True, code: Path = ROOT) -> tuple[subprocess.Popen, int]:
@@ -65,39 +84,28 @@ def start_server(model_dir: str, *extra: str, dataset: str | None = None, role: 
     out = Path(log or Path(model_dir) / f"{role}-{port}.out")
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(Path(code) / "server.py"), "--role", role, "--port", str(port),
-               "--model-dir", model_dir]
-    if dataset is not None:
-        command += ["--dataset", dataset]
-    proc = subprocess.Popen([*command, *extra], cwd=code, stdout=open(out, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: server exited: {out.read_text()[-2000:]}")
-        if "serving on http://" in out.read_text() and (not wait_for_model or health_ok(port)):
-            return proc, port
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"bench: server did not start within {timeout:.0f} s")
+               "--model-dir", model_dir, *(["--dataset", dataset] if dataset is not None else []), *extra]
+    return _spawn("server", command, out, port, lambda: "serving on http://" in out.read_text()
+                  and (not wait_for_model or health_ok(port)), timeout, cwd=code, env=env)
+
+
+def start_published(model_dir: str, dataset: str) -> tuple[subprocess.Popen, int]:
+    """``server.py`` (role all, ``--no-tune``, the folder's own SQLite whatever RECOMMENDER_STORE says) on
+    ``dataset``, once its first version serves and its trainer is idle: nothing fits while a benchmark times."""
+    proc, port = start_server(model_dir, "--no-tune", dataset=dataset, env={"RECOMMENDER_STORE": ""})
+    client = Client("127.0.0.1", port)
+    while json.loads(client.call("GET", "/health")[2])["training"]:
+        time.sleep(0.5)
+    return proc, port
 
 
 def start_floor(folder: str, timeout: float = 60) -> tuple[subprocess.Popen, int]:
     """Start ``bench/floor_app.py`` (the framework alone, served as server.py serves) on a free loopback port;
     its output goes to floor-<port>.out in ``folder``."""
     port = free_port()
-    out = Path(folder) / f"floor-{port}.out"
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor_app.py"), "--port", str(port)], cwd=ROOT,
-                            stdout=open(out, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: the floor app exited: {out.read_text()[-2000:]}")
-        if health_ok(port):
-            return proc, port
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"bench: the floor app did not start within {timeout:.0f} s")
+    command = [sys.executable, str(ROOT / "bench" / "floor_app.py"), "--port", str(port)]
+    return _spawn("the floor app", command, Path(folder) / f"floor-{port}.out", port, lambda: health_ok(port),
+                  timeout)
 
 
 def health_ok(port: int) -> bool:

@@ -28,9 +28,8 @@ import random
 import shutil
 import sys
 import tempfile
-import time
 
-from common import DEFAULT_DATASET, Client, start_server, stop_all, summary
+from common import DEFAULT_DATASET, Client, start_published, start_server, stop_all, summary
 from serve_bench import catalogue
 
 TARGETS = {"filtered_vs_baseline_p50": 1.3, "explained_vs_plain_p50": 1.5}
@@ -50,11 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="bench-lists-bare-") as bare_dir:
         procs = []
         try:
-            proc, port = start_server(model_dir, "--no-tune", dataset=args.dataset, env=OWN_STORE)
+            proc, port = start_published(model_dir, args.dataset)
             procs.append(proc)
             client = Client("127.0.0.1", port)
-            while json.loads(client.call("GET", "/health")[2])["training"]:
-                time.sleep(0.5)
             shutil.copytree(model_dir, bare_dir, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("ratings.db*", "*.out"))
             bare, bare_port = start_server(bare_dir, role="api", env=OWN_STORE)

@@ -22,9 +22,8 @@ import json
 import random
 import sys
 import tempfile
-import time
 
-from common import DEFAULT_DATASET, Client, start_floor, start_server, stop_all, summary
+from common import DEFAULT_DATASET, Client, start_floor, start_published, stop_all, summary
 
 MOVIES = (1, 2, 3, 6, 10, 32, 50, 110, 260, 296)
 TARGET = 2.0
@@ -40,11 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as model_dir:
         procs = []
         try:
-            proc, port = start_server(model_dir, "--no-tune", dataset=args.dataset, env={"RECOMMENDER_STORE": ""})
+            proc, port = start_published(model_dir, args.dataset)
             procs.append(proc)
             service = Client("127.0.0.1", port)
-            while json.loads(service.call("GET", "/health")[2])["training"]:
-                time.sleep(0.5)
             floor_proc, floor_port = start_floor(model_dir)
             procs.append(floor_proc)
             floor = Client("127.0.0.1", floor_port)

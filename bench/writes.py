@@ -103,28 +103,29 @@ def first_free_user(store_url: str | None, folder: Path) -> int:
         store.close()
 
 
-def run(code: Path, n: int, run_no: int, published: Path, root: Path, args, env: dict) -> dict:
-    """One configuration: ``n`` API processes of ``code``, loaded for ``args.seconds``."""
-    shared = root / f"run-{run_no}"
-    if not args.store:
-        shutil.copytree(published, shared)
-    folders = [shared if not args.store else root / f"run-{run_no}-api-{k}" for k in range(n)]
+def _load(ports: list[int], first_user: int, args) -> tuple[dict, list[tuple[int, int, float]], Counter]:
+    """``args.clients`` load processes POSTing to ``ports`` for ``args.seconds``: the figures, what was
+    acknowledged, and the other statuses."""
+    with multiprocessing.get_context("spawn").Pool(args.clients) as pool:
+        runs = pool.map(_post, [(ports, args.seconds, first_user + c * CLIENT_USERS) for c in range(args.clients)])
+    acked = [a for r in runs for a in r[1]]
+    figures = {"clients": args.clients, "posts_per_s": round(len(acked) / args.seconds, 1),
+               **summary([ms for r in runs for ms in r[0]])}
+    return figures, acked, sum((r[2] for r in runs), Counter())
+
+
+def run(code: Path, n: int, first_user: int, folders: list[Path], args, env: dict) -> dict:
+    """One configuration: ``n`` API processes of ``code`` on ``folders``, loaded for ``args.seconds`` by users
+    from ``first_user`` on."""
     procs = [start_server(str(f), role="api", env=env, code=code) for f in folders]
     ports = [port for _, port in procs]
     try:
         before = _commits(ports)
-        first_user = args.first_user + run_no * USERS_PER_RUN
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(args.clients) as pool:
-            runs = pool.map(_post, [(ports, args.seconds, first_user + c * CLIENT_USERS) for c in range(args.clients)])
+        figures, acked, statuses = _load(ports, first_user, args)
         after = _commits(ports)
     finally:
         stop_all(proc for proc, _ in procs)
-    latencies = [ms for r in runs for ms in r[0]]
-    acked = [a for r in runs for a in r[1]]
-    statuses = sum((r[2] for r in runs), Counter())
-    row = {"code": "baseline" if code != ROOT else "this", "api_processes": n, "clients": args.clients,
-           "posts_per_s": round(len(acked) / args.seconds, 1), **summary(latencies),
+    row = {"code": "baseline" if code != ROOT else "this", "api_processes": n, **figures,
            "other_statuses": dict(statuses)}
     if before is not None and after is not None:
         commits, requests = after[0] - before[0], after[1] - before[1]
@@ -137,13 +138,10 @@ def floor(root: Path, args) -> dict:
     """The same load on bench/floor_app.py (one process): what the framework alone answers."""
     proc, port = start_floor(str(root))
     try:
-        with multiprocessing.get_context("spawn").Pool(args.clients) as pool:
-            runs = pool.map(_post, [([port], args.seconds, c * CLIENT_USERS) for c in range(args.clients)])
+        figures, _, _ = _load([port], 0, args)
     finally:
         stop_all([proc])
-    latencies = [ms for r in runs for ms in r[0]]
-    return {"code": "floor", "api_processes": 1, "clients": args.clients,
-            "posts_per_s": round(sum(len(r[1]) for r in runs) / args.seconds, 1), **summary(latencies)}
+    return {"code": "floor", "api_processes": 1, **figures}
 
 
 def main() -> int:
@@ -165,13 +163,16 @@ def main() -> int:
         published = root / "published"
         trainer, _ = start_server(str(published), "--no-tune", dataset=args.dataset, env=env)
         stop_all([trainer])
-        args.first_user = first_free_user(args.store, published)
-        run_no = 0
+        first_user, run_no = first_free_user(args.store, published), 0
         for _ in range(args.rounds):
             result["runs"].append(floor(root, args))
             for n in args.processes:
                 for code in codes:
-                    result["runs"].append(run(code, n, run_no, published, root, args, env))
+                    shared = root / f"run-{run_no}"  # SQLite: the processes share a copy of the published folder
+                    if not args.store:
+                        shutil.copytree(published, shared)
+                    folders = [shared if not args.store else root / f"run-{run_no}-api-{k}" for k in range(n)]
+                    result["runs"].append(run(code, n, first_user + run_no * USERS_PER_RUN, folders, args, env))
                     run_no += 1
     print(json.dumps(result))
     return 0

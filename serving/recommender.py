@@ -337,19 +337,15 @@ class Recommender:
         record = self.experiments.posting(route, user, pairs, predicted)
         try:
             entry = self.store.append(user, pairs, once, body, record)
-        except Replayed as again:
+        except Exception as exc:  # nothing stored: the experiment's lists the record took go back
             if record is not None:
                 record.failed()
-            return self._replay(again)
-        except StoreError as exc:
-            if record is not None:
-                record.failed()
+            if isinstance(exc, Replayed):
+                return self._replay(exc)
+            if not isinstance(exc, StoreError):
+                raise  # a bug in what goes along
             log.error("%s", exc)
             raise StoreUnavailable("the ratings could not be stored; nothing was saved, try again later") from None
-        except Exception:  # a bug in what goes along: nothing stored either, and the lists it took go back
-            if record is not None:
-                record.failed()
-            raise
         self.quality.posted(served.number, user, [m for m, _ in pairs], predicted, [r for _, r in pairs], entry.seq)
         self.current()  # folded in before the answer
         return Ack(body)

@@ -51,13 +51,13 @@ class GroupCommit:
     """One process's queue of write requests in front of a store's write transactions.
 
     ``begin()`` opens one write transaction (the store's ``writing``, which raises StoreError when it
-    cannot commit); ``refused(exc)`` is the error a request gets for ``exc``: a StoreError for one of the
-    ``database_errors`` (one request's, or the commit's), anything else (Replayed, a bug) as it is.
+    cannot commit); one of the ``database_errors`` (one request's, or the commit's) reaches the requests
+    it ends as ``refusal(exc)``, a StoreError; any other error (Replayed, a bug) as it is.
     """
 
     def __init__(self, begin: Callable[[], AbstractContextManager[Any]],
-                 refused: Callable[[Exception], BaseException], database_errors: tuple[type[Exception], ...]):
-        self._begin, self._refused, self._database_errors = begin, refused, database_errors
+                 refusal: Callable[[Exception], StoreError], database_errors: tuple[type[Exception], ...]):
+        self._begin, self._refusal, self._database_errors = begin, refusal, database_errors
         self._queue: list[Pending] = []
         self._queued = threading.Condition()  # guards the queue; notified at each arrival
         self._leader = threading.Lock()  # held by the thread committing a group
@@ -72,9 +72,7 @@ class GroupCommit:
             self._queued.notify_all()
         with self._leader:
             if not pending.done:  # no earlier leader took it: it is in the queue, and the group takes it all
-                self._commit()
-        if not pending.done:  # the leader was interrupted between taking the queue and committing it
-            raise StoreError("could not store the ratings: the process is stopping")
+                self._commit()  # (and marks every request it took done, however it ends)
         if pending.error is not None:
             raise pending.error
         return pending.result
@@ -96,7 +94,7 @@ class GroupCommit:
                 for pending in group:
                     self._one(db, pending)
         except Exception as exc:  # noqa: BLE001 - the commit (or a rollback to a savepoint) failed: none stays
-            self._fail(group, self._refused(exc))
+            self._fail(group, self._error(exc))
         except BaseException:  # the process is stopping (raised in the leader's thread, whichever request's
             self._fail(group, StoreError("could not store the ratings: the process is stopping"))  # write it was)
             raise
@@ -115,8 +113,11 @@ class GroupCommit:
             except Exception as gone:  # noqa: BLE001 - the transaction is gone (SQLite rolls it all back on a
                 # full disk or an I/O error; a lost connection): the group fails, for the database's first reason
                 raise (exc if isinstance(exc, self._database_errors) else gone) from None
-            pending.error = self._refused(exc)
+            pending.error = self._error(exc)
         db.execute("RELEASE SAVEPOINT request")
+
+    def _error(self, exc: Exception) -> BaseException:
+        return self._refusal(exc) if isinstance(exc, self._database_errors) else exc
 
     @staticmethod
     def _fail(group: list[Pending], error: BaseException) -> None:

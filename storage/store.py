@@ -195,7 +195,7 @@ class Store(ABC):
 
     def __init__(self) -> None:
         # This process's ratings requests, grouped; ``writing`` looked up at each group (fault injection patches it).
-        self.group = GroupCommit(lambda: self.writing(), self._refused, self.driver_errors)
+        self.group = GroupCommit(lambda: self.writing(), self.refusal, self.driver_errors)
 
     # --- what a backend supplies ------------------------------------------------------------
 
@@ -252,11 +252,6 @@ class Store(ABC):
             return Entry(seq, user, tuple(ratings), now)
 
         return self.group.submit(write)
-
-    def _refused(self, exc: Exception) -> BaseException:
-        """The error a grouped request gets for ``exc``: the database's own errors as StoreError, with the
-        reason; a StoreError, Replayed or anything else as it is."""
-        return self.refusal(exc) if isinstance(exc, self.driver_errors) else exc
 
     def refusal(self, exc: Exception) -> StoreError:
         """A database error that ended one request, as the StoreError it gets (backends name the store)."""
